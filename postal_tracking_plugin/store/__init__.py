@@ -1,0 +1,44 @@
+"""The store: Postal's tables in SQLite (embedded default) or MySQL/MariaDB.
+
+:func:`open_store` picks the backend from ``tracking.store``. Both implement
+:class:`Store`, whose operations are written once above a two-method interface
+(a transaction on the main database, one on a server's message database).
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from ._db import Db as Db
+from ._db import utcnow as utcnow
+from ._models import Certificate as Certificate
+from ._models import Link as Link
+from ._models import Server as Server
+from ._models import TrackDomain as TrackDomain
+from ._store import Store as Store
+from ._store import random_token as random_token
+from ._store import url_hash as url_hash
+
+
+def open_store(config: Config) -> Store:
+    """The store ``config`` names; nothing is connected until first use."""
+    if config.tracking.store == "mysql":
+        from ._mysql import MysqlStore
+
+        return MysqlStore(config)
+    from ._sqlite import SqliteStore
+
+    return SqliteStore(config.data_dir)
+
+
+__all__ = [
+    "Certificate",
+    "Db",
+    "Link",
+    "Server",
+    "Store",
+    "TrackDomain",
+    "open_store",
+    "random_token",
+    "url_hash",
+    "utcnow",
+]

@@ -1,0 +1,257 @@
+"""MySQL/MariaDB backend through PyMySQL: Postal's own databases.
+
+``main_db.database`` holds the main tables; each server's message database is
+``<prefix>-server-<id>`` on the ``message_db`` host, exactly as Postal names
+them. PyMySQL is pure Python, so once gevent has patched ``socket`` its queries
+yield to other greenlets instead of blocking the fast server.
+
+Each database gets a small pool of connections, made lazily. A connection idle
+for a while is pinged (and reconnected) before use, and one that fails with a
+lost-connection error is thrown away rather than returned to the pool.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pymysql
+import pymysql.err
+
+from ..config import Config
+from ..errors import StoreError
+from ._db import Row
+from ._store import Store
+
+#: Client error codes that mean the connection is gone (CR_SERVER_GONE_ERROR,
+#: CR_SERVER_LOST, CR_CONN_HOST_ERROR, ...), and the server's ER_CON_COUNT_ERROR.
+_LOST = {2003, 2006, 2013, 2055, 1040, 1927}
+_PING_AFTER = 30.0
+
+
+class _MysqlDb:
+    dialect = "mysql"
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self._cursor.execute(sql, tuple(params)))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        rows = [tuple(r) for r in rows]
+        if not rows:
+            return 0
+        return int(self._cursor.executemany(sql, rows) or 0)
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cursor.execute(sql, tuple(params))
+        return int(self._cursor.lastrowid)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cursor.execute(sql, tuple(params))
+        return list(self._cursor.fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self._cursor.execute(sql, tuple(params))
+        return self._cursor.fetchone()
+
+
+class _Pool:
+    """At most ``size`` connections to one database, handed out LIFO."""
+
+    def __init__(self, params: dict[str, Any], size: int, timeout: float) -> None:
+        self._params = params
+        self._idle: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+        self._timeout = timeout
+
+    def _describe(self) -> str:
+        p = self._params
+        return f"MySQL {p['user']}@{p['host']}:{p['port']}/{p.get('database') or ''}"
+
+    def acquire(self) -> Any:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise StoreError(f"no free connection to {self._describe()} within {self._timeout} s")
+        try:
+            conn, last_used = self._idle.get_nowait()
+        except queue.Empty:
+            return self._connect()
+        try:
+            if time.monotonic() - last_used > _PING_AFTER:
+                conn.ping(reconnect=True)
+        except pymysql.err.Error:
+            _close_quietly(conn)
+            return self._connect()
+        return conn
+
+    def _connect(self) -> Any:
+        try:
+            return pymysql.connect(**self._params)
+        except pymysql.err.Error as exc:
+            self._slots.release()
+            raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}") from None
+
+    def release(self, conn: Any, broken: bool) -> None:
+        if broken:
+            _close_quietly(conn)
+        else:
+            self._idle.put((conn, time.monotonic()))
+        self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn, _ = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - it is being thrown away
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    if len(args) >= 2:
+        return f"{args[1]} (error {args[0]})"
+    return str(exc) or type(exc).__name__
+
+
+class MysqlStore(Store):
+    """Postal's main database plus one message database per server."""
+
+    dialect = "mysql"
+
+    def __init__(self, config: Config, *, pool_size: int = 8, timeout: float = 10.0) -> None:
+        main, msg = config.main_db, config.message_db
+        self.database = main.database
+        self.prefix = config.message_db_prefix
+        common = {
+            "charset": "utf8mb4",
+            "autocommit": False,
+            "connect_timeout": 5,
+            "read_timeout": 30,
+            "write_timeout": 30,
+            "cursorclass": pymysql.cursors.DictCursor,
+        }
+        self._main_params = {
+            "host": main.host,
+            "port": main.port,
+            "user": main.username,
+            "password": main.password or "",
+            **common,
+        }
+        self._msg_params = {
+            "host": msg.host or main.host,
+            "port": msg.port or main.port,
+            "user": msg.username or main.username,
+            "password": (msg.password if msg.password is not None else main.password) or "",
+            **common,
+        }
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pools: dict[str, _Pool] = {}
+        self._guard = threading.Lock()
+
+    def describe(self) -> str:
+        p = self._main_params
+        return f"MySQL {p['user']}@{p['host']}:{p['port']}/{self.database}"
+
+    def message_database(self, server_id: int) -> str:
+        return f"{self.prefix}-server-{int(server_id)}"
+
+    def _pool(self, database: str, params: dict[str, Any]) -> _Pool:
+        with self._guard:
+            pool = self._pools.get(database)
+            if pool is None:
+                pool = self._pools[database] = _Pool(
+                    {**params, "database": database}, self._pool_size, self._timeout
+                )
+            return pool
+
+    def _create_database(self, database: str, params: dict[str, Any]) -> None:
+        try:
+            conn = pymysql.connect(**params)
+        except pymysql.err.Error as exc:
+            where = f"{params['user']}@{params['host']}:{params['port']}"
+            raise StoreError(f"cannot connect to MySQL {where}: {_reason(exc)}") from None
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{database}` "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                )
+            conn.commit()
+        except pymysql.err.Error as exc:
+            raise StoreError(f"cannot create database `{database}`: {_reason(exc)}") from None
+        finally:
+            _close_quietly(conn)
+
+    @contextmanager
+    def _transaction(self, database: str, params: dict[str, Any], create: bool) -> Iterator[Any]:
+        if create:
+            self._create_database(database, params)
+        pool = self._pool(database, params)
+        conn = pool.acquire()
+        broken = False
+        try:
+            with conn.cursor() as cursor:
+                yield _MysqlDb(cursor)
+            conn.commit()
+        except pymysql.err.Error as exc:
+            broken = _is_lost(exc)
+            _rollback_quietly(conn)
+            if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+                raise StoreError(f"MySQL database `{database}`: {_reason(exc)}") from exc
+            raise
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        finally:
+            pool.release(conn, broken)
+
+    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+        return self._transaction(self.database, self._main_params, create)
+
+    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+        return self._transaction(self.message_database(server_id), self._msg_params, create)
+
+    def message_database_exists(self, server_id: int) -> bool:
+        with self.main(readonly=True) as db:
+            row = db.one(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                (self.message_database(server_id),),
+            )
+        return row is not None
+
+    def close(self) -> None:
+        with self._guard:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+
+def _is_lost(exc: BaseException) -> bool:
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    args = getattr(exc, "args", ())
+    return bool(args) and args[0] in _LOST
+
+
+def _rollback_quietly(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - the connection may be gone; it is discarded then
+        pass

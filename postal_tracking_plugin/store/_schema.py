@@ -1,0 +1,313 @@
+"""Table definitions: Postal's tables (names, columns, types) and our own.
+
+Each table is written once, in MySQL's types as Postal declares them, and
+rendered for either dialect by :func:`create_statements`. SQLite reads those
+type names by affinity (``int(11)`` is INTEGER, ``decimal(18,6)`` NUMERIC), so
+only the primary key and the index syntax differ.
+
+Tables are created with ``IF NOT EXISTS`` only: pointed at a real Postal
+database, nothing of Postal's is dropped or altered; only what is missing is
+created (Postal 3 has no ``track_certificates``, for example).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: dict[str, str]
+    indexes: dict[str, str] = field(default_factory=dict)
+    unique: dict[str, str] = field(default_factory=dict)
+    primary_key: str = "id"
+
+
+_V = "varchar(255) DEFAULT NULL"
+_I = "int(11) DEFAULT NULL"
+_DT = "datetime DEFAULT NULL"
+_DT6 = "datetime(6) DEFAULT NULL"
+_TS = "decimal(18,6) DEFAULT NULL"
+_ID = "int(11) NOT NULL AUTO_INCREMENT"
+
+# -- Postal's main database (db/schema.rb) ------------------------------------
+
+SERVERS = Table(
+    "servers",
+    {
+        "id": _ID,
+        "organization_id": _I,
+        "uuid": _V,
+        "name": _V,
+        "mode": _V,
+        "ip_pool_id": _I,
+        "created_at": _DT6,
+        "updated_at": _DT6,
+        "permalink": _V,
+        "send_limit": _I,
+        "deleted_at": _DT6,
+        "message_retention_days": _I,
+        "raw_message_retention_days": _I,
+        "raw_message_retention_size": _I,
+        "allow_sender": "tinyint(1) DEFAULT 0",
+        "token": _V,
+        "send_limit_approaching_at": _DT6,
+        "send_limit_approaching_notified_at": _DT6,
+        "send_limit_exceeded_at": _DT6,
+        "send_limit_exceeded_notified_at": _DT6,
+        "spam_threshold": "decimal(8,2) DEFAULT NULL",
+        "spam_failure_threshold": "decimal(8,2) DEFAULT NULL",
+        "postmaster_address": _V,
+        "suspended_at": _DT6,
+        "outbound_spam_threshold": "decimal(8,2) DEFAULT NULL",
+        "domains_not_to_click_track": "text",
+        "suspension_reason": _V,
+        "log_smtp_data": "tinyint(1) DEFAULT 0",
+        "privacy_mode": "tinyint(1) DEFAULT 0",
+    },
+    indexes={
+        "index_servers_on_organization_id": "`organization_id`",
+        "index_servers_on_permalink": "`permalink`(6)",
+        "index_servers_on_token": "`token`(6)",
+        "index_servers_on_uuid": "`uuid`(8)",
+    },
+)
+
+DOMAINS = Table(
+    "domains",
+    {
+        "id": _ID,
+        "server_id": _I,
+        "uuid": _V,
+        "name": _V,
+        "verification_token": _V,
+        "verification_method": _V,
+        "verified_at": _DT,
+        "dkim_private_key": "text",
+        "created_at": _DT6,
+        "updated_at": _DT6,
+        "dns_checked_at": _DT6,
+        "spf_status": _V,
+        "spf_error": _V,
+        "dkim_status": _V,
+        "dkim_error": _V,
+        "mx_status": _V,
+        "mx_error": _V,
+        "return_path_status": _V,
+        "return_path_error": _V,
+        "outgoing": "tinyint(1) DEFAULT 1",
+        "incoming": "tinyint(1) DEFAULT 1",
+        "owner_type": _V,
+        "owner_id": _I,
+        "dkim_identifier_string": _V,
+        "use_for_any": "tinyint(1) DEFAULT NULL",
+    },
+    indexes={
+        "index_domains_on_server_id": "`server_id`",
+        "index_domains_on_uuid": "`uuid`(8)",
+    },
+)
+
+TRACK_DOMAINS = Table(
+    "track_domains",
+    {
+        "id": _ID,
+        "uuid": _V,
+        "server_id": _I,
+        "domain_id": _I,
+        "name": _V,
+        "dns_checked_at": _DT,
+        "dns_status": _V,
+        "dns_error": _V,
+        "created_at": "datetime NOT NULL",
+        "updated_at": "datetime NOT NULL",
+        "ssl_enabled": "tinyint(1) DEFAULT 1",
+        "track_clicks": "tinyint(1) DEFAULT 1",
+        "track_loads": "tinyint(1) DEFAULT 1",
+        "excluded_click_domains": "text",
+    },
+)
+
+TRACK_CERTIFICATES = Table(
+    "track_certificates",
+    {
+        "id": _ID,
+        "domain": _V,
+        "certificate": "text",
+        "intermediaries": "text",
+        "key": "text",
+        "expires_at": _DT,
+        "renew_after": _DT,
+        "verification_path": _V,
+        "verification_string": _V,
+        "created_at": "datetime NOT NULL",
+        "updated_at": "datetime NOT NULL",
+    },
+    indexes={"index_track_certificates_on_domain": "`domain`(8)"},
+)
+
+# -- Postal's message database (lib/postal/message_db/migrations) ------------
+
+MESSAGES = Table(
+    "messages",
+    {
+        "id": _ID,
+        "token": _V,
+        "scope": "varchar(10) DEFAULT NULL",
+        "rcpt_to": _V,
+        "mail_from": _V,
+        "subject": _V,
+        "message_id": _V,
+        "timestamp": _TS,
+        "route_id": _I,
+        "domain_id": _I,
+        "credential_id": _I,
+        "status": _V,
+        "held": "tinyint(1) DEFAULT 0",
+        "size": _V,
+        "last_delivery_attempt": _TS,
+        "raw_table": _V,
+        "raw_body_id": _I,
+        "raw_headers_id": _I,
+        "inspected": "tinyint(1) DEFAULT 0",
+        "spam": "tinyint(1) DEFAULT 0",
+        "spam_score": "decimal(8,2) DEFAULT 0",
+        "threat": "tinyint(1) DEFAULT 0",
+        "threat_details": _V,
+        "bounce": "tinyint(1) DEFAULT 0",
+        "bounce_for_id": "int(11) DEFAULT 0",
+        "tag": _V,
+        "loaded": _TS,
+        "clicked": _TS,
+        "received_with_ssl": "tinyint(1) DEFAULT NULL",
+        "hold_expiry": _TS,
+        "tracked_links": "int(11) DEFAULT 0",
+        "tracked_images": "int(11) DEFAULT 0",
+        "parsed": "tinyint DEFAULT 0",
+        "endpoint_id": _I,
+        "endpoint_type": _V,
+        "bounce_type": "varchar(4) DEFAULT NULL",
+    },
+    indexes={
+        "on_message_id": "`message_id`(8)",
+        "on_token": "`token`(6)",
+        "on_bounce_for_id": "`bounce_for_id`",
+        "on_held": "`held`",
+        "on_scope_and_status": "`scope`(1), `spam`, `status`(6), `timestamp`",
+        "on_scope_and_tag": "`scope`(1), `spam`, `tag`(8), `timestamp`",
+        "on_scope_and_spam": "`scope`(1), `spam`, `timestamp`",
+        "on_scope_and_thr_status": "`scope`(1), `threat`, `status`(6), `timestamp`",
+        "on_scope_and_threat": "`scope`(1), `threat`, `timestamp`",
+        "on_rcpt_to": "`rcpt_to`(12), `timestamp`",
+        "on_mail_from": "`mail_from`(12), `timestamp`",
+        "on_raw_table": "`raw_table`(14)",
+    },
+)
+
+LINKS = Table(
+    "links",
+    {
+        "id": _ID,
+        "message_id": _I,
+        "token": _V,
+        "hash": _V,
+        "url": "text",
+        "timestamp": _TS,
+    },
+    indexes={"on_message_id": "`message_id`", "on_token": "`token`(8)"},
+)
+
+CLICKS = Table(
+    "clicks",
+    {
+        "id": _ID,
+        "message_id": _I,
+        "link_id": _I,
+        "ip_address": _V,
+        "country": _V,
+        "city": _V,
+        "user_agent": _V,
+        "timestamp": _TS,
+    },
+    indexes={"on_message_id": "`message_id`", "on_link_id": "`link_id`"},
+)
+
+LOADS = Table(
+    "loads",
+    {
+        "id": _ID,
+        "message_id": _I,
+        "ip_address": _V,
+        "country": _V,
+        "city": _V,
+        "user_agent": _V,
+        "timestamp": _TS,
+    },
+    indexes={"on_message_id": "`message_id`"},
+)
+
+# -- Our own tables ------------------------------------------------------------
+
+#: Our schema versions, one table per database. Named apart from Postal's own
+#: ``migrations`` (message databases) and ``schema_migrations`` (main database)
+#: so neither project's migrator ever reads the other's numbers.
+TRACKING_MIGRATIONS = Table(
+    "tracking_migrations",
+    {"version": "int(11) NOT NULL", "applied_at": _DT},
+    primary_key="version",
+)
+
+#: Named locks with an expiry, for work one node of a cluster does at a time
+#: (certificate renewal).
+TRACKING_LOCKS = Table(
+    "tracking_locks",
+    {"name": "varchar(191) NOT NULL", "holder": _V, "expires_at": _TS},
+    primary_key="name",
+)
+
+#: Migrations: version -> tables it creates. Add a new version to change the
+#: schema; existing databases get exactly the versions they lack.
+MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
+    1: (SERVERS, DOMAINS, TRACK_DOMAINS, TRACK_CERTIFICATES, TRACKING_LOCKS),
+}
+MESSAGE_MIGRATIONS: dict[int, tuple[Table, ...]] = {
+    1: (MESSAGES, LINKS, CLICKS, LOADS),
+}
+
+
+def create_statements(table: Table, dialect: str) -> list[str]:
+    """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``."""
+    if dialect == "mysql":
+        cols = [f"`{name}` {decl}" for name, decl in table.columns.items()]
+        cols.append(f"PRIMARY KEY (`{table.primary_key}`)")
+        cols += [f"UNIQUE KEY `{n}` ({spec})" for n, spec in table.unique.items()]
+        cols += [f"KEY `{n}` ({spec})" for n, spec in table.indexes.items()]
+        return [
+            f"CREATE TABLE IF NOT EXISTS `{table.name}` (\n  "
+            + ",\n  ".join(cols)
+            + "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+        ]
+    cols = []
+    for name, decl in table.columns.items():
+        if name == table.primary_key and "AUTO_INCREMENT" in decl:
+            cols.append(f"`{name}` INTEGER PRIMARY KEY AUTOINCREMENT")
+        elif name == table.primary_key:
+            cols.append(f"`{name}` {decl} PRIMARY KEY")
+        else:
+            cols.append(f"`{name}` {decl}")
+    statements = [f"CREATE TABLE IF NOT EXISTS `{table.name}` (\n  " + ",\n  ".join(cols) + "\n)"]
+    for kind, specs in (("UNIQUE INDEX", table.unique), ("INDEX", table.indexes)):
+        for index, spec in specs.items():
+            columns = ", ".join(_strip_prefix_length(c) for c in spec.split(","))
+            statements.append(
+                f"CREATE {kind} IF NOT EXISTS `{table.name}_{index}` ON `{table.name}` ({columns})"
+            )
+    return statements
+
+
+def _strip_prefix_length(column: str) -> str:
+    """```token`(8)`` -> ```token```: SQLite has no index prefix lengths."""
+    column = column.strip()
+    return column.split("(", 1)[0] if "(" in column else column

@@ -1,0 +1,121 @@
+"""Shared fixtures: configurations, and a store on each backend.
+
+MariaDB tests use 127.0.0.1:3306 as root without a password (override with
+``PTP_MYSQL_HOST``, ``PTP_MYSQL_PORT``, ``PTP_MYSQL_USER``, ``PTP_MYSQL_PASSWORD``).
+A fresh database is made for each test and dropped after it. When MariaDB
+cannot be reached the test is skipped with the reason, except under CI
+(``CI=true``), where it fails: CI must prove the MariaDB path.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+import yaml
+
+from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.store import Store
+from postal_tracking_plugin.store import open_store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+MYSQL = {
+    "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("PTP_MYSQL_PORT", "3306")),
+    "username": os.environ.get("PTP_MYSQL_USER", "root"),
+    "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
+}
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` unless ``condition``; under CI, fail instead."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def mysql_reachable() -> str | None:
+    """None if MariaDB answers, else why not."""
+    try:
+        conn = pymysql.connect(
+            host=MYSQL["host"],
+            port=MYSQL["port"],
+            user=MYSQL["username"],
+            password=MYSQL["password"],
+            connect_timeout=3,
+        )
+    except pymysql.err.Error as exc:
+        return f"MariaDB at {MYSQL['host']}:{MYSQL['port']} is not reachable: {exc}"
+    conn.close()
+    return None
+
+
+def drop_mysql_databases(prefix: str) -> None:
+    conn = pymysql.connect(
+        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
+    )
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW DATABASES")
+            for (name,) in cursor.fetchall():
+                if name == prefix or name.startswith(prefix + "-"):
+                    cursor.execute(f"DROP DATABASE `{name}`")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Config]:
+    """Write a postal.yml in ``tmp_path`` from a dict and load it."""
+
+    def write(data: dict | None = None, name: str = "postal.yml") -> Config:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data or {}))
+        return load_config(path)
+
+    return write
+
+
+def mysql_config_data(database: str) -> dict:
+    return {
+        "main_db": {**MYSQL, "database": database},
+        "message_db": {"prefix": database},
+        "tracking": {"store": "mysql"},
+    }
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "mysql":
+        reason = mysql_reachable()
+        need(reason is None, reason or "")
+    return request.param
+
+
+@pytest.fixture
+def backend_config(backend: str, write_config: Callable[..., Config]) -> Iterator[Config]:
+    """A configuration for ``backend``: SQLite in tmp_path, or a fresh MariaDB database."""
+    if backend == "sqlite":
+        yield write_config({"tracking": {"data_dir": "data"}})
+        return
+    database = f"ptp_test_{secrets.token_hex(4)}"
+    yield write_config(mysql_config_data(database))
+    drop_mysql_databases(database)
+
+
+@pytest.fixture
+def store(backend_config: Config) -> Iterator[Store]:
+    """An initialised store on each backend (the test runs once per backend)."""
+    s = open_store(backend_config)
+    s.create_schema()
+    yield s
+    s.close()
