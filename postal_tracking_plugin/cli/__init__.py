@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "letsencrypt",
     "smtp_relay",
     "stats",
+    "quickstart",
 )
 
 

@@ -1,0 +1,1 @@
+"""Certificates for tracking domains: ACME (Let's Encrypt) through certbot."""

@@ -1,0 +1,1 @@
+"""Click and open events: recording, spool, webhooks, bot flags (see the events issue)."""

@@ -1,0 +1,1 @@
+"""Message rewriting: tracked links and the open pixel (see the send-pipeline issue)."""
