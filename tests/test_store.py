@@ -1,0 +1,132 @@
+"""The store on both backends (each test runs on SQLite and on a fresh MariaDB database)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from postal_tracking_plugin.errors import AlreadyExists
+from postal_tracking_plugin.errors import NotFound
+from postal_tracking_plugin.errors import StoreError
+from postal_tracking_plugin.store import Link
+from postal_tracking_plugin.store import Store
+from postal_tracking_plugin.store import random_token
+from postal_tracking_plugin.store import url_hash
+
+
+def test_servers(store: Store) -> None:
+    server = store.add_server("Main Mail")
+    assert re.fullmatch(r"[a-z]{6}", server.token)
+    assert server.permalink == "main-mail"
+    chosen = store.add_server("Other", token="abcdef")
+    assert chosen.token == "abcdef"
+    assert [s.name for s in store.list_servers()] == ["Main Mail", "Other"]
+    assert store.get_server("abcdef") == chosen
+    assert store.server_by_token(server.token) == server
+    assert store.server_by_token("zzzzzz") is None
+    assert store.message_database_exists(server.id)
+    with pytest.raises(AlreadyExists):
+        store.add_server("Main Mail")
+    with pytest.raises(AlreadyExists):
+        store.add_server("Third", token="abcdef")
+    with pytest.raises(StoreError, match="6 lowercase letters"):
+        store.add_server("Bad", token="ABC")
+    with pytest.raises(NotFound, match="servers list"):
+        store.get_server("nope")
+
+
+def test_track_domains(store: Store) -> None:
+    server = store.add_server("Main")
+    td = store.add_track_domain(
+        server, "Click.Example.com", excluded_click_domains=["a.com", "*.b.com"], dns_status="OK"
+    )
+    assert td.full_name == "click.example.com"
+    assert (td.name, td.domain_name) == ("click", "example.com")
+    assert td.excluded_click_domains == ("a.com", "*.b.com")
+    assert td.ssl_enabled and td.track_clicks and td.track_loads and td.dns_ok
+    assert store.track_domain_for_sender(server.id, "EXAMPLE.com") == td
+    # a second tracking domain on the same sending domain reuses the domains row
+    td2 = store.add_track_domain(server, "t.example.com", dns_status="Missing")
+    assert td2.domain_id == td.domain_id
+    with pytest.raises(AlreadyExists):
+        store.add_track_domain(server, "click.example.com")
+    with pytest.raises(StoreError, match="full name"):
+        store.add_track_domain(server, "localhost")
+
+    changed = store.update_track_domain(td, track_loads=False, excluded_click_domains=[])
+    assert changed.track_loads is False and changed.excluded_click_domains == ()
+    assert [d.full_name for d in store.list_track_domains(server.id)] == [
+        "click.example.com",
+        "t.example.com",
+    ]
+    store.update_track_domain(td, dns_status="Invalid", dns_error="points elsewhere")
+    assert store.track_domain_for_sender(server.id, "example.com") is None
+    store.remove_track_domain(td2)
+    assert store.find_track_domain("t.example.com") is None
+    with pytest.raises(NotFound):
+        store.get_track_domain("t.example.com")
+
+
+def test_messages_links_clicks_loads(store: Store) -> None:
+    server = store.add_server("Main")
+    links = [Link(random_token(), "https://example.com/a?x=1&y=2"), Link(random_token(), "https://ü.example/ö")]
+    message_id = store.save_tracked_message(
+        server.id,
+        {"token": "Msg0000000000001", "scope": "outgoing", "timestamp": 1700000000.5, "parsed": 1,
+         "tracked_links": 2, "tracked_images": 1, "subject": "Hello ✓"},
+        links,
+    )
+    found = store.find_link(server.id, links[1].token)
+    assert found is not None
+    assert found["url"] == "https://ü.example/ö"
+    assert found["message_id"] == message_id
+    assert store.find_link(server.id, "missing") is None
+    message = store.find_message(server.id, "Msg0000000000001")
+    assert message is not None and message["subject"] == "Hello ✓"
+    assert message["loaded"] is None and message["clicked"] is None
+
+    store.record_clicks(server.id, [(message_id, found["id"], "192.0.2.1", "UA", 1700000100.25)])
+    store.record_clicks(server.id, [(message_id, found["id"], "192.0.2.1", "UA", 1700000050.0)])
+    store.record_loads(server.id, [(message_id, "192.0.2.2", "UA2", 1700000010.0)])
+    store.record_loads(server.id, [(message_id, "192.0.2.2", "UA2", 1700000020.0)])
+    message = store.find_message(server.id, "Msg0000000000001")
+    assert float(message["clicked"]) == pytest.approx(1700000100.25)  # the latest click
+    assert float(message["loaded"]) == pytest.approx(1700000010.0)  # the first open only
+    with store.messages(server.id) as db:
+        clicks = db.query("SELECT * FROM clicks ORDER BY id")
+        stored = db.query("SELECT hash, url FROM links ORDER BY id")
+        loads = db.one("SELECT COUNT(*) AS n FROM loads")
+    assert [c["ip_address"] for c in clicks] == ["192.0.2.1", "192.0.2.1"]
+    assert stored[0]["hash"] == url_hash("https://example.com/a?x=1&y=2")
+    assert loads["n"] == 2
+
+
+def test_certificates(store: Store) -> None:
+    assert store.get_certificate("click.example.com") is None
+    store.save_certificate("Click.example.com", verification_path="/.well-known/acme-challenge/t",
+                           verification_string="t.abc")
+    cert = store.save_certificate("click.example.com", certificate="PEM", key="KEY")
+    assert cert.verification_string == "t.abc"
+    assert cert.certificate == "PEM"
+    assert not cert.active  # no expiry recorded
+    assert [c.domain for c in store.list_certificates()] == ["click.example.com"]
+
+
+def test_create_schema_is_idempotent(store: Store) -> None:
+    server = store.add_server("Main")
+    store.create_schema()
+    store.create_schema()
+    assert store.list_servers() == [server]
+    with store.main() as db:
+        versions = db.query("SELECT version FROM tracking_migrations")
+    assert versions and len({v["version"] for v in versions}) == len(versions)
+
+
+def test_transaction_rolls_back_on_error(store: Store) -> None:
+    store.add_server("Main")
+    with pytest.raises(RuntimeError):
+        with store.main() as db:
+            db.execute("UPDATE servers SET name = %s", ("Renamed",))
+            raise RuntimeError("boom")
+    assert store.list_servers()[0].name == "Main"
