@@ -197,3 +197,11 @@ def test_dns_check(answer: list[str], status: str, fragment: str | None) -> None
         assert fragment in (result.error or "")
     else:
         assert result.error is None
+
+
+def test_mysql_before_init_says_run_init(mysql_dir: tuple[Path, str]) -> None:
+    cwd, database = mysql_dir
+    result = run("servers", "list", cwd=cwd)
+    assert result.returncode == 1
+    assert f"Unknown database '{database}'" in result.stderr
+    assert "run `postal-tracking init` first" in result.stderr

@@ -33,6 +33,7 @@ from ._store import Store
 #: CR_SERVER_LOST, CR_CONN_HOST_ERROR, ...), and the server's ER_CON_COUNT_ERROR.
 _LOST = {2003, 2006, 2013, 2055, 1040, 1927}
 _PING_AFTER = 30.0
+_UNKNOWN_DATABASE = 1049
 
 
 class _MysqlDb:
@@ -97,7 +98,8 @@ class _Pool:
             return pymysql.connect(**self._params)
         except pymysql.err.Error as exc:
             self._slots.release()
-            raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}") from None
+            hint = ": run `postal-tracking init` first" if _code(exc) == _UNKNOWN_DATABASE else ""
+            raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}{hint}") from None
 
     def release(self, conn: Any, broken: bool) -> None:
         if broken:
@@ -243,11 +245,13 @@ class MysqlStore(Store):
             self._pools.clear()
 
 
-def _is_lost(exc: BaseException) -> bool:
-    if isinstance(exc, pymysql.err.InterfaceError):
-        return True
+def _code(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
-    return bool(args) and args[0] in _LOST
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _is_lost(exc: BaseException) -> bool:
+    return isinstance(exc, pymysql.err.InterfaceError) or _code(exc) in _LOST
 
 
 def _rollback_quietly(conn: Any) -> None:
