@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pymysql
 import pytest
 
+from conftest import MYSQL
 from postal_tracking_plugin.errors import AlreadyExists
 from postal_tracking_plugin.errors import NotFound
 from postal_tracking_plugin.errors import StoreError
@@ -130,3 +132,20 @@ def test_transaction_rolls_back_on_error(store: Store) -> None:
             db.execute("UPDATE servers SET name = %s", ("Renamed",))
             raise RuntimeError("boom")
     assert store.list_servers()[0].name == "Main"
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysql_reconnects_after_losing_its_connections(store: Store) -> None:
+    server = store.add_server("Main")
+    with store.main() as db:
+        own = db.one("SELECT CONNECTION_ID() AS id")["id"]
+    with store.main() as db:  # the same pooled connection, killed under our feet
+        assert db.one("SELECT CONNECTION_ID() AS id")["id"] == own
+    admin = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
+                            password=MYSQL["password"])
+    with admin.cursor() as cursor:
+        cursor.execute(f"KILL {int(own)}")
+    admin.close()
+    with pytest.raises(StoreError, match="Lost connection|gone away"):
+        store.list_servers()
+    assert store.list_servers() == [server]  # a fresh connection

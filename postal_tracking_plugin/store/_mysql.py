@@ -103,7 +103,10 @@ class _Pool:
 
     def release(self, conn: Any, broken: bool) -> None:
         if broken:
+            # The server went away or restarted: the idle connections are most
+            # likely dead too, so the next caller starts afresh.
             _close_quietly(conn)
+            self.close()
         else:
             self._idle.put((conn, time.monotonic()))
         self._slots.release()
