@@ -119,6 +119,7 @@ class RelayConfig:
     """``tracking.relay``: the SMTP sidecar relay (``postal-tracking smtp-relay``)."""
 
     listen: str = "127.0.0.1:2525"
+    server: str | None = None  # the Postal server relayed mail is sent for (name or token)
     upstream: str = "127.0.0.1:25"
     upstream_tls: Literal["none", "starttls", "implicit"] = "none"
     upstream_username: str | None = None

@@ -1,0 +1,258 @@
+"""The SMTP sidecar relay: a host adapter that puts the send pipeline in front of any SMTP server.
+
+``postal-tracking smtp-relay`` runs it. Applications send to the relay (by
+default ``127.0.0.1:2525``) instead of to Postal's SMTP port or a smarthost;
+for each message the relay runs every plugin under ``postal.plugins`` (this
+package's tracking among them) once per recipient, so each copy carries its
+own tokens as Postal stores one message per recipient, and relays the result
+to the upstream with ``smtplib``. An upstream that is down or refuses
+temporarily gives the client a 4xx, so the client keeps the message and
+retries: the relay never holds mail of its own.
+
+.. important::
+   It is not an open relay: clients outside ``tracking.relay.allowed_networks``
+   (loopback by default) are refused with 5xx. Client AUTH
+   (``tracking.relay.auth_users``) is offered without TLS, so it guards a
+   trusted network, not the Internet.
+
+asyncio (aiosmtpd) on one thread; the pipeline and ``smtplib`` in a thread
+pool, so a slow upstream never stalls other clients. Never run it in a gevent
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import SMTP
+
+from postal_tracking_plugin.errors import ConfigError
+from postal_tracking_plugin.errors import Error
+
+from ._relay_handler import RelayHandler
+from ._relay_upstream import Upstream
+from ._relay_upstream import parse_hostport
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from postal_tracking_plugin.config import Config
+    from postal_tracking_plugin.store import Server
+    from postal_tracking_plugin.store import Store
+
+log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
+
+#: Messages processed at once (pipeline plus upstream delivery, each in a thread).
+WORKERS = 8
+
+
+class RelayError(Error):
+    """The relay cannot start (address in use, not configured)."""
+
+
+RelayError.__module__ = "postal_tracking_plugin.hooks.smtp_relay"
+
+
+class SmtpRelay:
+    """The relay server. :meth:`serve_forever` for the CLI; :meth:`start` / :meth:`stop` to embed.
+
+    :param config: the loaded configuration; ``tracking.relay`` is used.
+    :param store: the store the tracking plugin writes to.
+    :param pm: the plugin manager (:func:`~postal_tracking_plugin.hooks.get_plugin_manager`).
+    :param server: the Postal server relayed mail is sent for (overrides
+        ``tracking.relay.server``); resolved in the store now, so a typo fails
+        at start-up.
+    :param listen: ``host:port`` to listen on (overrides ``tracking.relay.listen``);
+        port 0 picks a free one (see :attr:`address`).
+    :param upstream: ``host:port`` of the upstream (overrides ``tracking.relay.upstream``).
+    :raises ConfigError: no server named, or a bad address.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        pm: pluggy.PluginManager,
+        *,
+        server: str | None = None,
+        listen: str | None = None,
+        upstream: str | None = None,
+    ) -> None:
+        relay = config.tracking.relay
+        where = config.source or "the configuration"
+        name = server or relay.server
+        if not name:
+            raise ConfigError(
+                f"tracking.relay.server is not set ({where}): set it, or pass --server, to the "
+                f"Postal server the relay sends for (`postal-tracking servers list` shows them)"
+            )
+        self.server: Server = store.get_server(name)
+        self.listen_text = listen or relay.listen
+        key = "--listen" if listen else "tracking.relay.listen"
+        try:
+            self.listen_host, self.listen_port = parse_hostport(self.listen_text, key, 2525)
+            if upstream:
+                relay = dataclasses.replace(relay, upstream=upstream)
+            hostname = socket.gethostname()
+            self.upstream = Upstream(relay, local_hostname=hostname)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} ({where})") from None
+        self.hostname = hostname
+        self.config = config
+        self.pm = pm
+        self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="smtp-relay")
+        self.handler = RelayHandler(
+            pm=pm,
+            config=config,
+            store=store,
+            server=self.server,
+            upstream=self.upstream,
+            executor=self._executor,
+            networks=[ipaddress.ip_network(n, strict=False) for n in relay.allowed_networks],
+            auth_users=relay.auth_users,
+            batch=relay.batch,
+        )
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address listened on (with the real port when 0 was asked for)."""
+        if self._sock is None:
+            return self.listen_host, self.listen_port
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def describe(self) -> str:
+        host, port = self.address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        plugins = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin() if n)) or "none"
+        mode = "one copy for all recipients" if self.handler.batch else "one copy per recipient"
+        return (
+            f"listening on {shown}, relaying to {self.upstream.describe()} for server "
+            f"{self.server.name!r} ({mode}; plugins: {plugins})"
+        )
+
+    # -- running -----------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Open the listening socket; :class:`RelayError` with the reason and the fix."""
+        if self._sock is not None:
+            return
+        try:
+            infos = socket.getaddrinfo(
+                self.listen_host, self.listen_port, type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
+            )
+        except socket.gaierror as exc:
+            raise RelayError(
+                f"cannot listen on {self.listen_text}: {exc.strerror} (tracking.relay.listen)"
+            ) from None
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise RelayError(_bind_error(self.listen_text, exc)) from None
+        sock.setblocking(False)
+        self._sock = sock
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM, then finish the messages in progress."""
+        self.bind()
+        asyncio.run(self._serve(install_signals=True))
+
+    def start(self) -> None:
+        """Serve in a background thread (tests, embedding); returns once listening."""
+        self.bind()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._serve(install_signals=False)),
+            name="smtp-relay",
+            daemon=True,
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self) -> None:
+        """Stop a relay started with :meth:`start`; waits for messages in progress."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    async def _serve(self, *, install_signals: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        assert self._sock is not None
+        authenticator = self.handler.authenticate if self.handler.auth_users else None
+
+        def factory() -> SMTP:
+            return SMTP(
+                self.handler,
+                hostname=self.hostname,
+                ident="postal-tracking smtp-relay",
+                enable_SMTPUTF8=True,
+                authenticator=authenticator,
+                # AUTH is offered without TLS only when auth_users are configured.
+                auth_require_tls=authenticator is None,
+                loop=loop,
+            )
+
+        try:
+            server = await loop.create_server(factory, sock=self._sock)
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._failure = exc
+            self._ready.set()
+            raise
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stopping.set)
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+            await loop.run_in_executor(None, self._executor.shutdown)
+            for task in asyncio.all_tasks(loop) - {asyncio.current_task()}:
+                task.cancel()
+            self._sock = None
+
+
+def _bind_error(where: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use by another program; stop that "
+            f"program, or set tracking.relay.listen (or --listen) to another port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need root or "
+            f"CAP_NET_BIND_SERVICE); use a port above 1023"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: that address is not on this machine; set "
+            f"tracking.relay.listen to one of its addresses"
+        )
+    return f"cannot listen on {where}: {exc.strerror or exc}"
