@@ -1,1 +1,89 @@
-"""Certificates for tracking domains: ACME (Let's Encrypt) through certbot."""
+"""Certificates for tracking domains: ACME (Let's Encrypt) through certbot.
+
+certbot always runs as a child process (:mod:`._certbot`), with its state
+under ``<data_dir>/letsencrypt``; its hooks (:mod:`.certbot_hook`) put HTTP-01
+answers and issued certificates into the store, where every fast server
+finds them. :func:`run_scheduled_renewal` is what a long-running server calls
+on a schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from ..config import Config
+from ._account import Account as Account
+from ._account import current_account as current_account
+from ._account import register as register
+from ._deploy import renew_after as renew_after
+from ._errors import AcmeError as AcmeError
+from ._errors import LockBusy as LockBusy
+from ._errors import NoAccount as NoAccount
+from ._errors import NotEligible as NotEligible
+from ._issue import Issuer as Issuer
+from ._issue import Outcome as Outcome
+from ._report import DomainReport as DomainReport
+from ._report import certificate_report as certificate_report
+
+log = logging.getLogger(__name__)
+
+#: A scheduled renewal run that takes longer than this is stopped.
+SCHEDULED_TIMEOUT = 3600.0
+
+
+def run_scheduled_renewal(config: Config, *, timeout: float = SCHEDULED_TIMEOUT) -> int | None:
+    """Issue and renew what is due, as ``postal-tracking certs renew`` does, in a child process.
+
+    For the fast server's timer: certbot takes over logging, locks and signals
+    of the process it runs in, so it must not run inside a gevent server; the
+    child (``certs renew``) takes the store's renewal lock, so only one node of
+    a cluster renews at a time, and the others find it busy and skip. A node
+    where ``register-lets-encrypt`` was never run does nothing.
+
+    Never raises: returns the child's exit status (0 when nothing failed), or
+    None when nothing was run or it could not be started; failures are logged.
+    """
+    try:
+        if current_account(config) is None:
+            log.debug("certificate renewal skipped: no ACME account registered on this node")
+            return None
+        command = [sys.executable, "-m", "postal_tracking_plugin.cli"]
+        if config.source:
+            command += ["-c", str(Path(config.source).resolve())]
+        command += ["certs", "renew"]
+        proc = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        for line in (proc.stdout or "").splitlines():
+            if line.strip():
+                (log.warning if proc.returncode else log.info)("certs renew: %s", line)
+        return proc.returncode
+    except Exception:  # noqa: BLE001 - a timer must keep running whatever happens
+        log.exception("certificate renewal could not run")
+        return None
+
+
+__all__ = [
+    "Account",
+    "AcmeError",
+    "DomainReport",
+    "Issuer",
+    "LockBusy",
+    "NoAccount",
+    "NotEligible",
+    "Outcome",
+    "certificate_report",
+    "current_account",
+    "register",
+    "renew_after",
+    "run_scheduled_renewal",
+]

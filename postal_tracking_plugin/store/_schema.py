@@ -267,10 +267,27 @@ TRACKING_LOCKS = Table(
     primary_key="name",
 )
 
+#: Certificate issuance state per tracking domain, which Postal's
+#: ``track_certificates`` has no columns for: the last attempt's outcome, its
+#: error in words, and when to try again (failures back off).
+TRACKING_CERTIFICATE_STATUS = Table(
+    "tracking_certificate_status",
+    {
+        "domain": "varchar(191) NOT NULL",
+        "status": "varchar(16) DEFAULT NULL",
+        "last_error": "text",
+        "attempts": "int(11) DEFAULT 0",
+        "next_attempt_at": _DT,
+        "updated_at": _DT,
+    },
+    primary_key="domain",
+)
+
 #: Migrations: version -> tables it creates. Add a new version to change the
 #: schema; existing databases get exactly the versions they lack.
 MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (SERVERS, DOMAINS, TRACK_DOMAINS, TRACK_CERTIFICATES, TRACKING_LOCKS),
+    2: (TRACKING_CERTIFICATE_STATUS,),
 }
 MESSAGE_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),

@@ -1,0 +1,192 @@
+"""register-lets-encrypt and certs issue/renew/list against a real ACME server (Pebble).
+
+HTTP-01 is answered here by a small responder reading the store the way the
+fast server does (tests/pebble.py); the end-to-end test with the real fast
+server is in test_letsencrypt_e2e.py. Runs on SQLite and on MariaDB.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import drop_mysql_databases
+from conftest import mysql_config_data
+from conftest import mysql_reachable
+from conftest import need
+from pebble import Pebble
+from pebble import StoreResponder
+from pebble import available
+from pebble import free_port
+from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.store import open_store
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, as a user (or cron: stdin/stderr are not a terminal) runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    reason = available()
+    need(reason is None, reason or "")
+    with Pebble(tmp_path_factory.mktemp("pebble"), free_port()) as p:
+        yield p
+
+
+def write_setup(tmp_path: Path, pebble: Pebble, backend: str, **acme: str) -> Path:
+    data: dict = {"tracking": {"data_dir": "data"}}
+    database = None
+    if backend == "mysql":
+        reason = mysql_reachable()
+        need(reason is None, reason or "")
+        database = f"ptp_test_{secrets.token_hex(4)}"
+        data = mysql_config_data(database)
+        data["tracking"]["data_dir"] = "data"
+    data["tracking"]["acme"] = {
+        "directory": pebble.directory,
+        "ca_bundle": str(pebble.ca_bundle),
+        **acme,
+    }
+    data["fast_server"] = {"port": pebble.http_port}
+    path = tmp_path / "postal.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path, pebble: Pebble) -> Iterator[Path]:
+    path = write_setup(tmp_path, pebble, request.param)
+    yield path
+    config = load_config(path)
+    if config.tracking.store == "mysql":
+        drop_mysql_databases(config.main_db.database)
+
+
+def add_domains(config: Path, *names: str, dns_ok: bool = True) -> None:
+    assert cli(config, "init").returncode == 0
+    if cli(config, "servers", "list").stdout.strip() == "":
+        assert cli(config, "servers", "add", "Main").returncode == 0
+    for name in names:
+        args = ["track-domains", "add", name, "--server", "Main"]
+        added = cli(config, *(args + (["--assume-dns-ok"] if dns_ok else [])))
+        assert added.returncode == 0, added.stderr
+
+
+def verify_chain(cert_pem: str, chain_pem: str, root_pem: str, name: str) -> x509.Certificate:
+    leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+    chain = x509.load_pem_x509_certificates(chain_pem.encode())
+    root = x509.load_pem_x509_certificate(root_pem.encode())
+    store = x509.verification.Store([root])
+    verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(
+        x509.DNSName(name)
+    )
+    verifier.verify(leaf, chain)
+    return leaf
+
+
+def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> None:
+    config = load_config(setup)
+    add_domains(setup, "click.example.test", "track.example.test", "broken.example.test")
+
+    first = cli(setup, "register-lets-encrypt", "ops@example.test")
+    assert first.returncode == 0, first.stderr
+    assert "terms of service" in first.stderr
+    assert first.stdout.startswith(f"https://127.0.0.1:{pebble.acme_port}/my-account/")
+    again = cli(setup, "register-lets-encrypt", "ops@example.test")
+    assert again.returncode == 0, again.stderr
+    assert "already registered" in again.stderr and again.stdout == first.stdout
+    assert (config.data_dir / "letsencrypt" / "config" / "accounts").is_dir()
+
+    store = open_store(config)
+    # broken.example.test's CNAME "points elsewhere": this responder never answers for it.
+    with StoreResponder(config, "127.0.0.1", pebble.http_port, ignore={"broken.example.test"}):
+        issued = cli(setup, "certs", "issue", "click.example.test", "track.example.test")
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        assert issued.stderr == ""  # quiet when not on a terminal
+
+        root = pebble.root_pem()
+        first_certs = {}
+        for name in ("click.example.test", "track.example.test"):
+            cert = store.get_certificate(name)
+            assert cert is not None and cert.active
+            leaf = verify_chain(cert.certificate, cert.intermediaries, root, name)
+            assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+            assert leaf.public_key().curve.name == "secp256r1"
+            assert cert.verification_path is None and cert.verification_string is None
+            assert cert.renew_after < cert.expires_at
+            first_certs[name] = cert.certificate
+
+        failed = cli(setup, "certs", "issue", "broken.example.test")
+        assert failed.returncode == 1
+        assert "broken.example.test" in failed.stderr and "got 404" in failed.stderr
+
+        listed = cli(setup, "certs", "list")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        row = {ln.split()[0]: ln.split()[1] for ln in lines[1:] if not ln.startswith(" ")}
+        assert row == {
+            "click.example.test": "active",
+            "track.example.test": "active",
+            "broken.example.test": "failed",
+        }
+        assert (
+            "last error: the HTTP-01 request for http://broken.example.test:"
+            f"{pebble.http_port}/.well-known/acme-challenge/... got 404: "
+            "is the CNAME pointing at this server?"
+        ) in listed.stdout
+        assert "next attempt:" in listed.stdout and "(failed 1x)" in listed.stdout
+        assert store.get_certificate("broken.example.test").verification_path is None
+
+        # Nothing is due and the failure is backing off: renew does nothing, quietly.
+        quiet = cli(setup, "certs", "renew")
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+        assert "(failed 1x)" in cli(setup, "certs", "list").stdout
+
+        forced = cli(setup, "certs", "renew", "--force", "click.example.test")
+        assert forced.returncode == 0, forced.stderr
+        renewed = store.get_certificate("click.example.test")
+        assert renewed.certificate != first_certs["click.example.test"]
+        verify_chain(renewed.certificate, renewed.intermediaries, root, "click.example.test")
+        assert store.get_certificate("track.example.test").certificate == first_certs[
+            "track.example.test"
+        ]
+    store.close()
+
+
+def test_rsa_key_type(tmp_path: Path, pebble: Pebble) -> None:
+    setup = write_setup(tmp_path, pebble, "sqlite", key_type="rsa")
+    add_domains(setup, "rsa.example.test")
+    assert cli(setup, "register-lets-encrypt", "ops@example.test").returncode == 0
+    with StoreResponder(load_config(setup), "127.0.0.1", pebble.http_port):
+        issued = cli(setup, "certs", "issue")
+    assert issued.returncode == 0, issued.stderr
+    store = open_store(load_config(setup))
+    leaf = x509.load_pem_x509_certificate(store.get_certificate("rsa.example.test").certificate.encode())
+    store.close()
+    assert isinstance(leaf.public_key(), rsa.RSAPublicKey) and leaf.public_key().key_size == 2048
+
+
+def test_refused_registration_is_one_line(tmp_path: Path, pebble: Pebble) -> None:
+    setup = write_setup(tmp_path, pebble, "sqlite")
+    # Pebble refuses contacts whose domain it finds unacceptable; "localhost" has no dot,
+    # so our own check stops it first: either way, one line and exit 1.
+    for email in ("not-an-address", "ops@localhost"):
+        result = cli(setup, "register-lets-encrypt", email)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and "e-mail address" in result.stderr
