@@ -1,0 +1,242 @@
+"""Walk a message's MIME tree on its raw bytes and rewrite the inline text parts.
+
+The message is never parsed into objects and serialised again (the ``email``
+package's generator refolds headers and re-encodes parts, which changes bytes
+and breaks nothing-changed guarantees). Instead the entity boundaries are found
+in the bytes, only each header block is read with the ``email`` package, and
+each inline ``text/html`` or ``text/plain`` part is decoded, rewritten, and
+re-encoded with its own transfer encoding and charset. Everything else
+(headers, attachments, preambles, attached messages) is copied slice for
+slice, so it stays byte-identical, and a large attachment is never decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+from ._html import rewrite_html
+from ._plan import Tracker
+from ._text import rewrite_text
+
+_HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")  # RFC 5322: at most 998 octets a line
+_CTE_HEADER = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
+_X_AMP_SKIP = re.compile(rb"(?im)^x-amp[ \t]*:[ \t]*skip[ \t]*(?:\r?\n|\Z)")
+_DKIM = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+_SIGNED = ("multipart/signed", "multipart/encrypted")
+
+Edit = tuple[int, int, bytes]
+
+
+class Malformed(Exception):
+    """The message cannot be read safely: it is sent unchanged."""
+
+
+class Untouchable(Exception):
+    """Rewriting would break something (a signature): the message is sent unchanged."""
+
+
+def split_headers(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """``(header_end, body_start)`` of the entity ``raw[start:end]``.
+
+    The header block includes its last line break; the body starts after the
+    blank line. Without a blank line everything is header and the body is empty.
+    """
+    if raw.startswith(b"\r\n", start) or raw.startswith(b"\n", start):
+        return start, start + (2 if raw[start] == 13 else 1)
+    crlf = raw.find(b"\n\r\n", start, end)
+    lf = raw.find(b"\n\n", start, crlf if crlf != -1 else end)
+    if lf != -1:
+        return lf + 1, lf + 2
+    if crlf != -1:
+        return crlf + 1, crlf + 3
+    return end, end
+
+
+def parse_headers(raw: bytes, start: int, end: int) -> Message:
+    return _HEADER_PARSER.parsebytes(raw[start:end])
+
+
+def line_ending(raw: bytes) -> bytes:
+    i = raw.find(b"\n")
+    return b"\r\n" if i > 0 and raw[i - 1] == 13 else b"\n"
+
+
+def top_level_edits(raw: bytes, header_end: int) -> tuple[list[Edit], bool, bool]:
+    """Edits removing ``X-AMP: skip``, and whether it and a DKIM signature were there."""
+    header = raw[:header_end]
+    edits = [(m.start(), m.end(), b"") for m in _X_AMP_SKIP.finditer(header)]
+    return edits, bool(edits), _DKIM.search(header) is not None
+
+
+def rewrite_entity(
+    raw: bytes,
+    start: int,
+    end: int,
+    tracker: Tracker,
+    edits: list[Edit],
+    *,
+    pixel_position: str,
+    eol: bytes,
+    default_type: str = "text/plain",
+) -> None:
+    """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
+    header_end, body_start = split_headers(raw, start, end)
+    msg = parse_headers(raw, start, header_end)
+    msg.set_default_type(default_type)
+    ctype = msg.get_content_type()
+    if ctype in _SIGNED:
+        raise Untouchable(f"{ctype} (rewriting would break it)")
+    maintype, _, subtype = ctype.partition("/")
+    if maintype == "multipart":
+        boundary = msg.get_param("boundary")
+        if not isinstance(boundary, str) or not boundary:
+            raise Malformed(f"{ctype} without a boundary")
+        child_type = "message/rfc822" if subtype == "digest" else "text/plain"
+        for part_start, part_end in _parts(raw, body_start, end, boundary.encode("latin-1")):
+            rewrite_entity(
+                raw, part_start, part_end, tracker, edits,
+                pixel_position=pixel_position, eol=eol, default_type=child_type,
+            )
+    elif maintype == "text" and subtype in ("html", "plain"):
+        if msg.get_content_disposition() == "attachment":
+            return
+        _rewrite_leaf(raw, start, header_end, body_start, end, msg, subtype, tracker, edits,
+                      pixel_position=pixel_position, eol=eol)
+
+
+def _parts(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """The ``(start, end)`` of each body part between the boundary delimiters."""
+    delimiter = b"--" + boundary
+    parts: list[tuple[int, int]] = []
+    part_start: int | None = None
+    pos = start
+    while True:
+        i = raw.find(delimiter, pos, end)
+        if i == -1:
+            break
+        pos = i + len(delimiter)
+        if i != start and raw[i - 1] != 10:
+            continue  # not at the start of a line
+        closing = raw.startswith(b"--", pos, end)
+        after = pos + 2 if closing else pos
+        line_end = raw.find(b"\n", after, end)
+        line_end = end if line_end == -1 else line_end + 1
+        if raw[after:line_end].strip(b" \t\r\n"):
+            continue  # "--boundary-more": a longer boundary, not ours
+        if part_start is not None:
+            content_end = i
+            if i != start:
+                content_end -= 1
+                if content_end > start and raw[content_end - 1] == 13:
+                    content_end -= 1
+            parts.append((part_start, max(content_end, part_start)))
+        if closing:
+            return parts
+        part_start = line_end
+        pos = line_end
+    if part_start is not None and part_start < end:
+        parts.append((part_start, end))  # no closing delimiter: read leniently
+    return parts
+
+
+def _rewrite_leaf(
+    raw: bytes,
+    start: int,
+    header_end: int,
+    body_start: int,
+    end: int,
+    msg: Message,
+    subtype: str,
+    tracker: Tracker,
+    edits: list[Edit],
+    *,
+    pixel_position: str,
+    eol: bytes,
+) -> None:
+    cte = str(msg.get("content-transfer-encoding", "7bit")).strip().lower() or "7bit"
+    body = raw[body_start:end]
+    if cte == "base64":
+        try:
+            data = binascii.a2b_base64(body)
+        except binascii.Error as exc:
+            raise Malformed(f"broken base64 in a text/{subtype} part: {exc}") from None
+    elif cte == "quoted-printable":
+        data = binascii.a2b_qp(body)
+    elif cte in ("7bit", "8bit", "binary"):
+        data = body
+    else:
+        return  # an encoding we do not know (x-uuencode, ...): leave the part alone
+    charset = msg.get_content_charset() or "utf-8"  # undeclared: ASCII, or UTF-8 in practice
+    try:
+        codec = codecs.lookup(charset).name
+        text = data.decode(codec, "surrogateescape")
+        if not data.isascii() and text.encode(codec, "surrogateescape") != data:
+            return  # the codec would not give the same bytes back
+    except (LookupError, UnicodeError, ValueError):
+        return  # a charset Python does not know: leave the part alone
+
+    mark = (len(tracker.links), tracker.images)
+    flowed = subtype == "plain" and str(msg.get_param("format", "")).lower() == "flowed"
+    if subtype == "html":
+        new = rewrite_html(text, tracker, pixel_position=pixel_position)
+    else:
+        new = rewrite_text(text, tracker, flowed=flowed)
+    if new is text or new == text:
+        return
+    try:
+        new_data = new.encode(codec, "surrogateescape")
+    except UnicodeError:
+        del tracker.links[mark[0] :]
+        tracker.images = mark[1]
+        return
+
+    if cte == "base64":
+        encoded = base64.encodebytes(new_data).rstrip(b"\n")
+        if eol != b"\n":
+            encoded = encoded.replace(b"\n", eol)
+        new_body = encoded + body[len(body.rstrip()) :]
+    elif cte == "quoted-printable":
+        new_body = _qp(new_data, eol)
+    elif cte != "binary" and (
+        _LONG_LINE.search(new_data) or (cte == "7bit" and not new_data.isascii())
+    ):
+        # Too long for the declared encoding now: quoted-printable keeps lines short.
+        new_body = _qp(new_data, eol)
+        header = raw[start:header_end]
+        m = _CTE_HEADER.search(header)
+        line = b"Content-Transfer-Encoding: quoted-printable"
+        if m is not None:
+            edits.append((start + m.start(), start + m.end(), line))
+        else:
+            edits.append((header_end, header_end, line + eol))
+    else:
+        new_body = new_data
+    edits.append((body_start, end, new_body))
+
+
+def _qp(data: bytes, eol: bytes) -> bytes:
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    if eol == b"\r\n" and b"\r\n" not in encoded and b"\n" in encoded:
+        encoded = encoded.replace(b"\n", b"\r\n")
+    return encoded
+
+
+def apply_edits(raw: bytes, edits: list[Edit]) -> bytes:
+    """``raw`` with each ``(start, end, new)`` span replaced (spans do not overlap)."""
+    edits.sort(key=lambda e: (e[0], e[1]))
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    last = 0
+    for start, end, new in edits:
+        pieces.append(view[last:start])
+        pieces.append(new)
+        last = end
+    pieces.append(view[last:])
+    return b"".join(pieces)

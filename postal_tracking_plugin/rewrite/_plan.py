@@ -1,0 +1,101 @@
+"""What to track in one message (:class:`TrackingPlan`) and the running tally (:class:`Tracker`).
+
+The plan is plain data the caller builds from the store (see
+:func:`postal_tracking_plugin.rewrite.plan_for`); the tracker hands out click
+URLs and the pixel while the HTML and text rewriters walk the message, and
+collects the links to store. Neither does any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..store import Link
+from ..store import random_token
+from ._urls import Exclusions
+
+#: Postal's hidden pixel container; ``{src}`` is the pixel URL.
+PIXEL_HTML = (
+    "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
+    "<img src='{src}' alt=''></p>"
+)
+
+DEFAULT_MAX_LINKS = 1000
+
+
+@dataclass(frozen=True)
+class TrackingPlan:
+    """Where tracked links point and which halves of tracking are on.
+
+    :param host: the tracking domain's full name, ``click.example.com``.
+    :param scheme: ``https`` when the tracking domain has SSL on and an active
+        certificate, else ``http`` (Postal's rule).
+    :param server_token: the server's 6-letter token, the first path segment.
+    :param excluded_hosts: link hosts never tracked (``*.example.com`` allowed).
+    :param pixel_position: ``bottom`` (before ``</body>``, as Postal) or ``top``
+        (right after ``<body>``, which survives Gmail's clipping).
+    """
+
+    host: str
+    scheme: Literal["http", "https"]
+    server_token: str
+    track_clicks: bool = True
+    track_loads: bool = True
+    excluded_hosts: tuple[str, ...] = ()
+    pixel_position: Literal["bottom", "top"] = "bottom"
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}/"
+
+
+class Tracker:
+    """Per-message state: links handed out, the pixel, the link limit."""
+
+    def __init__(
+        self,
+        plan: TrackingPlan | None,
+        *,
+        new_token: Callable[[], str] = random_token,
+        max_links: int = DEFAULT_MAX_LINKS,
+    ) -> None:
+        self.plan = plan
+        self.clicks = plan is not None and plan.track_clicks
+        self.loads = plan is not None and plan.track_loads
+        self.links: list[Link] = []
+        self.warnings: list[str] = []
+        self.images = 0
+        self.message_token: str | None = new_token() if plan is not None else None
+        self._new_token = new_token
+        self._max_links = max_links
+        self._limited = False
+        if plan is not None:
+            self._prefix = f"{plan.base}{plan.server_token}/"
+            self._own_host = plan.host.lower().rstrip(".")
+            self._excluded = Exclusions(plan.excluded_hosts)
+
+    def click_url(self, url: str, host: str) -> str | None:
+        """The click URL that replaces ``url``, or None to leave it alone."""
+        if host == self._own_host or host in self._excluded:
+            return None
+        if len(self.links) >= self._max_links:
+            if not self._limited:
+                self._limited = True
+                self.warnings.append(
+                    f"more than {self._max_links} links: the rest are left untracked"
+                )
+            return None
+        token = self._new_token()
+        self.links.append(Link(token, url))
+        return self._prefix + token
+
+    def take_pixel(self) -> str | None:
+        """The pixel container, once per message (the first HTML part asks first)."""
+        if not self.loads or self.images:
+            return None
+        assert self.plan is not None and self.message_token is not None
+        self.images = 1
+        src = f"{self.plan.base}img/{self.plan.server_token}/{self.message_token}"
+        return PIXEL_HTML.format(src=src)

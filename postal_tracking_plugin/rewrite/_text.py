@@ -1,0 +1,73 @@
+"""Rewrite http(s) URLs in plain text.
+
+A URL runs from ``http://`` or ``https://`` to white space, ``<``, ``>`` or
+``"``; trailing punctuation (``.,;:!?'``) and unbalanced closing brackets are
+left outside it, so "see https://example.com/a." and
+"(https://en.wikipedia.org/wiki/Mail_(protocol))" both track the right URL,
+and ``<https://...>`` works because ``>`` ends a URL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._plan import Tracker
+from ._urls import trackable_host
+
+_URL = re.compile(r"(?<![A-Za-z0-9+.\-])(https?)(\+notrack)?://[^\s<>\"]+", re.IGNORECASE)
+_TRAILING = ".,;:!?'"
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _trim(url: str) -> str:
+    while url:
+        last = url[-1]
+        if last in _TRAILING:
+            url = url[:-1]
+        elif last in _PAIRS and url.count(last) > url.count(_PAIRS[last]):
+            url = url[:-1]
+        else:
+            break
+    return url
+
+
+def rewrite_text(text: str, tracker: Tracker, *, flowed: bool = False) -> str:
+    """``text`` with tracked URLs replaced and ``+notrack`` markers removed.
+
+    With ``flowed`` (``format=flowed``), a URL that ends at a soft line break
+    (a space before the newline) may continue on the next line, so it is left
+    alone rather than tracked half.
+    """
+    edits: list[tuple[int, int, str]] = []
+    for m in _URL.finditer(text):
+        start = m.start()
+        if m.group(2) is not None:  # +notrack: drop the marker, never track
+            edits.append((m.start(2), m.end(2), ""))
+            continue
+        if not tracker.clicks:
+            continue
+        url = _trim(m.group())
+        end = start + len(url)
+        if flowed and text.startswith(" \n", end) or flowed and text.startswith(" \r\n", end):
+            continue
+        host = trackable_host(url)
+        if host is None:
+            continue
+        if not url.isascii():
+            try:
+                url.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+        click = tracker.click_url(url, host)
+        if click is not None:
+            edits.append((start, end, click))
+    if not edits:
+        return text
+    parts = []
+    last = 0
+    for start, end, new in edits:
+        parts.append(text[last:start])
+        parts.append(new)
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
