@@ -1,12 +1,14 @@
 """register-lets-encrypt and certs issue/renew/list against a real ACME server (Pebble).
 
 HTTP-01 is answered here by a small responder reading the store the way the
-fast server does (tests/pebble.py); the end-to-end test with the real fast
+fast server does (tests/pebble_acme.py); the end-to-end test with the real fast
 server is in test_letsencrypt_e2e.py. Runs on SQLite and on MariaDB.
 """
 
 from __future__ import annotations
 
+import os
+import pty
 import secrets
 import subprocess
 import sys
@@ -18,15 +20,15 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pebble_acme import Pebble
+from pebble_acme import StoreResponder
+from pebble_acme import available
+from pebble_acme import free_port
 
 from conftest import drop_mysql_databases
 from conftest import mysql_config_data
 from conftest import mysql_reachable
 from conftest import need
-from pebble import Pebble
-from pebble import StoreResponder
-from pebble import available
-from pebble import free_port
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
@@ -39,6 +41,32 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def cli_on_terminal(config: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the command with stderr on a pseudo-terminal, as a user at a shell would."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", str(config), *args],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    return proc, b"".join(chunks).decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +121,8 @@ def verify_chain(cert_pem: str, chain_pem: str, root_pem: str, name: str) -> x50
     chain = x509.load_pem_x509_certificates(chain_pem.encode())
     root = x509.load_pem_x509_certificate(root_pem.encode())
     store = x509.verification.Store([root])
-    verifier = x509.verification.PolicyBuilder().store(store).build_server_verifier(
-        x509.DNSName(name)
+    verifier = (
+        x509.verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
     )
     verifier.verify(leaf, chain)
     return leaf
@@ -163,9 +191,10 @@ def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> N
         renewed = store.get_certificate("click.example.test")
         assert renewed.certificate != first_certs["click.example.test"]
         verify_chain(renewed.certificate, renewed.intermediaries, root, "click.example.test")
-        assert store.get_certificate("track.example.test").certificate == first_certs[
-            "track.example.test"
-        ]
+        assert (
+            store.get_certificate("track.example.test").certificate
+            == first_certs["track.example.test"]
+        )
     store.close()
 
 
@@ -174,10 +203,15 @@ def test_rsa_key_type(tmp_path: Path, pebble: Pebble) -> None:
     add_domains(setup, "rsa.example.test")
     assert cli(setup, "register-lets-encrypt", "ops@example.test").returncode == 0
     with StoreResponder(load_config(setup), "127.0.0.1", pebble.http_port):
-        issued = cli(setup, "certs", "issue")
-    assert issued.returncode == 0, issued.stderr
+        issued, progress = cli_on_terminal(setup, "certs", "issue")
+    assert issued.returncode == 0, progress
+    # On a terminal: a progress line per domain, ending in its outcome.
+    assert "[1/1] rsa.example.test: requesting a certificate ..." in progress
+    assert "[1/1] rsa.example.test: active, expires " in progress
     store = open_store(load_config(setup))
-    leaf = x509.load_pem_x509_certificate(store.get_certificate("rsa.example.test").certificate.encode())
+    leaf = x509.load_pem_x509_certificate(
+        store.get_certificate("rsa.example.test").certificate.encode()
+    )
     store.close()
     assert isinstance(leaf.public_key(), rsa.RSAPublicKey) and leaf.public_key().key_size == 2048
 
