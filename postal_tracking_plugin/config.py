@@ -140,6 +140,21 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """``tracking.events``: the click/open spool, its writer and the bot flags."""
+
+    spool_max_bytes: int = field(default=1024**3, metadata={"range": (1024 * 1024, 2**62)})
+    spool_segment_bytes: int = field(default=64 * 1024**2, metadata={"range": (4096, 2**62)})
+    batch_size: int = field(default=500, metadata={"range": (1, 100000)})
+    batch_interval: float = 0.1
+    too_fast_seconds: float = 5.0
+    all_links_window: float = 3.0
+    all_links_count: int = field(default=3, metadata={"range": (2, 1000)})
+    bot_user_agents_files: tuple[str, ...] = ()
+    bot_networks_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """``tracking.log``: the fast server's logs."""
 
@@ -161,6 +176,7 @@ class TrackingConfig:
     max_connections: int = field(default=10000, metadata=_POSITIVE)
     relay: RelayConfig = field(default_factory=RelayConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -169,6 +185,7 @@ _STRICT = (
     AcmeConfig,
     RelayConfig,
     WebhooksConfig,
+    EventsConfig,
     LogConfig,
 )
 

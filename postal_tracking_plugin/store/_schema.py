@@ -267,30 +267,118 @@ TRACKING_LOCKS = Table(
     primary_key="name",
 )
 
-#: Certificate issuance state per tracking domain, which Postal's
-#: ``track_certificates`` has no columns for: the last attempt's outcome, its
-#: error in words, and when to try again (failures back off).
-TRACKING_CERTIFICATE_STATUS = Table(
-    "tracking_certificate_status",
+#: Postal's webhook tables (db/schema.rb), created only where they are missing:
+#: in Postal mode Postal's own workers deliver the rows queued in
+#: ``webhook_requests``.
+WEBHOOKS = Table(
+    "webhooks",
     {
-        "domain": "varchar(191) NOT NULL",
-        "status": "varchar(16) DEFAULT NULL",
-        "last_error": "text",
-        "attempts": "int(11) DEFAULT 0",
-        "next_attempt_at": _DT,
-        "updated_at": _DT,
+        "id": _ID,
+        "server_id": _I,
+        "uuid": _V,
+        "name": _V,
+        "url": _V,
+        "last_used_at": _DT,
+        "all_events": "tinyint(1) DEFAULT 0",
+        "enabled": "tinyint(1) DEFAULT 1",
+        "sign": "tinyint(1) DEFAULT 1",
+        "created_at": _DT6,
+        "updated_at": _DT6,
     },
-    primary_key="domain",
+    indexes={"index_webhooks_on_server_id": "`server_id`"},
+)
+
+WEBHOOK_EVENTS = Table(
+    "webhook_events",
+    {"id": _ID, "webhook_id": _I, "event": _V, "created_at": _DT6},
+    indexes={"index_webhook_events_on_webhook_id": "`webhook_id`"},
+)
+
+WEBHOOK_REQUESTS = Table(
+    "webhook_requests",
+    {
+        "id": _ID,
+        "server_id": _I,
+        "webhook_id": _I,
+        "url": _V,
+        "event": _V,
+        "uuid": _V,
+        "payload": "text",
+        "attempts": "int(11) DEFAULT 0",
+        "retry_after": _DT6,
+        "error": "text",
+        "created_at": _DT6,
+        "locked_by": _V,
+        "locked_at": _DT,
+    },
+    indexes={
+        "index_webhook_requests_on_locked_by": "`locked_by`",
+        "index_webhook_requests_on_uuid": "`uuid`",
+    },
+)
+
+#: Standalone webhook deliveries (``tracking.webhooks.urls``), persisted so
+#: retries survive restarts. ``uuid`` is unique: queueing is idempotent.
+TRACKING_WEBHOOK_DELIVERIES = Table(
+    "tracking_webhook_deliveries",
+    {
+        "id": _ID,
+        "uuid": "varchar(64) NOT NULL",
+        "url": "text",
+        "event": _V,
+        "payload": "mediumtext",
+        "attempts": "int(11) DEFAULT 0",
+        "retry_after": _TS,
+        "status": "varchar(16) DEFAULT 'pending'",
+        "last_status_code": _I,
+        "error": "text",
+        "created_at": _TS,
+        "delivered_at": _TS,
+        "locked_by": _V,
+        "locked_at": _TS,
+    },
+    unique={"on_uuid": "`uuid`"},
+    indexes={"on_status_retry": "`status`(8), `retry_after`"},
+)
+
+#: One row per click or open event this plugin recorded, keyed by the event's
+#: id and written in the same transaction as Postal's ``clicks``/``loads`` row,
+#: so a replayed event is recognised and skipped. It also holds the bot flags,
+#: which Postal's tables have no column for, and whether webhooks were queued.
+TRACKING_EVENTS = Table(
+    "tracking_events",
+    {
+        "event_id": "varchar(64) NOT NULL",
+        "kind": "varchar(8) NOT NULL",
+        "method": "varchar(8) DEFAULT NULL",
+        "message_id": _I,
+        "link_id": _I,
+        "ip_address": _V,
+        "user_agent": _V,
+        "timestamp": _TS,
+        "bot": "tinyint(1) DEFAULT 0",
+        "reason": "varchar(40) DEFAULT NULL",
+        "counted": "tinyint(1) DEFAULT 1",
+        "webhooks_queued": "tinyint(1) DEFAULT 0",
+        "recorded_at": _TS,
+    },
+    primary_key="event_id",
+    indexes={
+        "on_message_kind": "`message_id`, `kind`",
+        "on_timestamp": "`timestamp`",
+        "on_webhooks_queued": "`webhooks_queued`",
+    },
 )
 
 #: Migrations: version -> tables it creates. Add a new version to change the
 #: schema; existing databases get exactly the versions they lack.
 MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (SERVERS, DOMAINS, TRACK_DOMAINS, TRACK_CERTIFICATES, TRACKING_LOCKS),
-    2: (TRACKING_CERTIFICATE_STATUS,),
+    3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
 }
 MESSAGE_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),
+    2: (TRACKING_EVENTS,),
 }
 
 

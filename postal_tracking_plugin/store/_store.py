@@ -12,7 +12,9 @@ import hashlib
 import re
 import secrets
 import string
+import time
 import uuid
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import Any
@@ -367,46 +369,152 @@ class Store:
         """Insert ``clicks`` rows ``(message_id, link_id, ip, user_agent, timestamp)``.
 
         Also sets each message's ``clicked`` to its latest click, as Postal does.
+        Not idempotent: the event recorder uses :meth:`record_events`.
         """
         clicks = list(clicks)
         if not clicks:
             return
-        latest: dict[int, float] = {}
-        for message_id, _link, _ip, _ua, ts in clicks:
-            if message_id is not None:
-                latest[message_id] = max(ts, latest.get(message_id, ts))
         with self.messages(server_id) as db:
-            db.executemany(
-                "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(m, li, ip, (ua or "")[:255], ts) for m, li, ip, ua, ts in clicks],
-            )
-            db.executemany(
-                "UPDATE messages SET clicked = %s WHERE id = %s AND (clicked IS NULL OR clicked < %s)",
-                [(ts, m, ts) for m, ts in latest.items()],
-            )
+            _insert_clicks(db, clicks)
 
     def record_loads(self, server_id: int, loads: Iterable[Sequence[Any]]) -> None:
         """Insert ``loads`` rows ``(message_id, ip, user_agent, timestamp)``.
 
         Sets ``messages.loaded`` on the first open only, as Postal does.
+        Not idempotent: the event recorder uses :meth:`record_events`.
         """
         loads = list(loads)
         if not loads:
             return
-        first: dict[int, float] = {}
-        for message_id, _ip, _ua, ts in loads:
-            first[message_id] = min(ts, first.get(message_id, ts))
         with self.messages(server_id) as db:
-            db.executemany(
-                "INSERT INTO loads (message_id, ip_address, user_agent, timestamp) "
-                "VALUES (%s, %s, %s, %s)",
-                [(m, ip, (ua or "")[:255], ts) for m, ip, ua, ts in loads],
+            _insert_loads(db, loads)
+
+    def record_events(
+        self,
+        server_id: int,
+        events: Sequence[dict[str, Any]],
+        flag: Callable[[Db, list[dict[str, Any]]], None] | None = None,
+        *,
+        webhooks_pending: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Record click and open events of one server exactly once, in one transaction.
+
+        Each event is a dict with ``event_id``, ``kind`` (``click`` or ``open``),
+        ``method``, ``message_id``, ``link_id``, ``ip_address``, ``user_agent`` and
+        ``timestamp``. An event whose id is already in ``tracking_events`` is
+        skipped, so replaying a spool after a crash never writes a row twice.
+        ``flag(db, new_events)`` runs inside the transaction to set ``bot`` and
+        ``bot_reason`` on each event (and may update earlier rows). Counted
+        events (anything but ``HEAD``) also get Postal's ``clicks``/``loads`` rows
+        and ``messages.clicked``/``loaded``, in multi-row statements.
+        ``webhooks_pending`` marks counted events as still to be queued for
+        webhooks (``tracking_events.webhooks_queued = 0``), so a crash between
+        this commit and the queueing is caught up afterwards.
+
+        :returns: the events that were new, in order.
+        """
+        with self.messages(server_id) as db:
+            seen: set[str] = set()
+            ids = [e["event_id"] for e in events]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = db.query(
+                    "SELECT event_id FROM tracking_events WHERE event_id IN "
+                    f"({', '.join(['%s'] * len(chunk))})",
+                    chunk,
+                )
+                seen.update(str(r["event_id"]) for r in rows)
+            fresh = []
+            for event in events:
+                if event["event_id"] not in seen:
+                    seen.add(event["event_id"])
+                    fresh.append(event)
+            if not fresh:
+                return []
+            for event in fresh:
+                event.setdefault("bot", False)
+                event.setdefault("bot_reason", None)
+            if flag is not None:
+                flag(db, fresh)
+            counted = [e for e in fresh if (e.get("method") or "GET").upper() != "HEAD"]
+            _insert_clicks(
+                db,
+                [
+                    (e["message_id"], e["link_id"], e["ip_address"], e["user_agent"], e["timestamp"])
+                    for e in counted
+                    if e["kind"] == "click"
+                ],
             )
-            db.executemany(
-                "UPDATE messages SET loaded = %s WHERE id = %s AND loaded IS NULL",
-                [(ts, m) for m, ts in first.items()],
+            _insert_loads(
+                db,
+                [
+                    (e["message_id"], e["ip_address"], e["user_agent"], e["timestamp"])
+                    for e in counted
+                    if e["kind"] == "open" and e["message_id"] is not None
+                ],
             )
+            now = time.time()
+            db.executemany(
+                "INSERT INTO tracking_events (event_id, kind, method, message_id, link_id, "
+                "ip_address, user_agent, timestamp, bot, reason, counted, webhooks_queued, "
+                "recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        e["event_id"],
+                        e["kind"],
+                        (e.get("method") or "GET").upper()[:8],
+                        e["message_id"],
+                        e.get("link_id"),
+                        e["ip_address"],
+                        (e["user_agent"] or "")[:255],
+                        e["timestamp"],
+                        int(bool(e["bot"])),
+                        e["bot_reason"],
+                        int((e.get("method") or "GET").upper() != "HEAD"),
+                        int(not webhooks_pending or (e.get("method") or "GET").upper() == "HEAD"),
+                        now,
+                    )
+                    for e in fresh
+                ],
+            )
+        return fresh
+
+
+def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
+    """``clicks`` rows in one statement, and ``messages.clicked`` = the latest click."""
+    if not clicks:
+        return
+    latest: dict[int, float] = {}
+    for message_id, _link, _ip, _ua, ts in clicks:
+        if message_id is not None:
+            latest[message_id] = max(ts, latest.get(message_id, ts))
+    db.executemany(
+        "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        [(m, li, ip, (ua or "")[:255], ts) for m, li, ip, ua, ts in clicks],
+    )
+    db.executemany(
+        "UPDATE messages SET clicked = %s WHERE id = %s AND (clicked IS NULL OR clicked < %s)",
+        [(ts, m, ts) for m, ts in latest.items()],
+    )
+
+
+def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
+    """``loads`` rows in one statement, and ``messages.loaded`` on the first open only."""
+    if not loads:
+        return
+    first: dict[int, float] = {}
+    for message_id, _ip, _ua, ts in loads:
+        first[message_id] = min(ts, first.get(message_id, ts))
+    db.executemany(
+        "INSERT INTO loads (message_id, ip_address, user_agent, timestamp) "
+        "VALUES (%s, %s, %s, %s)",
+        [(m, ip, (ua or "")[:255], ts) for m, ip, ua, ts in loads],
+    )
+    db.executemany(
+        "UPDATE messages SET loaded = %s WHERE id = %s AND loaded IS NULL",
+        [(ts, m) for m, ts in first.items()],
+    )
 
 
 def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table, ...]]) -> None:

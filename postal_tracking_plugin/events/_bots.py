@@ -1,0 +1,312 @@
+"""Bot and privacy-proxy flags: which clicks and opens a person probably did not make.
+
+Flags, never filters: every event is recorded and counted in Postal's
+``clicks``/``loads``; the flag goes into our own ``tracking_events`` table, the
+webhook payloads and the tracking-event hook, so ``stats`` can show human-only
+figures beside all-event ones.
+
+The reasons, checked in this order (the first that applies is kept):
+
+``head-request``
+    A ``HEAD`` probe (link checkers do this; browsers do not). Postal does not
+    count these at all; we keep them in ``tracking_events`` only.
+a network rule (``bot_networks.txt``)
+    ``scanner-network``, ``apple-privacy-proxy``, ...
+a user-agent rule (``bot_user_agents.txt``)
+    ``scanner-user-agent``, ``apple-privacy-proxy``, ``google-image-proxy``, ...
+``no-user-agent``
+    No ``User-Agent`` header at all.
+``too-fast-after-send``
+    Within ``tracking.events.too_fast_seconds`` of the message's timestamp:
+    gateways scan on delivery, people read later.
+``all-links-at-once``
+    One address clicked ``all_links_count`` different links of one message
+    (or all of them, if it has fewer) within ``all_links_window`` seconds;
+    earlier events of the burst are re-flagged too.
+
+Reasons ending in ``-image-proxy`` (Gmail's and Yahoo's proxies fetch the
+pixel when the reader opens the message) keep ``bot`` false: the open is real,
+only the address and agent are the proxy's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+
+log = logging.getLogger("postal_tracking_plugin.events")
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_bot_reason(reason: str | None) -> bool:
+    """Whether ``reason`` means automated (True) or a reader behind a proxy (False)."""
+    return bool(reason) and not str(reason).endswith("-image-proxy")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """User-agent and network rules, loaded from the bundled and the operator's files."""
+
+    user_agents: tuple[tuple[str, re.Pattern[str]], ...]
+    networks: tuple[tuple[_Net, str], ...]
+
+    @classmethod
+    def load(
+        cls, ua_files: Sequence[str | Path] = (), net_files: Sequence[str | Path] = ()
+    ) -> Rules:
+        """The bundled rules followed by those in ``ua_files`` / ``net_files``.
+
+        :raises ConfigError: a file is missing or holds a bad rule (named with its line).
+        """
+        ua_texts = [("bot_user_agents.txt", _bundled("bot_user_agents.txt"))]
+        ua_texts += [(str(p), _read(p)) for p in ua_files]
+        net_texts = [("bot_networks.txt", _bundled("bot_networks.txt"))]
+        net_texts += [(str(p), _read(p)) for p in net_files]
+        uas: list[tuple[str, re.Pattern[str]]] = []
+        for where, text in ua_texts:
+            for lineno, reason, rest in _rules(text):
+                try:
+                    uas.append((reason, re.compile(rest, re.IGNORECASE)))
+                except re.error as exc:
+                    raise ConfigError(
+                        f"{where} line {lineno}: bad regular expression {rest!r} ({exc}); "
+                        f"fix or remove the line"
+                    ) from None
+        nets: list[tuple[_Net, str]] = []
+        for where, text in net_texts:
+            for lineno, first, rest in _rules(text):
+                try:
+                    nets.append((ipaddress.ip_network(first, strict=False), rest.split()[0]))
+                except ValueError:
+                    raise ConfigError(
+                        f"{where} line {lineno}: {first!r} is not an address or CIDR; "
+                        f"write one network and a reason per line"
+                    ) from None
+        return cls(tuple(uas), tuple(nets))
+
+    @classmethod
+    def from_config(cls, config: Config) -> Rules:
+        ev = config.tracking.events
+        return cls.load(
+            [config.path(p) for p in ev.bot_user_agents_files],
+            [config.path(p) for p in ev.bot_networks_files],
+        )
+
+    def network_reason(self, ip: str | None) -> str | None:
+        if not ip:
+            return None
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for network, reason in self.networks:
+            if address.version == network.version and address in network:
+                return reason
+        return None
+
+    def user_agent_reason(self, user_agent: str | None) -> str | None:
+        if not user_agent:
+            return None
+        for reason, pattern in self.user_agents:
+            if pattern.search(user_agent):
+                return reason
+        return None
+
+    def classify(self, method: str | None, ip: str | None, user_agent: str | None) -> str | None:
+        """The reason from the request alone (method, address, agent), or None."""
+        if (method or "GET").upper() == "HEAD":
+            return "head-request"
+        reason = self.network_reason(ip) or self.user_agent_reason(user_agent)
+        if reason:
+            return reason
+        if not (user_agent or "").strip():
+            return "no-user-agent"
+        return None
+
+
+class Flagger:
+    """Sets ``bot``/``bot_reason`` on a batch of events, inside the store transaction."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        *,
+        too_fast_seconds: float = 5.0,
+        all_links_window: float = 3.0,
+        all_links_count: int = 3,
+    ) -> None:
+        self.rules = rules
+        self.too_fast_seconds = too_fast_seconds
+        self.all_links_window = all_links_window
+        self.all_links_count = all_links_count
+
+    @classmethod
+    def from_config(cls, config: Config) -> Flagger:
+        ev = config.tracking.events
+        return cls(
+            Rules.from_config(config),
+            too_fast_seconds=ev.too_fast_seconds,
+            all_links_window=ev.all_links_window,
+            all_links_count=ev.all_links_count,
+        )
+
+    def __call__(self, db: Any, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            reason = self.rules.classify(
+                event.get("method"), event.get("ip_address"), event.get("user_agent")
+            )
+            _set(event, reason)
+        message_ids = sorted({e["message_id"] for e in events if e.get("message_id") is not None})
+        if not message_ids:
+            return
+        messages = {
+            int(r["id"]): r
+            for r in _in_query(
+                db,
+                "SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({})",
+                message_ids,
+            )
+        }
+        if self.too_fast_seconds > 0:
+            for event in events:
+                if event["bot_reason"] is not None:
+                    continue
+                message = messages.get(event.get("message_id") or -1)
+                if message is None or message["timestamp"] is None:
+                    continue
+                age = float(event["timestamp"]) - float(message["timestamp"])
+                if age < self.too_fast_seconds:
+                    _set(event, "too-fast-after-send")
+        self._all_links_at_once(db, events, messages)
+
+    def _all_links_at_once(
+        self, db: Any, events: list[dict[str, Any]], messages: dict[int, Any]
+    ) -> None:
+        clicks = [
+            e
+            for e in events
+            if e["kind"] == "click" and e.get("message_id") is not None and e.get("link_id")
+        ]
+        if not clicks:
+            return
+        window = self.all_links_window
+        earliest = min(float(e["timestamp"]) for e in clicks) - window
+        ids = sorted({e["message_id"] for e in clicks})
+        earlier = _in_query(
+            db,
+            "SELECT event_id, message_id, link_id, ip_address, timestamp, bot FROM tracking_events "
+            "WHERE kind = 'click' AND message_id IN ({}) AND timestamp >= %s",
+            ids,
+            (earliest,),
+        )
+        groups: dict[
+            tuple[int, str], list[tuple[float, int, str, bool, dict[str, Any] | None]]
+        ] = {}
+        for r in earlier:
+            key = (int(r["message_id"]), r["ip_address"] or "")
+            groups.setdefault(key, []).append(
+                (
+                    float(r["timestamp"]),
+                    int(r["link_id"] or 0),
+                    str(r["event_id"]),
+                    bool(r["bot"]),
+                    None,
+                )
+            )
+        for e in clicks:
+            key = (int(e["message_id"]), e.get("ip_address") or "")
+            groups.setdefault(key, []).append(
+                (float(e["timestamp"]), int(e["link_id"]), e["event_id"], False, e)
+            )
+        reflag: list[str] = []
+        for (message_id, _ip), items in groups.items():
+            if not any(item[4] is not None for item in items):
+                continue
+            message = messages.get(message_id)
+            tracked = int(message["tracked_links"] or 0) if message else 0
+            need = self.all_links_count if tracked < 2 else min(self.all_links_count, tracked)
+            items.sort(key=lambda item: item[0])
+            times = [item[0] for item in items]
+            flagged: set[int] = set()
+            for i, (ts, *_rest) in enumerate(items):
+                j = bisect.bisect_right(times, ts + window)
+                burst = items[i:j]
+                if len({item[1] for item in burst}) >= need:
+                    flagged.update(range(i, j))
+            for k in flagged:
+                _ts, _link, event_id, was_bot, event = items[k]
+                if event is not None:
+                    if not event["bot"]:
+                        _set(event, "all-links-at-once", force=True)
+                elif not was_bot:
+                    reflag.append(event_id)
+        if reflag:
+            for start in range(0, len(reflag), 500):
+                chunk = reflag[start : start + 500]
+                db.execute(
+                    "UPDATE tracking_events SET bot = 1, reason = 'all-links-at-once' "
+                    f"WHERE bot = 0 AND event_id IN ({', '.join(['%s'] * len(chunk))})",
+                    chunk,
+                )
+
+
+def _set(event: dict[str, Any], reason: str | None, *, force: bool = False) -> None:
+    if reason is None:
+        event.setdefault("bot", False)
+        event.setdefault("bot_reason", None)
+        return
+    if force or not event.get("bot_reason"):
+        event["bot_reason"] = reason
+        event["bot"] = is_bot_reason(reason)
+
+
+def _in_query(db: Any, sql: str, values: Sequence[Any], extra: Iterable[Any] = ()) -> list[Any]:
+    rows: list[Any] = []
+    extra = tuple(extra)
+    for start in range(0, len(values), 500):
+        chunk = list(values[start : start + 500])
+        rows += db.query(sql.format(", ".join(["%s"] * len(chunk))), (*chunk, *extra))
+    return rows
+
+
+def _rules(text: str) -> Iterable[tuple[int, str, str]]:
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        first, _, rest = line.partition(" ")
+        if "\t" in first:
+            first, _, more = first.partition("\t")
+            rest = f"{more} {rest}"
+        rest = rest.strip()
+        if not rest:
+            continue
+        yield lineno, first, rest
+
+
+def _bundled(name: str) -> str:
+    return resources.files("postal_tracking_plugin").joinpath("data", name).read_text("utf-8")
+
+
+def _read(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read bot rules file {path}: {exc.strerror or exc}; fix the path in "
+            f"tracking.events.bot_user_agents_files / bot_networks_files"
+        ) from None
