@@ -16,6 +16,7 @@ A host mailer, before it signs each message::
 from ._manager import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._manager import PluginError as PluginError
 from ._manager import get_plugin_manager as get_plugin_manager
+from ._manager import notify_tracking_event as notify_tracking_event
 from ._manager import run_send_pipeline as run_send_pipeline
 from .spec import PROJECT_NAME as PROJECT_NAME
 from .spec import TrackingEvent as TrackingEvent
@@ -32,5 +33,6 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "notify_tracking_event",
     "run_send_pipeline",
 ]

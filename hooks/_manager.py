@@ -145,3 +145,30 @@ def run_send_pipeline(
                 type(result).__name__,
             )
     return data
+
+
+def notify_tracking_event(pm: pluggy.PluginManager, event: spec.TrackingEvent) -> None:
+    """Give one recorded click or open to every plugin's ``postal_tracking_event``.
+
+    What the fast server's event recorder calls (``hook=functools.partial(
+    notify_tracking_event, pm)``). Unlike ``pm.hook.postal_tracking_event(event=...)``,
+    which stops at the first plugin that raises, every plugin is called: an
+    exception is logged with the plugin's name and the event id, and the next
+    plugin still gets the event. Never raises.
+    """
+    for impl in reversed(pm.hook.postal_tracking_event.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            log.warning(
+                "plugin %r: wrappers of postal_tracking_event are not supported; skipped",
+                impl.plugin_name,
+            )
+            continue
+        kwargs = {"event": event} if "event" in impl.argnames else {}
+        try:
+            impl.function(**kwargs)
+        except Exception:  # noqa: BLE001 - one plugin must not keep events from the others
+            log.exception(
+                "plugin %r raised in postal_tracking_event for event %s",
+                impl.plugin_name,
+                event.get("event_id"),
+            )

@@ -147,8 +147,10 @@ def postal_tracking_event(event: TrackingEvent) -> None:
     :param event: the event (see :class:`TrackingEvent`); the same dict is
         passed to every plugin, so do not mutate it.
 
-    Catch your own errors: an exception is logged by the recorder, but pluggy
-    stops at the first one, so the plugins after it miss that event. Events
-    flagged ``bot`` are passed on too: filter on ``event["bot"]`` if only
-    people count.
+    The recorder calls it through
+    :func:`~postal_tracking_plugin.hooks.notify_tracking_event`, which calls
+    every implementation and logs an exception without keeping the event from
+    the plugins after it (a direct ``pm.hook.postal_tracking_event(event=...)``
+    stops at the first exception). Events flagged ``bot`` are passed on too:
+    filter on ``event["bot"]`` if only people count.
     """

@@ -20,6 +20,7 @@ from postal_tracking_plugin.config import FastServerConfig
 from postal_tracking_plugin.hooks import PluginError
 from postal_tracking_plugin.hooks import get_plugin_manager
 from postal_tracking_plugin.hooks import hookimpl
+from postal_tracking_plugin.hooks import notify_tracking_event
 from postal_tracking_plugin.hooks import run_send_pipeline
 from postal_tracking_plugin.hooks.spec import TrackingEvent
 from postal_tracking_plugin.store import Server
@@ -250,19 +251,39 @@ class Events:
         self.events.append(event)
 
 
-def test_tracking_event_plugins_receive_the_event_as_the_recorder_calls_them() -> None:
+class EventsRaises:
+    @hookimpl
+    def postal_tracking_event(self, event: TrackingEvent) -> None:
+        raise RuntimeError("plugin bug")
+
+
+EVENT: TrackingEvent = {
+    "kind": "click", "event_id": "e1", "server_id": 1, "server_token": "abcdef",
+    "message_id": 7, "message_token": "m" * 16, "link_id": 3,
+    "url": "https://www.example.org/", "ip_address": "192.0.2.1", "user_agent": "UA",
+    "timestamp": 1700000000.5, "bot": False, "bot_reason": None,
+}
+
+
+def test_every_tracking_event_plugin_gets_the_event_even_after_one_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     pm = get_plugin_manager()
-    first, second = Events(), Events()
+    first, last = Events(), Events()
     pm.register(first, name="first")
-    pm.register(second, name="second")
-    event: TrackingEvent = {
-        "kind": "click", "event_id": "e1", "server_id": 1, "server_token": "abcdef",
-        "message_id": 7, "message_token": "m" * 16, "link_id": 3,
-        "url": "https://www.example.org/", "ip_address": "192.0.2.1", "user_agent": "UA",
-        "timestamp": 1700000000.5, "bot": False, "bot_reason": None,
-    }
-    assert pm.hook.postal_tracking_event(event=event) == []
-    assert first.events == [event] and second.events == [event]
+    pm.register(EventsRaises(), name="raises")
+    pm.register(last, name="last")
+    notify_tracking_event(pm, EVENT)
+    assert first.events == [EVENT] and last.events == [EVENT]
+    assert "plugin 'raises' raised in postal_tracking_event for event e1" in caplog.text
+
+
+def test_the_tracking_event_hook_can_be_called_the_plain_pluggy_way() -> None:
+    pm = get_plugin_manager()
+    events = Events()
+    pm.register(events, name="events")
+    assert pm.hook.postal_tracking_event(event=EVENT) == []
+    assert events.events == [EVENT]
 
 
 def test_the_readme_example_host_runs(
