@@ -1,0 +1,153 @@
+"""Helpers for the fast server tests: a real worker on real sockets, in a thread.
+
+The worker runs on its own gevent hub in a background thread of the (unpatched)
+test process, on ephemeral ports of 127.0.0.1 or ::1, so tests can read its
+recorder and stats; the tests of the command itself run it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import socket
+import threading
+import time
+from typing import Any
+
+from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.default_certificate import ensure_default_certificate
+from postal_tracking_plugin.store import Link
+from postal_tracking_plugin.store import random_token
+
+
+def with_settings(config: Config, *, tracking: dict | None = None, **fast_server: Any) -> Config:
+    """``config`` with some ``fast_server`` / ``tracking`` values replaced."""
+    fs = dataclasses.replace(config.fast_server, **fast_server)
+    tr = dataclasses.replace(config.tracking, **(tracking or {}))
+    return dataclasses.replace(config, fast_server=fs, tracking=tr)
+
+
+class LiveServer:
+    """A :class:`~postal_tracking_plugin.web.server.Worker` with an HTTP and an HTTPS listener."""
+
+    def __init__(
+        self, config: Config, store: Any, *, host: str = "127.0.0.1", limits: Any = None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.host = host
+        self.limits = limits
+        self.worker: Any = None
+        self.error: BaseException | None = None
+        self._hub: Any = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import gevent
+
+        from postal_tracking_plugin.web.server import ListenSpec
+        from postal_tracking_plugin.web.server import Worker
+        from postal_tracking_plugin.web.server import bind
+
+        try:
+            self._hub = gevent.get_hub()
+            sockets = [
+                (bind(ListenSpec(self.host, 0, False), reuse_port=False), False),
+                (bind(ListenSpec(self.host, 0, True), reuse_port=False), True),
+            ]
+            self.worker = Worker(self.config, self.store, sockets, limits=self.limits)
+            self.worker.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.worker.wait()
+
+    def start(self) -> LiveServer:
+        ensure_default_certificate(self.config)
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def http_port(self) -> int:
+        return self.worker.listeners[0].address[1]
+
+    @property
+    def https_port(self) -> int:
+        return self.worker.listeners[1].address[1]
+
+    def in_hub(self, func: Any) -> None:
+        """Run ``func`` in the server's hub, from the test thread."""
+        import gevent
+
+        self._hub.loop.run_callback_threadsafe(lambda: gevent.spawn(func))
+
+    def stop(self) -> None:
+        if self.worker is not None and self._thread.is_alive():
+            self.in_hub(self.worker.stop)
+            self._thread.join(30)
+
+    def flush(self) -> None:
+        assert self.worker.recorder.flush(10.0)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.http_port, timeout=10)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read()
+        finally:
+            conn.close()
+
+
+def add_message(store: Any, server_id: int, urls: list[str]) -> tuple[str, list[str]]:
+    """Store a message and its links; returns its token and the link tokens."""
+    token = random_token()
+    links = [Link(random_token(), url) for url in urls]
+    store.save_tracked_message(
+        server_id,
+        {
+            "token": token,
+            "scope": "outgoing",
+            "rcpt_to": "reader@example.net",
+            "mail_from": "news@example.com",
+            "subject": "Hello",
+            "timestamp": time.time(),
+            "tracked_links": len(links),
+            "tracked_images": 1,
+            "parsed": 1,
+        },
+        links,
+    )
+    return token, [link.token for link in links]
+
+
+def rows(store: Any, server_id: int, sql: str, params: tuple = ()) -> list[dict]:
+    with store.messages(server_id, readonly=True) as db:
+        return db.query(sql, params)
+
+
+def raw_exchange(host: str, port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes; returns what came back."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,295 @@
+"""The per-connection HTTP handler: gevent's WSGIHandler, hardened and trimmed.
+
+gevent's ``pywsgi`` warns that it is not built to face the Internet; the fast
+server does, so this subclass adds what is missing:
+
+- an idle timeout between keep-alive requests and a deadline for the whole
+  request head (a client trickling bytes is dropped, not kept for ever);
+- an 8 KB limit on the request line and headers together (``431``), parsed by a
+  small reader instead of ``email.parser``;
+- one ``send`` per small response (headers and body together), which, with
+  ``TCP_NODELAY`` on the socket, avoids the 40 ms delayed-ACK stall;
+- ``Connection: close`` when the connection is closing, so clients know;
+- client errors as at most one short log line, never a traceback;
+- the access log only when configured (gevent formats a line per request even
+  when nobody reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from email.utils import formatdate
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIHandler
+
+from ._routes import CLIENT_KEY
+
+log = logging.getLogger("postal_tracking_plugin.web.errors")
+
+MAX_HEAD_BYTES = 8192
+MAX_HEADERS = 100
+_SINGLE_WRITE = 64 * 1024
+
+
+class IdleTimeout(OSError):
+    """No new request on a kept-alive connection in time (closed quietly)."""
+
+
+class HeadTimeout(OSError):
+    """The request line and headers did not arrive in time."""
+
+
+def _response(status: str, body: bytes = b"") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+_TOO_LARGE = _response("431 Request Header Fields Too Large", b"Request headers too large.\n")
+_TIMEOUT = _response("408 Request Timeout", b"Request timeout.\n")
+_BAD = _response("400 Bad Request", b"Bad request.\n")
+
+
+class Headers:
+    """Just the part of ``http.client.HTTPMessage`` that gevent's handler uses."""
+
+    __slots__ = ("_items", "status")
+
+    def __init__(self, items: list[tuple[str, str]], status: str = "") -> None:
+        self._items = items
+        self.status = status
+
+    def get(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._items:
+            if key.lower() == name:
+                return value
+        return default
+
+    getheader = get
+
+    def __delitem__(self, name: str) -> None:
+        name = name.lower()
+        self._items = [(k, v) for k, v in self._items if k.lower() != name]
+
+    @property
+    def headers(self) -> list[str]:
+        return [f"{k}: {v}\r\n" for k, v in self._items]
+
+    @property
+    def typeheader(self) -> str | None:
+        return self.get("content-type")
+
+
+def read_headers(rfile: Any, budget: int) -> tuple[Headers, bool]:
+    """Read header lines up to the blank line; returns the headers and whether they fit."""
+    items: list[tuple[str, str]] = []
+    while True:
+        line = rfile.readline(budget + 1)
+        budget -= len(line)
+        if budget < 0 or len(items) > MAX_HEADERS:
+            return Headers([], "too large"), False
+        if line in (b"\r\n", b"\n"):
+            return Headers(items), True
+        if not line.endswith(b"\n"):
+            return Headers([], "incomplete headers"), True
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or not name or name != name.strip() or name[0] in " \t":
+            return Headers([], "malformed header line"), True
+        items.append((name, value.strip()))
+
+
+class _Date:
+    """The ``Date`` header value, formatted once a second, not once a request."""
+
+    second = 0
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.value = formatdate(now, usegmt=True).encode("ascii")
+            cls.second = now
+        return cls.value
+
+
+class TrackingHandler(WSGIHandler):
+    """Settings come from the server (``server.limits``): see :class:`~.server.Limits`."""
+
+    _too_large = False
+    _head_timer: Any = None
+
+    def handle(self) -> None:
+        limits = self.server.limits
+        self._idle_timer = gevent.Timeout(limits.idle_timeout, IdleTimeout)
+        self._head_timer = gevent.Timeout(limits.header_timeout, HeadTimeout)
+        try:
+            super().handle()
+        finally:
+            self._idle_timer.close()
+            self._head_timer.close()
+
+    # -- reading the request ----------------------------------------------------
+
+    def read_requestline(self) -> str:
+        idle = self.server.idle
+        current = gevent.getcurrent()
+        timer = self._idle_timer
+        idle.add(current)
+        timer.start()
+        try:
+            if self.server.draining:
+                return ""
+            self.rfile.peek(1)
+        finally:
+            timer.cancel()
+            idle.discard(current)
+        self._too_large = False
+        self._head_timer.start()
+        try:
+            line = self.rfile.readline(MAX_HEAD_BYTES + 1)
+        except BaseException:
+            self._head_timer.cancel()
+            raise
+        if len(line) > MAX_HEAD_BYTES:
+            self._too_large = True
+        return line.decode("latin-1")
+
+    def handle_one_request(self) -> Any:
+        try:
+            result = super().handle_one_request()
+        except IdleTimeout:
+            return None
+        finally:
+            self._head_timer.cancel()
+        if self.server.draining and result is True:
+            return None
+        return result
+
+    def read_request(self, raw_requestline: str) -> bool:
+        if self._too_large:
+            raise ValueError("request line too long")
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._head_timer.cancel()
+
+    def MessageClass(self, fp: Any, *_args: Any) -> Headers:  # noqa: N802 - gevent's name
+        headers, fits = read_headers(fp, MAX_HEAD_BYTES - len(self.requestline))
+        if not fits:
+            self._too_large = True
+        return headers
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        self.server.stats.bad_requests += 1
+        if self._too_large:
+            return ("431", _TOO_LARGE)
+        if isinstance(ex, HeadTimeout):
+            return ("408", _TIMEOUT)
+        log.debug("bad request from %s: %s", self.client_address, ex)
+        return ("400", _BAD)
+
+    # -- writing the response ---------------------------------------------------
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        if self.close_connection or self.server.draining:
+            if self.request_version == "HTTP/1.1" and not any(
+                k.lower() == b"connection" for k, _ in self.response_headers
+            ):
+                self.response_headers.append((b"Connection", b"close"))
+            self.close_connection = True
+        return write
+
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:
+            self.response_headers.append((b"Date", _Date.now()))
+            self.provided_date = True
+        super().finalize_headers()
+
+    def _write_with_headers(self, data: bytes) -> None:
+        self.headers_sent = True
+        self.finalize_headers()
+        out = bytearray(b"HTTP/1.1 ")
+        out += self.status
+        out += b"\r\n"
+        for header, value in self.response_headers:
+            out += header
+            out += b": "
+            out += value
+            out += b"\r\n"
+        out += b"\r\n"
+        if data and not self.response_use_chunked and len(data) <= _SINGLE_WRITE:
+            out += data  # one send: no delayed-ACK stall between headers and body
+            self._sendall(out)
+            return
+        self._sendall(out)
+        self._write(data)
+
+    def log_request(self) -> None:
+        access_log = self.server.access_log
+        if access_log is not None:
+            access_log.write(self)
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        log.error("error answering %s", getattr(self, "requestline", "?"), exc_info=(t, v, tb))
+        self._send_error_response_if_possible(500)
+
+
+class AccessLog:
+    """One line per request, ``common`` (NCSA) or ``json``, to a file or stderr."""
+
+    def __init__(self, fmt: str, stream: Any) -> None:
+        self.fmt = fmt
+        self.stream = stream
+
+    def write(self, handler: TrackingHandler) -> None:
+        environ = getattr(handler, "environ", None) or {}
+        client = environ.get(CLIENT_KEY) or environ.get("REMOTE_ADDR")
+        if client is None:
+            address = handler.client_address
+            client = address[0] if isinstance(address, tuple) else address
+        status = getattr(handler, "_orig_status", None) or handler.status or "000"
+        if isinstance(status, bytes):
+            status = status.decode("latin-1")
+        code = status.split(" ", 1)[0]
+        length = handler.response_length or 0
+        if self.fmt == "json":
+            line = json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "client": client,
+                    "request": handler.requestline or "",
+                    "host": environ.get("HTTP_HOST"),
+                    "status": int(code) if code.isdigit() else code,
+                    "bytes": length,
+                    "user_agent": environ.get("HTTP_USER_AGENT"),
+                    "duration": round((handler.time_finish or time.time()) - handler.time_start, 6),
+                },
+                separators=(",", ":"),
+            )
+        else:
+            when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+            line = (
+                f'{client or "-"} - - [{when}] "{handler.requestline or ""}" {code} {length or "-"}'
+            )
+        try:
+            self.stream.write(line + "\n")
+        except (OSError, ValueError):
+            pass
+
+
+def tune_socket(sock: socket.socket, io_timeout: float) -> None:
+    """``TCP_NODELAY`` (see the module docstring) and a timeout for every send and receive."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    sock.settimeout(io_timeout)

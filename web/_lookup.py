@@ -1,0 +1,163 @@
+"""An in-process LRU cache in front of the store for the click and open paths.
+
+Links never change once written, so a link that has been clicked once is
+answered from memory ever after: hot links cost no query and a store hiccup does
+not turn a known link into an error. Server tokens and message tokens are cached
+too. Misses (unknown tokens) are cached briefly, so a scanner trying random
+tokens costs one query per token per ``negative_ttl`` rather than one per request.
+
+Entries are kept compact (tuples, the ``Location`` value encoded once) because
+the cache is what a worker's memory grows with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from postal_tracking_plugin.errors import StoreError
+
+from ._location import location_value
+
+log = logging.getLogger(__name__)
+
+#: (link id, message id or None, Location header value, stored URL if it differs)
+LinkEntry = tuple[int, int | None, str, str | None]
+
+_MISS = object()
+
+
+class _Lru:
+    """A bounded mapping that forgets the least recently used key first."""
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._size = size
+
+    def get(self, key: Any) -> Any:
+        data = self._data
+        value = data.get(key, _MISS)
+        if value is not _MISS:
+            data.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        data = self._data
+        data[key] = value
+        data.move_to_end(key)
+        if len(data) > self._size:
+            data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Lookup:
+    """Cached answers to the three questions the hot path asks the store.
+
+    :param store: the :class:`~postal_tracking_plugin.store.Store`.
+    :param links: how many links to remember (each about 300 bytes).
+    :param server_ttl: seconds a known server token is trusted before it is
+        checked again (so a deleted server stops answering); if the store fails
+        then, the old answer is kept.
+    :param negative_ttl: seconds an unknown token is remembered as unknown.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        links: int = 50_000,
+        messages: int = 50_000,
+        server_ttl: float = 60.0,
+        negative_ttl: float = 10.0,
+    ) -> None:
+        self.store = store
+        self._servers: dict[str, tuple[int | None, float]] = {}
+        self._links = _Lru(links)
+        self._messages = _Lru(messages)
+        self._misses = _Lru(10_000)
+        self.server_ttl = server_ttl
+        self.negative_ttl = negative_ttl
+
+    def clear(self) -> None:
+        """Forget everything (configuration reload)."""
+        self._servers.clear()
+        self._links.clear()
+        self._messages.clear()
+        self._misses.clear()
+
+    def server_id(self, token: str) -> int | None:
+        """The id of the server with ``token`` (case-insensitive, as Postal), or None."""
+        token = token.lower()
+        cached = self._servers.get(token)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            server = self.store.server_by_token(token)
+        except StoreError:
+            if cached is not None:
+                log.warning("store unavailable; using the cached answer for server %s", token)
+                return cached[0]
+            raise
+        server_id = server.id if server is not None else None
+        ttl = self.server_ttl if server_id is not None else self.negative_ttl
+        if len(self._servers) > 10_000:
+            self._servers.clear()  # only a flood of bogus tokens gets here
+        self._servers[token] = (server_id, now + ttl)
+        return server_id
+
+    def link(self, server_id: int, token: str) -> LinkEntry | None:
+        """``(link id, message id, Location, URL)`` of the server's link ``token``, or None."""
+        key = (server_id, token)
+        entry = self._links.get(key)
+        if entry is not _MISS:
+            return entry
+        if self._recent_miss(("l", server_id, token)):
+            return None
+        row = self.store.find_link(server_id, token)
+        if row is None:
+            self._misses.put(("l", server_id, token), time.monotonic() + self.negative_ttl)
+            return None
+        message_id = row.get("message_id")
+        url = str(row["url"])
+        location = location_value(url)
+        entry = (
+            int(row["id"]),
+            int(message_id) if message_id is not None else None,
+            location,
+            None if location == url else url,
+        )
+        self._links.put(key, entry)
+        return entry
+
+    def message_id(self, server_id: int, token: str) -> int | None:
+        """The id of the server's message with ``token``, or None."""
+        key = (server_id, token)
+        found = self._messages.get(key)
+        if found is not _MISS:
+            return found
+        if self._recent_miss(("m", server_id, token)):
+            return None
+        row = self.store.find_message(server_id, token)
+        if row is None:
+            self._misses.put(("m", server_id, token), time.monotonic() + self.negative_ttl)
+            return None
+        message_id = int(row["id"])
+        self._messages.put(key, message_id)
+        return message_id
+
+    def _recent_miss(self, key: tuple[Any, ...]) -> bool:
+        until = self._misses.get(key)
+        return until is not _MISS and until > time.monotonic()
+
+    def sizes(self) -> dict[str, int]:
+        return {"links": len(self._links), "messages": len(self._messages)}

@@ -1,0 +1,543 @@
+"""The fast server: gevent WSGI servers for every bind address, HTTP and HTTPS.
+
+One *worker* (:class:`Worker`) is one process: a gevent hub running a
+:class:`Listener` per listening socket, all sharing one bounded connection pool
+(``tracking.max_connections``), one link cache and one event recorder. With
+``--workers N`` the parent binds every socket N times with ``SO_REUSEPORT`` (so
+the kernel spreads connections evenly), forks N workers and supervises them
+(:func:`serve`): SIGTERM stops accepting, lets requests in flight finish
+(bounded), flushes the recorder and exits 0; SIGHUP re-reads ``postal.yml`` and
+the certificates; a worker that dies is replaced.
+
+This module does not monkey-patch: ``python -m postal_tracking_plugin.web``
+(what ``postal-tracking fast-server`` runs) does that first thing, and tests
+run a :class:`Worker` in a thread of an unpatched process.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent.pywsgi import WSGIServer
+
+from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.default_certificate import default_certificate_paths
+from postal_tracking_plugin.errors import Error
+
+from ._handler import AccessLog
+from ._handler import TrackingHandler
+from ._handler import tune_socket
+from ._lookup import Lookup
+from .app import create_app
+from .app import tracking_state
+from .proxy_protocol import read_header
+from .tls import CertificateContexts
+from .tls import run_every
+
+log = logging.getLogger("postal_tracking_plugin.web")
+
+#: How often certificates are re-read from the store (a change is served within this).
+CERTIFICATE_REFRESH = 5.0
+#: Scheduled renewal: first run soon after start, then hourly.
+RENEWAL_FIRST = 60.0
+RENEWAL_EVERY = 3600.0
+
+
+class ServerError(Error):
+    """The fast server cannot start (disabled, no address, a port in use)."""
+
+
+@dataclass
+class Limits:
+    """Protection against slow and abusive clients (seconds)."""
+
+    idle_timeout: float = 15.0  # between keep-alive requests
+    header_timeout: float = 10.0  # for the whole request line and headers
+    handshake_timeout: float = 10.0  # TLS handshake, PROXY line
+    io_timeout: float = 30.0  # any single send or receive
+    drain_timeout: float = 10.0  # requests in flight at SIGTERM
+
+
+@dataclass
+class Stats:
+    """Counters, summarised in the error log at most once a minute."""
+
+    tls_failures: int = 0
+    proxy_failures: int = 0
+    bad_requests: int = 0
+    last_tls_error: str = ""
+    _reported: dict[str, int] = field(default_factory=dict)
+
+    def report(self) -> None:
+        new = {
+            "failed TLS handshakes": self.tls_failures,
+            "connections without a valid PROXY line": self.proxy_failures,
+            "malformed requests": self.bad_requests,
+        }
+        parts = []
+        for name, total in new.items():
+            delta = total - self._reported.get(name, 0)
+            if delta:
+                parts.append(f"{delta} {name}")
+            self._reported[name] = total
+        if parts:
+            tail = f" (last TLS error: {self.last_tls_error})" if self.last_tls_error else ""
+            log.info("in the last minute: %s%s", ", ".join(parts), tail)
+
+
+# -- listening sockets -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    address: str
+    port: int
+    tls: bool
+
+
+def listen_specs(config: Config) -> list[ListenSpec]:
+    """What to bind, or a :class:`ServerError` naming the key to set."""
+    fs = config.fast_server
+    where = config.source or "postal.yml"
+    if not fs.enabled:
+        raise ServerError(
+            f"the fast server is disabled: set fast_server.enabled: true and "
+            f"fast_server.bind_address in {where}"
+        )
+    if not fs.bind_address:
+        raise ServerError(
+            f"fast_server.bind_address is not set in {where}: set it to the IP address(es) "
+            f"the tracking domains point at"
+        )
+    specs = []
+    for address in fs.bind_address:
+        specs.append(ListenSpec(address, fs.port, False))
+        specs.append(ListenSpec(address, fs.ssl_port, True))
+    return specs
+
+
+def bind(spec: ListenSpec, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
+    """A listening socket for ``spec``, or one clear :class:`ServerError`."""
+    family = socket.AF_INET6 if ":" in spec.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((spec.address, spec.port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{spec.address}]" if family == socket.AF_INET6 else spec.address
+        key = "fast_server.ssl_port" if spec.tls else "fast_server.port"
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(
+                f"port {spec.port} on {shown} is in use by another program: stop that program "
+                f"or set another {key}"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ServerError(
+                f"{spec.address} is not an address of this machine: fix fast_server.bind_address"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ServerError(
+                f"no permission to listen on port {spec.port} of {shown}: use a port above 1023 "
+                f"({key}) or run with the capability to bind low ports"
+            ) from None
+        raise ServerError(f"cannot listen on {shown}:{spec.port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+# -- one worker --------------------------------------------------------------------
+
+
+class _HandshakeTimeout(OSError):
+    pass
+
+
+class Listener(WSGIServer):
+    """One listening socket: tunes each connection, reads PROXY, does TLS, then HTTP."""
+
+    handler_class = TrackingHandler
+
+    def __init__(self, sock: socket.socket, app: Any, worker: Worker, tls: bool) -> None:
+        environ = {
+            "wsgi.url_scheme": "https" if tls else "http",
+            "SERVER_SOFTWARE": "postal-tracking",
+        }
+        super().__init__(sock, app, spawn=worker.pool, log=None, error_log=None, environ=environ)
+        self.worker = worker
+        self.tls = tls
+        self.limits = worker.limits
+        self.stats = worker.stats
+        self.idle = worker.idle
+        self.access_log = worker.access_log
+
+    @property
+    def draining(self) -> bool:
+        return self.worker.draining
+
+    def handle(self, sock: Any, address: Any) -> None:
+        worker = self.worker
+        self.access_log = worker.access_log
+        tune_socket(sock, self.limits.io_timeout)
+        if worker.proxy_protocol:
+            header = read_header(sock, self.limits.handshake_timeout)
+            if not header:
+                self.stats.proxy_failures += 1
+                log.debug("closing %s: %s", address, header.error)
+                return
+            if header.address is not None:
+                address = header.address
+        if not self.tls:
+            super().handle(sock, address)
+            return
+        assert worker.certificates is not None
+        try:
+            tls_sock = worker.certificates.default.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError as exc:
+            self._tls_failed(exc, address)
+            return
+        try:
+            with gevent.Timeout(self.limits.handshake_timeout, _HandshakeTimeout("timed out")):
+                tls_sock.do_handshake()
+        except OSError as exc:
+            self._tls_failed(exc, address)
+            tls_sock.close()
+            return
+        try:
+            super().handle(tls_sock, address)
+        finally:
+            tls_sock.close()
+
+    def _tls_failed(self, exc: BaseException, address: Any) -> None:
+        stats = self.stats
+        stats.tls_failures += 1
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        peer = address[0] if isinstance(address, tuple) else address
+        stats.last_tls_error = f"{reason} from {peer}"
+        if stats.tls_failures == 1:
+            log.info(
+                "TLS handshake failed: %s (further failures are counted once a minute)",
+                stats.last_tls_error,
+            )
+
+
+def _open_access_log(config: Config) -> AccessLog | None:
+    settings = config.tracking.log
+    if settings.access_log == "off":
+        return None
+    if settings.access_log_path:
+        stream = open(config.path(settings.access_log_path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    else:
+        stream = sys.stderr
+    return AccessLog(settings.access_log, stream)
+
+
+class Worker:
+    """Everything one process serves. Run it with :meth:`start` and :meth:`stop`.
+
+    :param config: the configuration.
+    :param store: the store (opened in this process: connections never cross a fork).
+    :param sockets: listening sockets with whether each is TLS.
+    :param recorder: the event recorder; by default an
+        :class:`~postal_tracking_plugin.events.EventRecorder` made here.
+    :param hook: the tracking-event hook handed to the recorder it makes.
+    :param index: the worker's number; worker 0 runs the scheduled renewal.
+    :param resumption: TLS session tickets (off only for the handshake benchmark).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Any,
+        sockets: list[tuple[socket.socket, bool]],
+        *,
+        recorder: Any = None,
+        hook: Callable[[dict[str, Any]], None] | None = None,
+        index: int = 0,
+        limits: Limits | None = None,
+        resumption: bool = True,
+        lookup: Lookup | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.index = index
+        self.limits = limits or Limits()
+        self.stats = Stats()
+        self.draining = False
+        self.idle: set[Any] = set()
+        self.proxy_protocol = config.fast_server.proxy_protocol
+        self.access_log = _open_access_log(config)
+        self.pool = gevent.pool.Pool(config.tracking.max_connections)
+        self.owns_recorder = recorder is None
+        if recorder is None:
+            from postal_tracking_plugin.events import EventRecorder
+
+            recorder = EventRecorder(config, store, hook=hook)
+        self.recorder = recorder
+        self.certificates: CertificateContexts | None = None
+        if any(tls for _, tls in sockets):
+            self.certificates = CertificateContexts(
+                store, default_certificate_paths(config), resumption=resumption
+            )
+        self.app = create_app(config, store, recorder, lookup=lookup)
+        self.listeners = [Listener(sock, self.app, self, tls) for sock, tls in sockets]
+        self._background: list[Any] = []
+        self._stopped = gevent.event.Event()
+
+    @property
+    def addresses(self) -> list[tuple[Any, bool]]:
+        return [(listener.address, listener.tls) for listener in self.listeners]
+
+    def start(self) -> None:
+        if self.owns_recorder:
+            self.recorder.start()
+        if self.certificates is not None:
+            self.certificates.refresh()
+            self._background.append(
+                gevent.spawn(
+                    run_every, CERTIFICATE_REFRESH, self.certificates.refresh, gevent.sleep
+                )
+            )
+        self._background.append(gevent.spawn(run_every, 60.0, self.stats.report, gevent.sleep))
+        if self.index == 0:
+            self._background.append(gevent.spawn(self._renewal_schedule))
+        for listener in self.listeners:
+            listener.start()
+
+    def _renewal_schedule(self) -> None:
+        gevent.sleep(RENEWAL_FIRST)
+        while True:
+            run_scheduled_renewal(self.config)
+            gevent.sleep(RENEWAL_EVERY)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new settings that need no new sockets, fresh caches and certificates."""
+        self.config = config
+        state = tracking_state(self.app)
+        state.config = config
+        from ._client import ClientAddress
+
+        state.client.networks = ClientAddress(config.tracking.trusted_proxies).networks
+        state.lookup.clear()
+        self.proxy_protocol = config.fast_server.proxy_protocol
+        self.access_log = _open_access_log(config)
+        if self.certificates is not None:
+            self.certificates.default_paths = default_certificate_paths(config)
+            try:
+                self.certificates.reload_default()
+            except (OSError, Error) as exc:
+                log.error("default certificate not reloaded: %s", exc)
+            self.certificates.refresh()
+        log.info("configuration and certificates reloaded")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, finish requests in flight (bounded), flush events."""
+        if self.draining:
+            self._stopped.wait()
+            return
+        self.draining = True
+        timeout = self.limits.drain_timeout if timeout is None else timeout
+        for listener in self.listeners:
+            listener.close()
+        for greenlet in list(self.idle):  # kept-alive connections waiting for nothing
+            greenlet.kill(block=False)
+        self.pool.join(timeout=timeout)
+        self.pool.kill(block=True, timeout=1)
+        for greenlet in self._background:
+            greenlet.kill(block=False)
+        if self.owns_recorder:
+            try:
+                self.recorder.stop(timeout=5.0)
+            except Exception:  # noqa: BLE001 - report, and still exit
+                log.exception("events could not all be flushed")
+        self.stats.report()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def run_scheduled_renewal(config: Config) -> None:
+    """Call ``postal_tracking_plugin.certificates.run_scheduled_renewal(config)`` if it exists.
+
+    It runs certbot as a child process and takes a store lock itself; it runs in
+    a thread of gevent's pool so nothing it blocks on stalls the clicks.
+    """
+    try:
+        from postal_tracking_plugin import certificates
+    except ImportError:
+        return
+    renew = getattr(certificates, "run_scheduled_renewal", None)
+    if renew is None:
+        return
+    try:
+        gevent.get_hub().threadpool.spawn(renew, config).get()
+    except Exception:  # noqa: BLE001 - renewal failure must not touch serving
+        log.exception("scheduled certificate renewal failed")
+
+
+# -- the process tree --------------------------------------------------------------
+
+
+def plugin_hook() -> Callable[[dict[str, Any]], None]:
+    """The installed plugins' ``postal_tracking_event``, as the recorder's hook."""
+    from functools import partial
+
+    from postal_tracking_plugin.hooks import get_plugin_manager
+    from postal_tracking_plugin.hooks import notify_tracking_event
+
+    return partial(notify_tracking_event, get_plugin_manager())
+
+
+def default_workers(config: Config) -> int:
+    return config.tracking.workers or os.cpu_count() or 1
+
+
+def serve(config: Config, *, workers: int | None = None, hook: Any = None) -> int:
+    """Bind, fork ``workers`` processes (one: serve in this one), run until SIGTERM.
+
+    Must run in a gevent-patched process (``python -m postal_tracking_plugin.web``).
+    """
+    from postal_tracking_plugin.config import load_config
+    from postal_tracking_plugin.store import open_store
+
+    from .tls import context_from_files
+
+    count = workers or default_workers(config)
+    specs = listen_specs(config)
+    context_from_files(*default_certificate_paths(config))  # fail now, with one line
+    if hook is None:
+        hook = plugin_hook()
+    sets = [[(bind(s, reuse_port=count > 1), s.tls) for s in specs] for _ in range(count)]
+    shown = ", ".join(
+        f"{'https' if s.tls else 'http'}://{_host(s.address)}:{s.port}" for s in specs
+    )
+    log.info("fast server listening on %s with %d worker(s)", shown, count)
+
+    def reload_config() -> Config | None:
+        if not config.source:
+            return config
+        try:
+            return load_config(config.source)
+        except Error as exc:
+            log.error("configuration not reloaded: %s", exc)
+            return None
+
+    if count == 1:
+        return _run_worker(config, sets[0], 0, hook, reload_config, open_store)
+
+    children: dict[int, int] = {}
+    stopping = gevent.event.Event()
+    handlers: list[Any] = []
+
+    def spawn_child(index: int) -> None:
+        pid = gevent.fork()
+        if pid == 0:
+            for handler in handlers:  # the parent's, inherited by a replacement worker
+                handler.cancel()
+            for i, other in enumerate(sets):
+                if i != index:
+                    for sock, _ in other:
+                        sock.close()
+            code = 1
+            try:
+                code = _run_worker(config, sets[index], index, hook, reload_config, open_store)
+            except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    for i in range(count):
+        spawn_child(i)
+
+    def forward(signum: int) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_term() -> None:
+        stopping.set()
+        forward(signal.SIGTERM)
+
+    handlers.append(gevent.signal_handler(signal.SIGTERM, on_term))
+    handlers.append(gevent.signal_handler(signal.SIGINT, on_term))
+    handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: forward(signal.SIGHUP)))
+    for listening in sets:
+        for sock, _ in listening:
+            sock.close()  # the children hold their own
+    status = 0
+    while children:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        if not stopping.is_set():
+            log.error(
+                "worker %d (pid %d) exited with status %d; starting another", index, pid, code
+            )
+            # The listening sockets were closed here: a replacement binds its own.
+            sets[index] = [(bind(s, reuse_port=True), s.tls) for s in specs]
+            gevent.sleep(0.5)
+            spawn_child(index)
+            for sock, _ in sets[index]:
+                sock.close()
+        elif code:
+            status = 1
+    return status
+
+
+def _run_worker(
+    config: Config,
+    sockets: list[tuple[socket.socket, bool]],
+    index: int,
+    hook: Any,
+    reload_config: Callable[[], Config | None],
+    open_store: Callable[[Config], Any],
+) -> int:
+    store = open_store(config)
+    worker = Worker(config, store, sockets, hook=hook, index=index)
+
+    def on_hup() -> None:
+        new = reload_config()
+        if new is not None:
+            worker.reload(new)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(worker.stop))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(worker.stop))
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
+    worker.start()
+    worker.wait()
+    store.close()
+    return 0
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+__all__ = ["Limits", "Listener", "ServerError", "Worker", "bind", "listen_specs", "serve"]
