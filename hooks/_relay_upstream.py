@@ -14,6 +14,7 @@ import smtplib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from postal_tracking_plugin.config import RelayConfig
 
@@ -66,7 +67,10 @@ def parse_hostport(value: str, key: str, default_port: int) -> tuple[str, int]:
 class Upstream:
     """How to reach the upstream SMTP server, from ``tracking.relay``."""
 
-    def __init__(self, relay: RelayConfig, *, local_hostname: str) -> None:
+    def __init__(
+        self, relay: RelayConfig, *, local_hostname: str, ca_file: Path | None = None
+    ) -> None:
+        """:raises ValueError: a bad ``upstream`` or an unreadable ``ca_file``, named."""
         self.host, self.port = parse_hostport(relay.upstream, "tracking.relay.upstream", 25)
         self.tls = relay.upstream_tls
         self.username = relay.upstream_username
@@ -74,12 +78,23 @@ class Upstream:
         self.timeout = relay.upstream_timeout
         self.local_hostname = local_hostname
         self._ssl_context: ssl.SSLContext | None = None
+        if self.tls != "none":
+            try:
+                self._ssl_context = ssl.create_default_context(
+                    cafile=str(ca_file) if ca_file else None
+                )
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ValueError(
+                    f"tracking.relay.upstream_ca_file: cannot load {ca_file}: {reason}"
+                ) from None
 
     def describe(self) -> str:
         tls = "" if self.tls == "none" else f" ({self.tls} TLS)"
         return f"{self.host}:{self.port}{tls}"
 
     def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the upstream's certificate and host name (system CAs or ``ca_file``)."""
         if self._ssl_context is None:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context

@@ -103,7 +103,8 @@ class SmtpRelay:
             if upstream:
                 relay = dataclasses.replace(relay, upstream=upstream)
             hostname = socket.gethostname()
-            self.upstream = Upstream(relay, local_hostname=hostname)
+            ca_file = config.path(relay.upstream_ca_file) if relay.upstream_ca_file else None
+            self.upstream = Upstream(relay, local_hostname=hostname, ca_file=ca_file)
         except ValueError as exc:
             raise ConfigError(f"{exc} ({where})") from None
         self.hostname = hostname

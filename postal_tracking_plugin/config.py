@@ -122,6 +122,7 @@ class RelayConfig:
     server: str | None = None  # the Postal server relayed mail is sent for (name or token)
     upstream: str = "127.0.0.1:25"
     upstream_tls: Literal["none", "starttls", "implicit"] = "none"
+    upstream_ca_file: str | None = None  # CA bundle for the upstream's certificate (private CA)
     upstream_username: str | None = None
     upstream_password: str | None = None
     upstream_timeout: float = 30.0

@@ -13,6 +13,7 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import LoginPassword
 
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import FastServerConfig
@@ -47,6 +51,7 @@ class Collector:
     def __init__(self) -> None:
         self.received: list[tuple[str, list[str], bytes]] = []
         self.refuse: dict[str, list[str]] = {}
+        self.sessions: list[tuple[bool, Any]] = []  # (over TLS, AUTH data) per message
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -58,6 +63,8 @@ class Collector:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        tls = server.transport.get_extra_info("ssl_object") is not None
+        self.sessions.append((tls, session.auth_data))
         self.received.append(
             (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         )
@@ -67,15 +74,17 @@ class Collector:
 class EphemeralController(Controller):
     """aiosmtpd's Controller on a socket bound to a free loopback port first."""
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
         self._sock = socket.create_server(("127.0.0.1", 0))
         super().__init__(
             handler, hostname="127.0.0.1", port=self._sock.getsockname()[1],
-            server_hostname="upstream.test",
+            server_hostname="upstream.test", **kwargs,
         )
 
     def _create_server(self) -> Any:
-        return self.loop.create_server(self._factory_invoker, sock=self._sock)
+        return self.loop.create_server(
+            self._factory_invoker, sock=self._sock, ssl=self.ssl_context
+        )
 
 
 @pytest.fixture
@@ -292,6 +301,145 @@ def test_a_port_in_use_is_one_clear_error(tracking: tuple[Config, Store, Server]
         )
         with pytest.raises(RelayError, match=f"127.0.0.1:{port}: the port is in use"):
             relay.bind()
+
+
+# -- TLS and AUTH to the upstream ----------------------------------------------
+
+
+@pytest.fixture
+def sqlite_tracking(write_config: Callable[..., Config]) -> Iterator[tuple[Config, Store]]:
+    config = write_config(
+        {"fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+         "tracking": {"data_dir": "data"}}
+    )
+    store = open_store(config)
+    store.create_schema()
+    server = store.add_server("Main")
+    store.add_track_domain(server, TRACK_DOMAIN, ssl_enabled=False, dns_status="OK")
+    yield config, store
+    store.close()
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """An upstream server certificate for 127.0.0.1 from a private CA, and the CA's file."""
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "upstream-ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    return context, ca_file
+
+
+def upstream_login(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and auth_data == (b"relay", b"pw")
+    return AuthResult(success=ok, handled=False, auth_data=b"relay" if ok else None)
+
+
+def test_starttls_and_login_to_the_upstream(
+    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store = sqlite_tracking
+    context, ca_file = ca
+    collector = Collector()
+    controller = EphemeralController(
+        collector, tls_context=context, require_starttls=True, authenticator=upstream_login,
+        auth_required=True,
+    )
+    controller.start()
+    try:
+        relay = start_relay(
+            config, store, controller.port, upstream_tls="starttls",
+            upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="pw",
+        )
+        send(relay, RECIPIENTS[:1])
+    finally:
+        controller.stop()
+    assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
+    assert collector.sessions == [(True, b"relay")]
+
+
+def test_implicit_tls_to_the_upstream(
+    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store = sqlite_tracking
+    context, ca_file = ca
+    collector = Collector()
+    controller = EphemeralController(collector, ssl_context=context)
+    controller.start()
+    try:
+        relay = start_relay(
+            config, store, controller.port, upstream_tls="implicit", upstream_ca_file=str(ca_file)
+        )
+        send(relay, RECIPIENTS[:1])
+    finally:
+        controller.stop()
+    assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
+    assert collector.sessions == [(True, None)]
+
+
+def test_an_upstream_certificate_from_an_unknown_ca_gives_a_4xx(
+    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store = sqlite_tracking
+    context, _ = ca
+    collector = Collector()
+    controller = EphemeralController(collector, tls_context=context, require_starttls=True)
+    controller.start()
+    try:
+        relay = start_relay(config, store, controller.port, upstream_tls="starttls")
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            send(relay, RECIPIENTS[:1])
+    finally:
+        controller.stop()
+    assert 400 <= info.value.smtp_code < 500
+    assert b"CERTIFICATE_VERIFY_FAILED" in info.value.smtp_error
+    assert collector.received == []
+
+
+def test_a_wrong_upstream_password_gives_a_4xx(
+    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store = sqlite_tracking
+    context, ca_file = ca
+    collector = Collector()
+    controller = EphemeralController(
+        collector, tls_context=context, require_starttls=True, authenticator=upstream_login,
+        auth_required=True,
+    )
+    controller.start()
+    try:
+        relay = start_relay(
+            config, store, controller.port, upstream_tls="starttls",
+            upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="bad",
+        )
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            send(relay, RECIPIENTS[:1])
+    finally:
+        controller.stop()
+    assert 400 <= info.value.smtp_code < 500
+    assert b"refused our login as 'relay'" in info.value.smtp_error
+
+
+def test_bad_relay_settings_fail_at_start_up_naming_the_key(
+    sqlite_tracking: tuple[Config, Store], tmp_path: Path
+) -> None:
+    config, store = sqlite_tracking
+    pm = get_plugin_manager()
+    with pytest.raises(ConfigError, match="--listen: 'localhost:99999' has a bad port"):
+        SmtpRelay(config, store, pm, server="Main", listen="localhost:99999")
+    relay = RelayConfig(
+        server="Main", upstream_tls="starttls", upstream_ca_file=str(tmp_path / "missing.pem")
+    )
+    broken = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, relay=relay))
+    with pytest.raises(ConfigError, match="tracking.relay.upstream_ca_file: cannot load .*missing"):
+        SmtpRelay(broken, store, pm)
 
 
 # -- the command ---------------------------------------------------------------
