@@ -1,0 +1,263 @@
+"""HTML rewriting rules: which hrefs are tracked, how they are read and written, the pixel."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from postal_tracking_plugin.rewrite._html import rewrite_html
+from postal_tracking_plugin.rewrite._plan import Tracker
+from postal_tracking_plugin.rewrite._plan import TrackingPlan
+
+CLICK = "https://click.example.com/srvtok/"
+PIXEL = (
+    "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
+    "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
+)
+
+
+def tracker(**plan: object) -> Tracker:
+    numbers = itertools.count()
+    tokens = iter(["M000"])
+
+    def new_token() -> str:
+        return next(tokens, None) or f"L{next(numbers):03d}"
+
+    options = {"track_loads": False, **plan}
+    return Tracker(
+        TrackingPlan("click.example.com", "https", "srvtok", **options),  # type: ignore[arg-type]
+        new_token=new_token,
+    )
+
+
+def run(html: str, **plan: object) -> tuple[str, list[str]]:
+    t = tracker(**plan)
+    out = rewrite_html(html, t, pixel_position=str(plan.get("pixel_position", "bottom")))
+    return out, [link.url for link in t.links]
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ('<a href="https://a.example/x">', f'<a href="{CLICK}L000">'),
+        ("<a href='https://a.example/x'>", f"<a href='{CLICK}L000'>"),
+        ("<a href=https://a.example/x>", f"<a href={CLICK}L000>"),
+        ('<A HREF="https://a.example/x">', f'<A HREF="{CLICK}L000">'),
+        ('<a\n  href \t=\n "https://a.example/x" class=b>', f'<a\n  href \t=\n "{CLICK}L000" class=b>'),
+        ('<a class="x"href="https://a.example/x"/>', f'<a class="x"href="{CLICK}L000"/>'),
+        ('<area shape=rect href="https://a.example/x">', f'<area shape=rect href="{CLICK}L000">'),
+    ],
+)
+def test_any_quoting_case_and_spacing(tag: str, expected: str) -> None:
+    out, urls = run(tag + "link</a>")
+    assert out == expected + "link</a>"
+    assert urls == ["https://a.example/x"]
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("https://a.example/?a=1&amp;b=2", "https://a.example/?a=1&b=2"),
+        ("https://a.example/?a=1&b=2", "https://a.example/?a=1&b=2"),
+        ("https://a.example/&#x41;&#66;&lt;", "https://a.example/AB<"),
+        ("https://a.example/?x=1&copy=2", "https://a.example/?x=1&copy=2"),  # attribute rule
+        ("https://a.example/?x=1&copy;=2", "https://a.example/?x=1\u00a9=2"),
+        ("  https://a.example/a\n\tb\r\n  ", "https://a.example/ab"),
+        ("https://a.example/p!*'(),;$@~+:", "https://a.example/p!*'(),;$@~+:"),
+        ("https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c", "https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c"),
+        ("HTTPS://A.EXAMPLE:8443/x", "HTTPS://A.EXAMPLE:8443/x"),
+        ("https://user@a.example/", "https://user@a.example/"),
+        ("https://[2001:db8::1]/x", "https://[2001:db8::1]/x"),
+    ],
+)
+def test_stored_url_is_what_a_browser_reads(value: str, stored: str) -> None:
+    quote = "'" if '"' not in value and "'" not in value else '"'
+    out, urls = run(f"<a href={quote}{value}{quote}>x</a>")
+    assert urls == [stored]
+    assert out == f"<a href={quote}{CLICK}L000{quote}>x</a>"
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        '<a href="mailto:someone@example.com">',
+        '<a href="tel:+441234567">',
+        '<a href="#top">',
+        '<a href="/relative/path">',
+        '<a href="page.html">',
+        '<a href="//cdn.example/x">',
+        '<a href="http://">',
+        '<a href="https:///path">',
+        '<a href="ftp://files.example/x">',
+        '<a href="javascript:alert(1)">',
+        '<a href="{{ unsubscribe_url }}">',
+        '<a href="https://example.com/u?id={{user.id}}">',
+        '<a href="*|UNSUB|*">',
+        '<a href="https://example.com/*|EMAIL|*">',
+        '<a href="https://example.com/u/%recipient.id%">',
+        '<a href="%unsubscribe_url%">',
+        '<a href="https://example.com/${token}">',
+        '<a href>',
+        '<a href="">',
+        '<base href="https://example.com/">',
+        '<link rel=stylesheet href="https://example.com/s.css">',
+        '<div href="https://example.com/">',
+        '<a data-href="https://example.com/" xhref="https://example.com/">',
+        "<p>see href=\"https://example.com/\" in the text</p>",
+        '<!-- <a href="https://example.com/">old</a> -->',
+        '<!----><!-- a -- b --><!-->x<a id=1>',
+        '<style>a[href="https://example.com/"]{}</style><script>s="<a href=\'https://example.com/\'>"</script>',
+        '<textarea><a href="https://example.com/"></textarea>',
+        '<img title=\'<a href="https://example.com/">\' src="https://example.com/i.png">',
+        '<!--[if mso]><link href="https://example.com/"><![endif]-->',
+        '<v:roundrect href="https://example.com/">',  # VML only counts inside mso comments
+    ],
+)
+def test_never_touched(html: str) -> None:
+    out, urls = run(html)
+    assert urls == []
+    assert out == html
+
+
+def test_vml_and_links_inside_conditional_comments() -> None:
+    html = (
+        '<!--[if mso]><v:roundrect xmlns:v="urn:schemas-microsoft-com:vml" '
+        'href="https://a.example/vml" arcsize="10%"><w:anchorlock/><center>Go</center>'
+        '</v:roundrect><a href="https://a.example/mso">x</a><![endif]-->'
+        '<!--[if !mso]><!--><a href="https://a.example/web">Go</a><!--<![endif]-->'
+    )
+    out, urls = run(html)
+    assert urls == ["https://a.example/vml", "https://a.example/mso", "https://a.example/web"]
+    assert out == (
+        '<!--[if mso]><v:roundrect xmlns:v="urn:schemas-microsoft-com:vml" '
+        f'href="{CLICK}L000" arcsize="10%"><w:anchorlock/><center>Go</center>'
+        f'</v:roundrect><a href="{CLICK}L001">x</a><![endif]-->'
+        f'<!--[if !mso]><!--><a href="{CLICK}L002">Go</a><!--<![endif]-->'
+    )
+
+
+def test_everything_else_is_byte_identical() -> None:
+    html = (
+        "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\">\r\n"
+        "<html><head><!-- keep me --><style>\r\n a { color: red }</style></head>\n"
+        "<body BGCOLOR=white>&nbsp;&copy; 2026 &amp; co <b>bold</b>\n"
+        "<a   title='t &quot;q&quot;'   href = \"https://a.example/x?y=1&amp;z=2\"  >x</a >\n"
+        "<a href=\"https://a.example/y\" href=\"https://ignored.example/\">dup</a>\n"
+        "</body></html>\n"
+    )
+    out, urls = run(html)
+    assert urls == ["https://a.example/x?y=1&z=2", "https://a.example/y"]
+    expected = html.replace("https://a.example/x?y=1&amp;z=2", f"{CLICK}L000").replace(
+        'href="https://a.example/y"', f'href="{CLICK}L001"'
+    )
+    assert out == expected
+
+
+def test_notrack_links_lose_the_marker_and_are_not_tracked() -> None:
+    html = (
+        '<a href="https+notrack://a.example/prefs">p</a> <a href="HTTP+NOTRACK://a.example/b">b</a>'
+        ' visible https+notrack://a.example/text <a href="https&#43;notrack://a.example/&quot;q">e</a>'
+        ' <a href=https&#43;notrack://a.example/u>u</a>'
+    )
+    out, urls = run(html)
+    assert urls == []
+    assert out == (
+        '<a href="https://a.example/prefs">p</a> <a href="HTTP://a.example/b">b</a>'
+        ' visible https://a.example/text <a href="https://a.example/&quot;q">e</a>'
+        ' <a href="https://a.example/u">u</a>'
+    )
+
+
+def test_notrack_is_honoured_even_when_nothing_is_tracked() -> None:
+    t = Tracker(None)
+    out = rewrite_html('<a href="https+notrack://a.example/">x</a><a href="https://b.example/">', t)
+    assert out == '<a href="https://a.example/">x</a><a href="https://b.example/">'
+    assert t.links == [] and t.images == 0
+
+
+@pytest.mark.parametrize(
+    "attribute", ["data-pm-no-track", 'data-pm-no-track=""', "data-no-track", "clicktracking=off",
+                  'CLICKTRACKING="OFF"']
+)
+def test_per_link_opt_out_attribute_is_honoured_and_removed(attribute: str) -> None:
+    out, urls = run(f'<a href="https://a.example/" {attribute} class="c">x</a>')
+    assert urls == []
+    assert out == '<a href="https://a.example/" class="c">x</a>'
+
+
+def test_clicktracking_on_is_not_an_opt_out() -> None:
+    out, urls = run('<a clicktracking=on href="https://a.example/">x</a>')
+    assert urls == ["https://a.example/"]
+    assert out == f'<a clicktracking=on href="{CLICK}L000">x</a>'
+
+
+def test_excluded_domains() -> None:
+    html = "".join(
+        f'<a href="{u}">x</a>'
+        for u in [
+            "https://skip.example/a",  # exact
+            "https://SKIP.EXAMPLE:8080/b",  # case and port ignored
+            "https://www.skip.example/c",  # exact match does not cover subdomains (Postal)
+            "https://wild.example/d",  # *.wild.example covers the domain itself
+            "https://a.b.wild.example/e",  # ... and its subdomains
+            "https://notwild.example/f",  # ... but not a longer name
+            "https://click.example.com/srvtok/abc",  # our own tracking domain
+        ]
+    )
+    _, urls = run(html, excluded_hosts=("skip.example", "*.Wild.Example:443"))
+    assert urls == ["https://www.skip.example/c", "https://notwild.example/f"]
+
+
+def test_pixel_goes_before_the_closing_body_tag() -> None:
+    out, _ = run("<html><body><p>Hi</p></BODY ></html>", track_loads=True)
+    assert out == f"<html><body><p>Hi</p>{PIXEL}</BODY ></html>"
+
+
+def test_pixel_goes_at_the_end_without_a_body_tag() -> None:
+    out, _ = run("<p>Hi <!-- </body> --></p>", track_loads=True)
+    assert out == f"<p>Hi <!-- </body> --></p>{PIXEL}"
+
+
+def test_pixel_at_the_top_goes_right_after_the_body_tag() -> None:
+    out, _ = run(
+        '<html><head></head><BODY style="margin:0">\n<p>Hi</p></body></html>',
+        track_loads=True,
+        pixel_position="top",
+    )
+    assert out == f'<html><head></head><BODY style="margin:0">{PIXEL}\n<p>Hi</p></body></html>'
+
+
+def test_one_pixel_per_message() -> None:
+    t = tracker(track_loads=True)
+    first = rewrite_html("<body>a</body>", t)
+    second = rewrite_html("<body>b</body>", t)
+    assert first == f"<body>a{PIXEL}</body>"
+    assert second == "<body>b</body>"
+    assert t.images == 1
+
+
+def test_halves_switch_independently() -> None:
+    html = '<body><a href="https://a.example/">x</a></body>'
+    out, urls = run(html, track_clicks=False, track_loads=True)
+    assert urls == [] and out == f'<body><a href="https://a.example/">x</a>{PIXEL}</body>'
+    out, urls = run(html, track_clicks=True, track_loads=False)
+    assert urls == ["https://a.example/"] and PIXEL not in out
+
+
+def test_link_limit_leaves_the_rest_untracked_with_a_warning() -> None:
+    html = "".join(f'<a href="https://a.example/{i}">{i}</a>' for i in range(5))
+    t = Tracker(
+        TrackingPlan("click.example.com", "https", "srvtok", track_loads=False), max_links=3
+    )
+    out = rewrite_html(html, t)
+    assert [link.url for link in t.links] == [f"https://a.example/{i}" for i in range(3)]
+    assert out.endswith('<a href="https://a.example/3">3</a><a href="https://a.example/4">4</a>')
+    assert len(t.warnings) == 1 and "3 links" in t.warnings[0]
+
+
+def test_unterminated_constructs_do_not_hide_or_invent_links() -> None:
+    html = '<a href="https://a.example/1">x</a><a href="https://a.example/2" class="never closed'
+    out, urls = run(html)
+    assert urls == ["https://a.example/1"]
+    assert out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>'):]

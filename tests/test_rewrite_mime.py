@@ -1,0 +1,278 @@
+"""The MIME rules: which parts are rewritten, how they are re-encoded, what stays byte-identical."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.policy
+import itertools
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+import postal_tracking_plugin
+from postal_tracking_plugin.rewrite import TrackingPlan
+from postal_tracking_plugin.rewrite import rewrite
+
+PLAN = TrackingPlan("click.example.com", "https", "srvtok")
+CLICK = "https://click.example.com/srvtok/"
+SAMPLE = Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newsletter.eml"
+
+
+def tokens():  # type: ignore[no-untyped-def]
+    it = itertools.chain(["M000"], (f"L{i:03d}" for i in itertools.count()))
+    return lambda: next(it)
+
+
+def parse(data: bytes) -> EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def texts(data: bytes) -> list[tuple[str, str]]:
+    return [
+        (part.get_content_type(), part.get_content())
+        for part in parse(data).walk()
+        if part.get_content_maintype() == "text"
+    ]
+
+
+def message(body: str, eol: str = "\r\n", headers: str = "") -> bytes:
+    head = "From: News <news@example.com>\nTo: a@example.org\nSubject: Hi\nMessage-ID: <m1@example.com>\n"
+    return (head + headers + body).replace("\n", eol).encode("utf-8")
+
+
+NESTED = """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="mixed"
+
+preamble with https://preamble.example/ stays
+--mixed
+Content-Type: multipart/related; boundary=related
+
+--related
+Content-Type: multipart/alternative; boundary="alt"
+
+--alt
+Content-Type: text/plain; charset=us-ascii
+
+Plain https://a.example/text
+--alt
+Content-Type: text/html; charset=us-ascii
+
+<html><body><a href="https://a.example/html">x</a></body></html>
+--alt--
+
+--related
+Content-Type: image/png
+Content-ID: <logo>
+Content-Transfer-Encoding: base64
+
+iVBORw0KGgo=
+--related--
+
+--mixed
+Content-Type: text/html; name=report.html
+Content-Disposition: attachment; filename=report.html
+
+<a href="https://attachment.example/">not a body part</a>
+--mixed
+Content-Type: message/rfc822
+
+From: other@example.com
+Subject: forwarded
+Content-Type: text/html
+
+<a href="https://forwarded.example/">inside an attached message</a>
+--mixed
+Content-Type: text/html; charset=utf-8
+Content-Disposition: inline
+
+<body><a href="https://a.example/second-html">x</a></body>
+--mixed--
+epilogue https://epilogue.example/
+"""
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\n"])
+def test_nested_multiparts_only_inline_text_parts(eol: str) -> None:
+    raw = message(NESTED, eol)
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.untouched is None
+    assert [link.url for link in result.links] == [
+        "https://a.example/text",
+        "https://a.example/html",
+        "https://a.example/second-html",
+    ]
+    assert result.tracked_images == 1
+    pixel = "img/srvtok/M000"
+    expected = raw.decode()
+    expected = expected.replace("https://a.example/text", CLICK + "L000")
+    expected = expected.replace("https://a.example/html", CLICK + "L001")
+    expected = expected.replace("https://a.example/second-html", CLICK + "L002")
+    out = result.data.decode()
+    assert out.count(pixel) == 1  # one pixel, in the first HTML body part
+    first_html = out.index(CLICK + "L001")
+    assert first_html < out.index(pixel) < out.index(CLICK + "L002")
+    container = out[out.index("<p class='ampimg'"): out.index("</p>", out.index(pixel)) + 4]
+    assert out.replace(container, "") == expected  # everything else byte for byte
+    assert eol in out and (eol == "\r\n" or "\r\n" not in out)
+
+
+def test_quoted_printable_part_is_re_encoded_with_short_lines() -> None:
+    html = "<p>caf\u00e9 " + "word " * 40 + '<a href="https://a.example/x?a=1&amp;b=2">x</a></p>'
+    qp = binascii.b2a_qp(html.encode("iso-8859-1"), istext=True).decode("ascii")
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/html; charset=iso-8859-1\n"
+        "Content-Transfer-Encoding: quoted-printable\n\n" + qp + "\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/x?a=1&b=2"]
+    head, _, body = result.data.partition(b"\r\n\r\n")
+    assert head == raw.partition(b"\r\n\r\n")[0]  # headers untouched
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    (ctype, content), = texts(result.data)
+    assert content.startswith("<p>caf\u00e9 word")
+    assert f'<a href="{CLICK}L000">x</a></p>' in content
+
+
+def test_base64_part_keeps_base64_and_its_charset() -> None:
+    html = "<p>\u65e5\u672c\u8a9e</p>" * 20 + '<a href="https://a.example/\u65e5">x</a>'
+    encoded = base64.encodebytes(html.encode("utf-8")).decode("ascii")
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/html; charset=\"UTF-8\"\n"
+        "Content-Transfer-Encoding: base64\n\n" + encoded
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/\u65e5"]
+    head, _, body = result.data.partition(b"\r\n\r\n")
+    assert head == raw.partition(b"\r\n\r\n")[0]
+    assert all(len(line) <= 76 for line in body.split(b"\r\n"))
+    decoded = base64.b64decode(body).decode("utf-8")
+    assert decoded == html.replace("https://a.example/\u65e5", CLICK + "L000") + (
+        "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
+        "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
+    )
+
+
+def test_legacy_charset_round_trips() -> None:
+    text = "\u3053\u3093\u306b\u3061\u306f https://a.example/x \u3055\u3088\u3046\u306a\u3089\n"
+    raw = message("MIME-Version: 1.0\nContent-Type: text/plain; charset=shift_jis\n"
+                  "Content-Transfer-Encoding: 8bit\n\n").replace(b"", b"") + text.encode("shift_jis")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/x"]
+    body = result.data.partition(b"\r\n\r\n")[2]
+    assert body.decode("shift_jis") == text.replace("https://a.example/x", CLICK + "L000")
+
+
+def test_unknown_charset_part_is_left_alone() -> None:
+    raw = message("Content-Type: text/plain; charset=x-no-such-charset\n\nhttps://a.example/\n")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.links == () and result.data == raw
+
+
+def test_a_line_made_too_long_switches_7bit_to_quoted_printable() -> None:
+    line = " ".join(f"http://a.co/{i}" for i in range(70))  # ~900 octets, grows past 998
+    raw = message("MIME-Version: 1.0\nContent-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n" + line + "\n")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert len(result.links) == 70
+    head, _, body = result.data.partition(b"\r\n\r\n")
+    assert b"Content-Transfer-Encoding: quoted-printable" in head
+    assert b"7bit" not in head
+    assert max(len(x) for x in body.split(b"\r\n")) <= 76
+    (_, content), = texts(result.data)
+    assert content.split() == [CLICK + f"L{i:03d}" for i in range(70)]
+
+
+def test_a_line_made_too_long_without_a_cte_header_gets_one() -> None:
+    line = " ".join(f"http://a.co/{i}" for i in range(70))
+    raw = message("Content-Type: text/plain\n\n" + line + "\n")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    head = result.data.partition(b"\r\n\r\n")[0]
+    assert head.endswith(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable")
+    assert texts(result.data)[0][1].split()[0] == CLICK + "L000"
+
+
+@pytest.mark.parametrize("ctype", ["multipart/signed; protocol=x; boundary=b",
+                                   "multipart/encrypted; protocol=x; boundary=b"])
+def test_signed_or_encrypted_passes_whole(ctype: str) -> None:
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=o\n\n--o\n"
+        "Content-Type: text/plain\n\nhttps://a.example/first\n--o\n"
+        f"Content-Type: {ctype}\n\n--b\nContent-Type: text/plain\n\nhttps://a.example/\n--b--\n--o--\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data is raw and result.links == ()
+    assert result.untouched is not None and ctype.split(";")[0] in result.untouched
+
+
+def test_dkim_signed_message_passes_untouched() -> None:
+    raw = message("Content-Type: text/html\n\n<a href='https+notrack://a.example/'>x</a>",
+                  headers="DKIM-Signature: v=1; a=rsa-sha256; d=example.com; b=abc\n")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data is raw and result.untouched == "DKIM-Signature present"
+
+
+def test_x_amp_skip_is_removed_and_turns_tracking_off() -> None:
+    raw = message(
+        "Content-Type: text/html\n\n<body><a href='https://a.example/'>x</a>"
+        "<a href='https+notrack://b.example/'>y</a></body>",
+        headers="X-AMP: skip\n",
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.links == () and result.tracked_images == 0
+    assert result.data == raw.replace(b"X-AMP: skip\r\n", b"").replace(b"+notrack", b"")
+
+
+def test_untracked_message_without_markers_is_the_same_bytes() -> None:
+    raw = SAMPLE.read_bytes().replace(b"+notrack", b"")
+    result = rewrite(raw, None)
+    assert result.data is raw and result.links == () and result.untouched is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\naHR0cHM6Ly9hLmV4YW1wbGUvYQ\n",
+        "Content-Type: multipart/mixed\n\nno boundary https://a.example/\n",
+    ],
+)
+def test_malformed_message_passes_unchanged(body: str) -> None:
+    raw = message(body)
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data is raw and result.links == ()
+    assert result.untouched is not None and result.untouched.startswith("malformed")
+
+
+def test_digest_parts_default_to_attached_messages() -> None:
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: multipart/digest; boundary=d\n\n--d\n\n"
+        "From: x@example.com\n\nhttps://a.example/in-digest\n--d--\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.links == () and result.data is raw
+
+
+def test_link_limit_counts_across_parts() -> None:
+    links = " ".join(f"https://a.example/{i}" for i in range(3))
+    raw = message(
+        "Content-Type: multipart/alternative; boundary=b\n\n--b\nContent-Type: text/plain\n\n"
+        f"{links}\n--b\nContent-Type: text/plain\n\n{links}\n--b--\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens(), max_links=4)
+    assert len(result.links) == 4 and len(result.warnings) == 1
+
+
+def test_sample_newsletter() -> None:
+    raw = SAMPLE.read_bytes()
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.untouched is None and result.tracked_images == 1
+    urls = [link.url for link in result.links]
+    assert "https://www.example.com/?utm_source=newsletter&utm_medium=email" in urls
+    assert "https://events.example.com/webinar/2026-12-03" in urls  # VML button and its twin
+    assert not any("preferences" in u or "mailto" in u or "tel:" in u for u in urls)
+    assert b"+notrack" not in result.data
+    for _ctype, content in texts(result.data):
+        assert "https://www.example.com/preferences?u=8f3a2c" in content
+        assert "https://www.example.com/unsubscribe" not in content
+    assert parse(result.data)["Subject"] == "The Example Monthly \u2013 November 2026"

@@ -1,0 +1,104 @@
+"""Plain-text rewriting: where a URL ends, +notrack, placeholders, format=flowed."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from postal_tracking_plugin.rewrite._plan import Tracker
+from postal_tracking_plugin.rewrite._plan import TrackingPlan
+from postal_tracking_plugin.rewrite._text import rewrite_text
+
+CLICK = "https://click.example.com/srvtok/"
+
+
+def run(text: str, *, flowed: bool = False, **plan: object) -> tuple[str, list[str]]:
+    tokens = itertools.chain(["M000"], (f"L{i:03d}" for i in itertools.count()))
+    t = Tracker(
+        TrackingPlan("click.example.com", "https", "srvtok", **plan),  # type: ignore[arg-type]
+        new_token=lambda: next(tokens),
+    )
+    out = rewrite_text(text, t, flowed=flowed)
+    return out, [link.url for link in t.links]
+
+
+@pytest.mark.parametrize(
+    ("text", "url", "after"),
+    [
+        ("Go to https://a.example/x now", "https://a.example/x", " now"),
+        ("Go to https://a.example/x.", "https://a.example/x", "."),
+        ("See https://a.example/x, then", "https://a.example/x", ", then"),
+        ("Really https://a.example/x?!", "https://a.example/x", "?!"),
+        ("List: https://a.example/x;", "https://a.example/x", ";"),
+        ("(see https://a.example/x)", "https://a.example/x", ")"),
+        ("(https://en.wikipedia.org/wiki/Mail_(protocol))", "https://en.wikipedia.org/wiki/Mail_(protocol)", ")"),
+        ("https://en.wikipedia.org/wiki/Mail_(protocol).", "https://en.wikipedia.org/wiki/Mail_(protocol)", "."),
+        ("[https://a.example/x]", "https://a.example/x", "]"),
+        ("<https://a.example/x?a=1&b=2>", "https://a.example/x?a=1&b=2", ">"),
+        ('"https://a.example/x"', "https://a.example/x", '"'),
+        ("'https://a.example/x'", "https://a.example/x", "'"),
+        ("https://a.example/p!*'(),;$@x end", "https://a.example/p!*'(),;$@x", " end"),
+        ("https://caf\u00e9.example/\u65e5\u672c\u00a0next", "https://caf\u00e9.example/\u65e5\u672c", "\u00a0next"),
+        ("HTTP://A.EXAMPLE/X\r\n", "HTTP://A.EXAMPLE/X", "\r\n"),
+    ],
+)
+def test_url_boundaries(text: str, url: str, after: str) -> None:
+    out, urls = run(text)
+    assert urls == [url]
+    start = text.index(url)
+    assert out == text[:start] + CLICK + "L000" + after + text[start + len(url) + len(after):]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "write to mailto:someone@example.com",
+        "http:// is a placeholder",
+        "https://{{domain}}/x",
+        "https://example.com/u/%recipient.id%",
+        "https://example.com/*|EMAIL|*",
+        "xhttps://a.example/ is part of a word",
+        "ftp://a.example/x",
+    ],
+)
+def test_not_tracked(text: str) -> None:
+    out, urls = run(text)
+    assert urls == [] and out == text
+
+
+def test_notrack_marker_is_removed_and_not_tracked() -> None:
+    out, urls = run("Prefs: https+notrack://a.example/p and HTTP+NoTrack://a.example/q.")
+    assert urls == []
+    assert out == "Prefs: https://a.example/p and HTTP://a.example/q."
+
+
+def test_notrack_without_a_plan() -> None:
+    t = Tracker(None)
+    assert rewrite_text("a https+notrack://a.example/ b https://b.example/", t) == (
+        "a https://a.example/ b https://b.example/"
+    )
+    assert t.links == []
+
+
+def test_each_occurrence_is_one_link_and_exclusions_apply() -> None:
+    out, urls = run(
+        "https://a.example/ https://a.example/ https://www.skip.example/",
+        excluded_hosts=("*.skip.example",),
+    )
+    assert urls == ["https://a.example/", "https://a.example/"]
+    assert out == f"{CLICK}L000 {CLICK}L001 https://www.skip.example/"
+
+
+def test_flowed_text_url_at_a_soft_break_is_left_alone() -> None:
+    text = "Read https://a.example/very/long \r\ncontinued/path and https://b.example/ \r\n"
+    out, urls = run(text, flowed=True)
+    assert urls == []
+    assert out == text
+    out, urls = run(text, flowed=False)
+    assert urls == ["https://a.example/very/long", "https://b.example/"]
+
+
+def test_clicks_off_tracks_nothing_in_text() -> None:
+    out, urls = run("https://a.example/", track_clicks=False)
+    assert urls == [] and out == "https://a.example/"
