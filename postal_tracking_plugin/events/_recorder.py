@@ -101,7 +101,7 @@ class EventRecorder:
         self._flagger = Flagger.from_config(config)
         self._webhooks = None
         if webhooks is None:
-            webhooks = False  # webhook delivery lands in the next commit
+            webhooks = bool(config.tracking.webhooks.urls) or config.tracking.store == "mysql"
         if webhooks:
             from ._webhooks import WebhookQueue
 
@@ -114,7 +114,9 @@ class EventRecorder:
             flag=self._flagger,
             on_recorded=self._recorded,
             webhooks_pending=self._webhooks is not None,
+            periodic=self._periodic,
         )
+        self._webhooks_behind = self._webhooks is not None  # catch up once at start
         self._runner: Any = None
         self._dropped = 0
         self._last_full_log = 0.0
@@ -140,12 +142,18 @@ class EventRecorder:
             self._runner.start()
 
     def _run(self) -> None:
-        if self._webhooks is not None:
-            try:
-                self._webhooks.catch_up()
-            except Exception as exc:  # noqa: BLE001 - retried at the next start
-                log.warning("could not re-queue webhooks of events from before a crash: %s", exc)
         self.writer.run()
+
+    def _periodic(self) -> None:
+        """Every 30 s in the writer: queue webhooks that an earlier failure (or crash) left."""
+        if self._webhooks is None or not self._webhooks_behind:
+            return
+        try:
+            self._webhooks.catch_up()
+        except Exception as exc:  # noqa: BLE001 - tried again at the next tick
+            log.warning("could not queue webhooks left behind (will retry): %s", exc)
+        else:
+            self._webhooks_behind = False
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event appended so far is in the store; False on timeout."""
@@ -297,7 +305,11 @@ class EventRecorder:
             if event.get("message_token") is None and message is not None:
                 event["message_token"] = message.get("token")
         if self._webhooks is not None:
-            self._webhooks.queue(server_id, events, messages)
+            try:
+                self._webhooks.queue(server_id, events, messages)
+            except Exception as exc:  # noqa: BLE001 - queued later by the catch-up
+                self._webhooks_behind = True
+                log.warning("could not queue webhooks now (%s); they are queued later", exc)
         if self.hook is not None:
             for event in events:
                 public = {key: event.get(key) for key in EVENT_KEYS}
@@ -319,7 +331,7 @@ def load_messages(store: Store, server_id: int, events: list[dict[str, Any]]) ->
             chunk = ids[start : start + 500]
             for row in db.query(
                 "SELECT id, token, scope, rcpt_to, mail_from, subject, message_id, timestamp, "
-                "spam, spam_score, tag FROM messages "
+                "inspected, spam, spam_score, tag FROM messages "
                 f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
                 chunk,
             ):

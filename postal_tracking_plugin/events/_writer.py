@@ -47,6 +47,7 @@ class Writer:
         flag: Callable[[Any, list[dict[str, Any]]], None] | None,
         on_recorded: Recorded | None,
         webhooks_pending: bool = False,
+        periodic: Callable[[], None] | None = None,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -55,6 +56,7 @@ class Writer:
         self.flag = flag
         self.on_recorded = on_recorded
         self.webhooks_pending = webhooks_pending
+        self.periodic = periodic
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.progress = threading.Condition()
@@ -73,6 +75,8 @@ class Writer:
                     self.spool.adopt_orphans()
                 except OSError as exc:
                     log.error("cannot scan the spool directory %s: %s", self.spool.directory, exc)
+                if self.periodic is not None:
+                    self.periodic()
             try:
                 did = self._drain_once()
             except Exception as exc:  # noqa: BLE001 - the store is down or a row is bad
