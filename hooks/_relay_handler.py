@@ -117,7 +117,8 @@ class RelayHandler:
         self.upstream = upstream
         self.executor = executor
         self.networks = tuple(networks)
-        self.auth_users = dict(auth_users)
+        # Not ``auth_*``: aiosmtpd takes every handler attribute named so for an AUTH mechanism.
+        self.client_users = dict(auth_users)
         self.batch = batch
         self.delivered = DeliveredRecipients()
 
@@ -141,7 +142,7 @@ class RelayHandler:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         user = auth_data.login.decode("utf-8", "replace")
-        expected = self.auth_users.get(user)
+        expected = self.client_users.get(user)
         ok = expected is not None and hmac.compare_digest(
             expected.encode("utf-8"), bytes(auth_data.password)
         )
@@ -158,7 +159,7 @@ class RelayHandler:
                 session.peer[0] if isinstance(session.peer, tuple) else session.peer,
             )
             return "550 5.7.1 Relay access denied"
-        if self.auth_users and not session.authenticated:
+        if self.client_users and not session.authenticated:
             return "530 5.7.0 Authentication required"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)

@@ -205,7 +205,7 @@ class SmtpRelay:
         self._loop = loop
         self._stopping = asyncio.Event()
         assert self._sock is not None
-        authenticator = self.handler.authenticate if self.handler.auth_users else None
+        authenticator = self.handler.authenticate if self.handler.client_users else None
 
         def factory() -> SMTP:
             return SMTP(

@@ -205,6 +205,9 @@ def test_batch_sends_one_copy_to_all_recipients(
     config, store, server = tracking
     collector, port = upstream
     relay = start_relay(config, store, port, batch=True)
+    with smtplib.SMTP(*relay.address, timeout=30) as client:
+        client.ehlo()
+        assert "auth" not in client.esmtp_features  # no client AUTH unless auth_users are set
     send(relay, RECIPIENTS)
     [(_, rcpts, data)] = collector.received
     assert rcpts == RECIPIENTS
@@ -275,6 +278,9 @@ def test_client_auth_when_auth_users_are_set(
     config, store, _ = tracking
     collector, port = upstream
     relay = start_relay(config, store, port, auth_users={"app": "s3cret"})
+    with smtplib.SMTP(*relay.address, timeout=30) as client:
+        client.ehlo()
+        assert sorted(client.esmtp_features["auth"].split()) == ["LOGIN", "PLAIN"]
     with pytest.raises(smtplib.SMTPSenderRefused) as info:
         send(relay, RECIPIENTS[:1])
     assert info.value.smtp_code == 530

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ._context import Context
@@ -41,6 +42,9 @@ def run(ctx: Context) -> int:
     from ..hooks.smtp_relay import SmtpRelay
 
     a = ctx.args
+    if not a.debug:
+        # aiosmtpd logs every SMTP command at INFO; our own line per message is enough.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     relay = SmtpRelay(
         ctx.config,
         ctx.store,
