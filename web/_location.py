@@ -26,6 +26,8 @@ def location_value(url: str) -> str:
     """The header value for ``url``: unchanged when it is printable ASCII."""
     if _is_clean(url):
         return url
+    # Control characters first: urlsplit would silently drop CR, LF and TAB.
+    url = "".join(f"%{ord(c):02X}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in url)
     try:
         parts = urlsplit(url)
     except ValueError:
