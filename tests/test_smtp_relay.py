@@ -161,12 +161,17 @@ def send(relay: SmtpRelay, rcpts: list[str], *, login: tuple[str, str] | None = 
         client.sendmail("news@example.com", rcpts, MESSAGE)
 
 
-def link_tokens(data: bytes, server: Server) -> list[str]:
-    text = b"\n".join(
+def decoded(data: bytes) -> str:
+    """The message's text parts, transfer encoding undone."""
+    return b"\n".join(
         part.get_payload(decode=True)
         for part in message_from_bytes(data).walk()
         if not part.is_multipart()
     ).decode()
+
+
+def link_tokens(data: bytes, server: Server) -> list[str]:
+    text = decoded(data)
     return re.findall(rf"https?://{re.escape(TRACK_DOMAIN)}/{server.token}/([A-Za-z0-9]{{16}})", text)
 
 
@@ -181,6 +186,7 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
 
     assert sorted(rcpts for _, rcpts, _ in collector.received) == [[r] for r in sorted(RECIPIENTS)]
     message_ids = set()
+    message_tokens: set[str] = set()
     all_tokens: set[str] = set()
     for mail_from, [rcpt], data in collector.received:
         assert mail_from == "news@example.com"
@@ -194,7 +200,11 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
         with store.messages(server.id, readonly=True) as db:
             row = db.one("SELECT rcpt_to, token FROM messages WHERE id = %s", (message_id,))
         assert row["rcpt_to"] == rcpt
+        [pixel_token] = re.findall(rf"/img/{server.token}/([A-Za-z0-9]{{16}})", decoded(data))
+        assert pixel_token == row["token"]
+        message_tokens.add(pixel_token)
     assert len(message_ids) == 3
+    assert len(message_tokens) == 3
     assert len(all_tokens) == 6
 
 
