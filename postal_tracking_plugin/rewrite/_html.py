@@ -39,6 +39,11 @@ _TRACKED = "a|area"
 def _scanner(vml: bool) -> re.Pattern[str]:
     interesting_tag = f"(?:{_TRACKED}|v:[a-z0-9_-]+)" if vml else f"(?:{_TRACKED}|body)"
     body_end = "" if vml else f"|/body{_END}"
+    # Raw-text elements, one alternative each: no capture groups inside the
+    # possessive loop (CPython 3.11's re mishandles them there).
+    raw_text = "".join(
+        rf"|<{name}{_END}{_ATTRS}>.*?(?:</{name}{_END}|\Z)" for name in _RAW.split("|")
+    )
     boring = (
         "(?:[^<]++"
         r"|<!--(?!\[if)(?:-?>|.*?--!?>|.*+)"  # comment (unterminated: to the end)
@@ -46,8 +51,8 @@ def _scanner(vml: bool) -> re.Pattern[str]:
         r"|<\?[^>]*+>?"
         rf"|</(?!body{_END})[a-z][^{_WS}/>]*+{_ATTRS}>"  # end tag
         r"|</>|</[^a-z>][^>]*+>?"
-        rf"|<(?P<raw>{_RAW}){_END}{_ATTRS}>.*?(?:</(?P=raw){_END}|\Z)"  # raw text
-        rf"|<plaintext{_END}.*+"
+        + raw_text
+        + rf"|<plaintext{_END}.*+"
         rf"|<(?!{interesting_tag}{_END})[a-z][^{_WS}/>]*+{_ATTRS}>"  # any other start tag
         rf"|<(?!{interesting_tag}{_END}{body_end}|!--\[if)"  # a "<" that is text
         ")*+"
