@@ -57,6 +57,7 @@ class LiveServer:
                 (bind(ListenSpec(self.host, 0, True), reuse_port=False), True),
             ]
             self.worker = Worker(self.config, self.store, sockets, limits=self.limits)
+            self.worker.certificate_refresh = 1.0  # the production interval is 5 s
             self.worker.start()
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc

@@ -300,6 +300,7 @@ class Worker:
             )
         self.app = create_app(config, store, recorder, lookup=lookup)
         self.listeners = [Listener(sock, self.app, self, tls) for sock, tls in sockets]
+        self.certificate_refresh = CERTIFICATE_REFRESH
         self._background: list[Any] = []
         self._stopped = gevent.event.Event()
 
