@@ -224,3 +224,27 @@ def test_refused_registration_is_one_line(tmp_path: Path, pebble: Pebble) -> Non
         result = cli(setup, "register-lets-encrypt", email)
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1 and "e-mail address" in result.stderr
+
+
+def test_register_again_after_the_server_forgot_the_account(tmp_path: Path) -> None:
+    reason = available()
+    need(reason is None, reason or "")
+    http_port = free_port()
+    with Pebble(tmp_path / "first", http_port) as first:
+        setup = write_setup(tmp_path, first, "sqlite")
+        add_domains(setup, "click.example.test")
+        assert cli(setup, "register-lets-encrypt", "ops@example.test").returncode == 0
+    # Pebble forgets every account when it restarts (a CA may also deactivate one).
+    second = Pebble(tmp_path / "second", http_port)
+    second.acme_port = first.acme_port
+    with second:
+        setup = write_setup(tmp_path, second, "sqlite")  # the new run's CA bundle
+        with StoreResponder(load_config(setup), "127.0.0.1", http_port):
+            failed = cli(setup, "certs", "issue")
+            assert failed.returncode == 1
+            assert "no longer knows the account registered here" in failed.stderr
+            again = cli(setup, "register-lets-encrypt", "ops@example.test")
+            assert again.returncode == 0, again.stderr
+            assert "registering a new one" in again.stderr
+            issued = cli(setup, "certs", "issue")
+            assert issued.returncode == 0, issued.stderr

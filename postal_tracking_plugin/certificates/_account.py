@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -82,6 +84,31 @@ def _save(config: Config, account: Account) -> None:
     path.write_text(json.dumps(asdict(account), indent=2) + "\n")
 
 
+def account_gone(output: str) -> bool:
+    """certbot's output says the server has no such account (it was reset or deactivated)."""
+    low = output.lower()
+    return "account" in low and any(
+        phrase in low
+        for phrase in (
+            "accountdoesnotexist",
+            "unable to find existing account",
+            "no account exists",
+            "does not exist",
+            "not found",
+        )
+    )
+
+
+def _set_aside(config: Config, server: str) -> None:
+    """Move a forgotten account out of certbot's way (kept, in case it is wanted)."""
+    dirs = certbot_dirs(config)
+    stale = dirs.root / "stale-accounts"
+    stale.mkdir(parents=True, exist_ok=True)
+    for folder in dirs.accounts(server).iterdir():
+        if folder.is_dir():
+            shutil.move(str(folder), str(stale / f"{folder.name}-{int(time.time())}"))
+
+
 def check_email(email: str) -> None:
     if not _EMAIL_RE.match(email):
         raise AcmeError(
@@ -144,13 +171,25 @@ def register(
     check_email(email)
     existing = local_account_uri(config, server)
     if existing:
-        recorded = current_account(config)
-        known_email = recorded.email if recorded and recorded.server == server else None
-        account = Account(
-            server, known_email, existing, recorded.registered_at if recorded else None
+        check = run_certbot(config, server, ["show_account"])
+        if check.ok:
+            match = re.search(r"Email contact:\s*(\S+)", check.output)
+            recorded = current_account(config)
+            account = Account(
+                server,
+                match.group(1) if match else None,
+                existing,
+                recorded.registered_at if recorded else None,
+            )
+            _save(config, account)
+            return account, False
+        if not account_gone(check.output):
+            raise AcmeError(certbot_failure(check.output, server=server, what="the account check"))
+        _set_aside(config, server)
+        say(
+            f"The ACME server no longer knows the account registered here ({existing}): "
+            f"registering a new one."
         )
-        _save(config, account)
-        return account, False
     tos = terms_of_service(config, server)
     say(
         "Registering with the ACME server means agreeing to its terms of service"

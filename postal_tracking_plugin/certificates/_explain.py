@@ -106,11 +106,14 @@ def certbot_failure(output: str, *, server: str, what: str, logs: str = "") -> s
     if "invalid email" in low or "invalidcontact" in low:
         detail = _last_words(output)
         return f"the ACME server refused the e-mail address: {detail}"
-    if "accountdoesnotexist" in low or re.search(r"account \S+ not found", low):
+    if "account" in low and (
+        "accountdoesnotexist" in low
+        or "unable to find existing account" in low
+        or re.search(r"account \S+ not found", low)
+    ):
         return (
-            f"the ACME server {server} does not know the account registered here (was it "
-            f"reset?): remove {logs or 'the letsencrypt folder'}'s account and run "
-            f"`postal-tracking register-lets-encrypt EMAIL` again"
+            f"the ACME server {server} no longer knows the account registered here (was it "
+            f"reset?): run `postal-tracking register-lets-encrypt EMAIL` again, which replaces it"
         )
     if "certificate_verify_failed" in low or "sslerror" in low:
         return (
