@@ -248,3 +248,38 @@ def test_register_again_after_the_server_forgot_the_account(tmp_path: Path) -> N
             assert "registering a new one" in again.stderr
             issued = cli(setup, "certs", "issue")
             assert issued.returncode == 0, issued.stderr
+
+
+GEVENT_CALLER = """
+from gevent import monkey
+
+monkey.patch_all()
+import sys
+
+import gevent
+
+from postal_tracking_plugin.certificates import run_scheduled_renewal
+from postal_tracking_plugin.config import load_config
+
+ticks = []
+gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(100000)])
+# As the fast server calls it: in a thread of gevent's pool, off the hub.
+rc = gevent.get_hub().threadpool.spawn(run_scheduled_renewal, load_config(sys.argv[1])).get()
+print(rc, len(ticks) > 0)
+"""
+
+
+def test_scheduled_renewal_from_a_gevent_server(tmp_path: Path, pebble: Pebble) -> None:
+    setup = write_setup(tmp_path, pebble, "sqlite")
+    add_domains(setup, "new.example.test")
+    assert cli(setup, "register-lets-encrypt", "ops@example.test").returncode == 0
+    with StoreResponder(load_config(setup), "127.0.0.1", pebble.http_port):
+        caller = subprocess.run(
+            [sys.executable, "-c", GEVENT_CALLER, str(setup)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    # Exit status 0 from `certs renew`, and the hub kept serving meanwhile.
+    assert caller.stdout.split() == ["0", "True"], caller.stderr
+    store = open_store(load_config(setup))
+    assert store.get_certificate("new.example.test").active  # the missing one was issued
+    store.close()

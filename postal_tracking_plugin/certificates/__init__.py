@@ -10,9 +10,13 @@ on a schedule.
 from __future__ import annotations
 
 import logging
-import subprocess
+import os
+import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ._account import Account as Account
@@ -54,22 +58,59 @@ def run_scheduled_renewal(config: Config, *, timeout: float = SCHEDULED_TIMEOUT)
         if config.source:
             command += ["-c", str(Path(config.source).resolve())]
         command += ["certs", "renew"]
-        proc = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        for line in (proc.stdout or "").splitlines():
+        returncode, output = _run_child(command, timeout)
+        for line in output.splitlines():
             if line.strip():
-                (log.warning if proc.returncode else log.info)("certs renew: %s", line)
-        return proc.returncode
+                (log.warning if returncode else log.info)("certs renew: %s", line)
+        return returncode
     except Exception:  # noqa: BLE001 - a timer must keep running whatever happens
         log.exception("certificate renewal could not run")
         return None
+
+
+def _original(module: str, name: str) -> Any:
+    """``module.name`` as the standard library has it, even after gevent's monkey-patching."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched(module):
+        return gevent_monkey.get_original(module, name)
+    return getattr(sys.modules[module], name)
+
+
+def _run_child(command: list[str], timeout: float) -> tuple[int, str]:
+    """Run ``command``, its output in a temporary file; return (exit status, output).
+
+    ``os.posix_spawn`` and a polling ``waitpid`` work the same in a plain
+    process, in a gevent greenlet and in a thread of gevent's thread pool
+    (where gevent's own ``subprocess`` cannot watch children). The sleeps are
+    whatever ``time.sleep`` is, so a greenlet caller yields while it waits.
+    """
+    waitpid = _original("os", "waitpid")
+    with tempfile.TemporaryFile() as out, open(os.devnull, "rb") as devnull:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, devnull.fileno(), 0),
+            (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, out.fileno(), 2),
+        ]
+        spawn = _original("os", "posix_spawn")
+        pid = spawn(command[0], command, dict(os.environ), file_actions=actions)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, status = waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else's SIGCHLD handler
+                returncode = 0
+                break
+            if done:
+                returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                waitpid(pid, 0)
+                returncode = 124
+                break
+            time.sleep(0.2)
+        out.seek(0)
+        return returncode, out.read().decode("utf-8", errors="replace")
 
 
 __all__ = [
