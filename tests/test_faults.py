@@ -1,0 +1,442 @@
+"""Fault tests: the store goes away, the server is killed; no acknowledged click is lost.
+
+Each run starts its own MariaDB (``mariadb-install-db`` + ``mariadbd`` on a free
+port, in a temporary data directory, stopped by its PID afterwards), so the
+shared instance on 3306 is never touched, and runs the real fast server
+(``postal-tracking fast-server --workers 1``) as a subprocess. A load thread
+sends clicks with a distinct User-Agent each, so every request that got a
+``307`` can be matched to exactly one ``clicks`` row. The figures are printed
+(run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import yaml
+
+from conftest import need
+from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.errors import StoreError
+from postal_tracking_plugin.store import Link
+from postal_tracking_plugin.store import Store
+from postal_tracking_plugin.store import open_store
+from postal_tracking_plugin.store import random_token
+
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateMariaDB:
+    """A MariaDB server of this test alone, in ``base``, on a free port."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.datadir = base / "data"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def install(self) -> None:
+        subprocess.run(
+            [
+                shutil.which("mariadb-install-db") or "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        log = open(self.base / "mariadbd.log", "ab")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [
+                MARIADBD,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.base / 'sock'}",
+                f"--pid-file={self.base / 'pid'}",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                f"--log-error={self.base / 'error.log'}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(
+                    host="127.0.0.1", port=self.port, user="root", connect_timeout=2
+                ).close()
+                return
+            except pymysql.err.Error:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"private mariadbd did not start: {(self.base / 'error.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM to our PID), waited for."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMariaDB]:
+    need(
+        os.path.exists(MARIADBD) and shutil.which("mariadb-install-db") is not None,
+        "the fault tests need MariaDB's server binaries (apt-get install mariadb-server)",
+    )
+    db = PrivateMariaDB(tmp_path_factory.mktemp("mariadb"))
+    db.install()
+    db.start()
+    yield db
+    db.stop()
+
+
+class FastServer:
+    """``postal-tracking fast-server --workers 1`` as a subprocess."""
+
+    def __init__(self, config_path: Path, port: int) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config_path.parent / "fast-server.log"
+
+    def start(self) -> None:
+        log = open(self.log, "ab")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "postal_tracking_plugin.cli",
+                "-c",
+                str(self.config_path),
+                "fast-server",
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fast server did not start: {self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+class Load:
+    """Threads sending clicks on cached links, each with its own User-Agent."""
+
+    def __init__(self, port: int, paths: list[str], *, threads: int = 2, pause: float = 0.002):
+        self.port = port
+        self.paths = paths
+        self.pause = pause
+        self.stop_event = threading.Event()
+        self.results: list[tuple[str, int]] = []  # (user agent, status)
+        self.errors = 0
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(f"t{i}",), daemon=True) for i in range(threads)
+        ]
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self, name: str) -> None:
+        conn: http.client.HTTPConnection | None = None
+        n = 0
+        while not self.stop_event.is_set():
+            n += 1
+            agent = f"fault-load/{name}/{n}"
+            path = self.paths[n % len(self.paths)]
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", path, headers={"User-Agent": agent})
+                response = conn.getresponse()
+                response.read()
+                with self._lock:
+                    self.results.append((agent, response.status))
+            except (OSError, http.client.HTTPException):
+                # No answer: not acknowledged, so it may or may not be recorded.
+                with self._lock:
+                    self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            time.sleep(self.pause)
+        if conn is not None:
+            conn.close()
+
+    def acknowledged(self) -> list[str]:
+        with self._lock:
+            return [agent for agent, status in self.results if status == 307]
+
+
+@pytest.fixture
+def setup(mariadb: PrivateMariaDB, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A configuration on the private MariaDB, a server with ten links, a fast server."""
+    database = f"ptp_fault_{secrets.token_hex(3)}"
+    port = free_port()
+    config_path = tmp_path / "postal.yml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "fast_server": {
+                    "enabled": True,
+                    "bind_address": "127.0.0.1",
+                    "port": port,
+                    "ssl_port": free_port(),
+                },
+                "main_db": {
+                    "host": "127.0.0.1",
+                    "port": mariadb.port,
+                    "username": "root",
+                    "password": "",
+                    "database": database,
+                },
+                "message_db": {"prefix": database},
+                "tracking": {"store": "mysql", "data_dir": "./data"},
+            }
+        )
+    )
+    init = subprocess.run(
+        [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", str(config_path), "init"],
+        capture_output=True,
+        text=True,
+    )
+    assert init.returncode == 0, init.stderr
+    config = load_config(config_path)
+    store = open_store(config)
+    server = store.add_server("Fault")
+    links = [Link(random_token(), f"https://example.com/page/{i}") for i in range(10)]
+    store.save_tracked_message(
+        server.id,
+        {
+            "token": random_token(),
+            "scope": "outgoing",
+            "timestamp": time.time() - 3600,
+            "tracked_links": len(links),
+            "parsed": 1,
+        },
+        links,
+    )
+    # One more link that no request touches before the outage: never in the cache.
+    cold = Link(random_token(), "https://example.com/cold")
+    store.save_tracked_message(
+        server.id, {"token": random_token(), "scope": "outgoing", "timestamp": time.time()}, [cold]
+    )
+    fast = FastServer(config_path, port)
+    yield {
+        "store": store,
+        "server": server,
+        "paths": [f"/{server.token}/{link.token}" for link in links],
+        "cold": f"/{server.token}/{cold.token}",
+        "fast": fast,
+        "port": port,
+        "data_dir": tmp_path / "data",
+    }
+    fast.close()
+    store.close()
+    with contextlib.suppress(pymysql.err.Error):
+        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root")
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW DATABASES")
+            for (name,) in cursor.fetchall():
+                if name == database or name.startswith(database + "-"):
+                    cursor.execute(f"DROP DATABASE `{name}`")
+        conn.close()
+
+
+def _get(port: int, path: str, agent: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"User-Agent": agent})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def _click_agents(store: Store, server_id: int) -> collections.Counter[str]:
+    for attempt in range(3):
+        try:
+            with store.messages(server_id, readonly=True) as db:
+                rows = db.query("SELECT user_agent FROM clicks")
+            break
+        except StoreError:
+            # A pooled connection from before a restart of MariaDB fails once.
+            if attempt == 2:
+                raise
+    return collections.Counter(r["user_agent"] for r in rows)
+
+
+def _wait_for_rows(store: Store, server_id: int, expected: set[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if expected <= set(_click_agents(store, server_id)):
+                return
+        except Exception:  # noqa: BLE001 - the store may still be coming back
+            pass
+        time.sleep(0.25)
+
+
+def test_store_outage_of_ten_seconds_loses_no_acknowledged_click(
+    setup: dict[str, Any], mariadb: PrivateMariaDB
+) -> None:
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    fast.start()
+    warm = [f"warm/{i}" for i in range(len(setup["paths"]))]
+    for agent, path in zip(warm, setup["paths"], strict=True):
+        assert _get(setup["port"], path, agent).status == 307  # now in the lookup cache
+
+    load = Load(setup["port"], setup["paths"]).start()
+    time.sleep(2)
+    before_outage = len(load.results)
+    mariadb.stop()
+    outage_started = time.monotonic()
+    try:
+        time.sleep(1)
+        cold = _get(setup["port"], setup["cold"], "cold/1")
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
+        during_outage = len(load.results) - before_outage
+    finally:
+        mariadb.start()
+    outage = time.monotonic() - outage_started
+    time.sleep(3)
+    load.stop()
+
+    acked = set(load.acknowledged()) | set(warm)
+    _wait_for_rows(store, server.id, acked)
+    assert fast.terminate() == 0  # SIGTERM flushes what is left
+    counts = _click_agents(store, server.id)
+    statuses = collections.Counter(status for _agent, status in load.results)
+
+    lost = acked - set(counts)
+    duplicated = {agent for agent, n in counts.items() if n > 1}
+    print(
+        f"\nstore outage: {outage:.1f} s; requests {len(load.results)} (during the outage "
+        f"{during_outage}), statuses {dict(statuses)}, connection errors {load.errors}; "
+        f"acknowledged {len(acked)}; clicks rows {sum(counts.values())}; lost {len(lost)}; "
+        f"duplicated {len(duplicated)}"
+    )
+    assert during_outage > 0
+    assert set(statuses) == {307}  # cached links redirected throughout
+    assert load.errors == 0
+    assert cold.status == 503 and cold.getheader("Retry-After")  # never a wrong redirect
+    assert lost == set()
+    assert duplicated == set()
+    assert set(counts) - acked == set()  # nothing recorded that was not asked for
+
+
+def test_kill_9_under_load_then_restart_replays_every_acknowledged_click(
+    setup: dict[str, Any], mariadb: PrivateMariaDB
+) -> None:
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    fast.start()
+    for path in setup["paths"]:
+        assert _get(setup["port"], path, "fault-load/warm").status == 307
+    load = Load(setup["port"], setup["paths"], pause=0.0).start()
+    time.sleep(2)
+    # Kill it while many events exist only in the spool: during a store outage.
+    mariadb.stop()
+    try:
+        time.sleep(2)
+        fast.kill9()
+        load.stop()
+    finally:
+        mariadb.start()
+    acked = set(load.acknowledged()) | {"fault-load/warm"}
+    in_store_at_kill = len(set(_click_agents(store, server.id)) & acked)
+    spooled = sum(p.stat().st_size for p in (setup["data_dir"] / "spool").glob("*.jsonl"))
+
+    fast.start()
+    _wait_for_rows(store, server.id, acked)
+    assert fast.terminate() == 0
+    counts = _click_agents(store, server.id)
+    lost = acked - set(counts)
+    duplicated = {agent for agent, n in counts.items() if n > 1 and agent != "fault-load/warm"}
+    print(
+        f"\nkill -9: requests {len(load.results)}, acknowledged {len(acked)}, in the store at "
+        f"the kill {in_store_at_kill}, left in the spool {len(acked) - in_store_at_kill} "
+        f"({spooled} bytes of spool files on disk); after restart clicks rows "
+        f"{sum(counts.values())}, "
+        f"lost {len(lost)}, duplicated {len(duplicated)}"
+    )
+    assert len(acked) > 100
+    assert counts["fault-load/warm"] == len(setup["paths"])
+    assert lost == set()
+    assert duplicated == set()
+    assert all(agent.startswith("fault-load/") for agent in counts)
+    # The dead process's spool was replayed and removed.
+    assert list((setup["data_dir"] / "spool").glob("*.jsonl")) == []
