@@ -117,6 +117,15 @@ def test_status_in_words_and_only_registered_domains(store: Store, backend_confi
     assert report["plain.example.com"].status == "none"
     assert "SSL is off" in report["plain.example.com"].note
 
+    # A renewal that fails while the certificate is still valid: still served, error shown.
+    store.save_certificate(
+        "click.example.com", certificate="PEM", key="KEY", expires_at=utcnow() + 20 * DAY
+    )
+    report = {r.domain: r for r in certificate_report(store)}
+    assert report["click.example.com"].status == "active"
+    assert report["click.example.com"].last_error == error
+    assert "renewal failed" in report["click.example.com"].note
+
 
 def cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -144,6 +153,8 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         )
     )
     assert cli(tmp_path, "init").returncode == 0
+    missing = cli(tmp_path, "register-lets-encrypt")
+    assert missing.returncode == 1 and "tracking.acme.email" in missing.stderr
     bad = cli(tmp_path, "register-lets-encrypt", "not-an-address")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "'not-an-address' is not an e-mail address" in bad.stderr

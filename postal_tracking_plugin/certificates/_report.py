@@ -2,7 +2,8 @@
 
 Statuses: ``active`` (a valid certificate is in the store), ``pending``
 (eligible and waiting for, or in, an attempt), ``failed`` (the last attempt
-failed and there is no valid certificate), ``none`` (no certificate will be
+failed and there is no valid certificate; an active one whose renewal failed
+stays ``active``, with the error shown), ``none`` (no certificate will be
 requested: SSL off or DNS not OK, with the reason).
 """
 
@@ -47,7 +48,9 @@ def certificate_report(store: Store) -> list[DomainReport]:
         else:
             status = "pending"
         note = reason
-        if active and cert and cert.renew_after is None:
+        if active and failed:
+            note = "renewal failed; the current certificate is served until it expires"
+        elif active and cert and cert.renew_after is None:
             note = "no renewal date recorded: `postal-tracking certs renew` will renew it"
         reports.append(
             DomainReport(
@@ -55,9 +58,9 @@ def certificate_report(store: Store) -> list[DomainReport]:
                 status=status,
                 expires_at=cert.expires_at if cert and cert.certificate else None,
                 renew_after=cert.renew_after if cert and cert.certificate else None,
-                last_error=state.last_error if failed and state else None,
-                next_attempt_at=state.next_attempt_at if failed and state else None,
-                attempts=state.attempts if failed and state else 0,
+                last_error=state.last_error if failed and state and not reason else None,
+                next_attempt_at=state.next_attempt_at if failed and state and not reason else None,
+                attempts=state.attempts if failed and state and not reason else 0,
                 note=note,
             )
         )

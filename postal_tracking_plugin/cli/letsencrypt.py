@@ -28,7 +28,12 @@ def register(sub: Any) -> None:
             "reports the existing account."
         ),
     )
-    p.add_argument("email", metavar="EMAIL", help="where the CA writes about expiring certificates")
+    p.add_argument(
+        "email",
+        metavar="EMAIL",
+        nargs="?",
+        help="where the CA writes about expiring certificates (default: tracking.acme.email)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--staging",
@@ -86,7 +91,13 @@ def _server(ctx: Context) -> str:
 
 def run_register(ctx: Context) -> int:
     server = _server(ctx)
-    account, created = register_account(ctx.config, ctx.args.email.strip(), server, ctx.note)
+    email = ctx.args.email or ctx.config.tracking.acme.email
+    if not email:
+        raise UsageError(
+            "give the account's e-mail address: `postal-tracking register-lets-encrypt EMAIL` "
+            "(or set tracking.acme.email)"
+        )
+    account, created = register_account(ctx.config, email.strip(), server, ctx.note)
     if created:
         ctx.note(f"Registered ACME account {account.uri} for {account.email} at {server}.")
         ctx.note(
