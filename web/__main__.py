@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", metavar="PATH")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--debug", action="store_true")
+    # Benchmarks only: measure full TLS handshakes (production keeps tickets on).
+    parser.add_argument("--no-tls-resumption", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(
             logging.DEBUG if args.debug else config.tracking.log.level.upper()
         )
-        return serve(config, workers=args.workers)
+        return serve(config, workers=args.workers, resumption=not args.no_tls_resumption)
     except Error as exc:
         print(f"postal-tracking: error: {exc}", file=sys.stderr)
         if args.debug:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import time
 from email.utils import formatdate
 from typing import Any
@@ -125,6 +126,7 @@ class TrackingHandler(WSGIHandler):
 
     _too_large = False
     _head_timer: Any = None
+    head_length = 0
 
     def handle(self) -> None:
         limits = self.server.limits
@@ -226,6 +228,7 @@ class TrackingHandler(WSGIHandler):
             out += value
             out += b"\r\n"
         out += b"\r\n"
+        self.head_length = len(out)
         if data and not self.response_use_chunked and len(data) <= _SINGLE_WRITE:
             out += data  # one send: no delayed-ACK stall between headers and body
             self._sendall(out)
@@ -250,6 +253,10 @@ class AccessLog:
         self.fmt = fmt
         self.stream = stream
 
+    def close(self) -> None:
+        if self.stream not in (sys.stderr, sys.stdout):
+            self.stream.close()
+
     def write(self, handler: TrackingHandler) -> None:
         environ = getattr(handler, "environ", None) or {}
         client = environ.get(CLIENT_KEY) or environ.get("REMOTE_ADDR")
@@ -260,7 +267,7 @@ class AccessLog:
         if isinstance(status, bytes):
             status = status.decode("latin-1")
         code = status.split(" ", 1)[0]
-        length = handler.response_length or 0
+        length = max(0, (handler.response_length or 0) - handler.head_length)
         if self.fmt == "json":
             line = json.dumps(
                 {

@@ -315,7 +315,7 @@ class Worker:
             self.certificates.refresh()
             self._background.append(
                 gevent.spawn(
-                    run_every, CERTIFICATE_REFRESH, self.certificates.refresh, gevent.sleep
+                    run_every, self.certificate_refresh, self.certificates.refresh, gevent.sleep
                 )
             )
         self._background.append(gevent.spawn(run_every, 60.0, self.stats.report, gevent.sleep))
@@ -340,7 +340,9 @@ class Worker:
         state.client.networks = ClientAddress(config.tracking.trusted_proxies).networks
         state.lookup.clear()
         self.proxy_protocol = config.fast_server.proxy_protocol
-        self.access_log = _open_access_log(config)
+        old, self.access_log = self.access_log, _open_access_log(config)
+        if old is not None:
+            old.close()
         if self.certificates is not None:
             self.certificates.default_paths = default_certificate_paths(config)
             try:
@@ -371,6 +373,9 @@ class Worker:
             except Exception:  # noqa: BLE001 - report, and still exit
                 log.exception("events could not all be flushed")
         self.stats.report()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
         self._stopped.set()
 
     def wait(self) -> None:
@@ -413,7 +418,9 @@ def default_workers(config: Config) -> int:
     return config.tracking.workers or os.cpu_count() or 1
 
 
-def serve(config: Config, *, workers: int | None = None, hook: Any = None) -> int:
+def serve(
+    config: Config, *, workers: int | None = None, hook: Any = None, resumption: bool = True
+) -> int:
     """Bind, fork ``workers`` processes (one: serve in this one), run until SIGTERM.
 
     Must run in a gevent-patched process (``python -m postal_tracking_plugin.web``).
@@ -444,7 +451,7 @@ def serve(config: Config, *, workers: int | None = None, hook: Any = None) -> in
             return None
 
     if count == 1:
-        return _run_worker(config, sets[0], 0, hook, reload_config, open_store)
+        return _run_worker(config, sets[0], 0, hook, reload_config, open_store, resumption)
 
     children: dict[int, int] = {}
     stopping = gevent.event.Event()
@@ -461,7 +468,9 @@ def serve(config: Config, *, workers: int | None = None, hook: Any = None) -> in
                         sock.close()
             code = 1
             try:
-                code = _run_worker(config, sets[index], index, hook, reload_config, open_store)
+                code = _run_worker(
+                    config, sets[index], index, hook, reload_config, open_store, resumption
+                )
             except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
                 log.exception("worker %d failed", index)
             finally:
@@ -519,9 +528,10 @@ def _run_worker(
     hook: Any,
     reload_config: Callable[[], Config | None],
     open_store: Callable[[Config], Any],
+    resumption: bool = True,
 ) -> int:
     store = open_store(config)
-    worker = Worker(config, store, sockets, hook=hook, index=index)
+    worker = Worker(config, store, sockets, hook=hook, index=index, resumption=resumption)
 
     def on_hup() -> None:
         new = reload_config()

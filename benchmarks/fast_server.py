@@ -1,0 +1,689 @@
+"""Benchmark the fast server beside its baselines, in one run (method: http-bench recipe).
+
+    python benchmarks/fast_server.py [--rounds 3] [--duration 10] [--links 100000]
+
+Needs Debian's ``nginx`` and ``wrk`` (``apt-get install -y nginx wrk``) and
+MariaDB on 127.0.0.1:3306 (``PTP_MYSQL_*`` as in the tests). The server under
+test is pinned to CPU 0 and wrk (one thread, 64 connections) to CPU 1; each
+measured run follows a discarded warm-up; rounds interleave the variants and
+the medians are printed, with the server's CPU microseconds per request (from
+``/proc``), which is the honest figure when wrk, not the server, saturates.
+
+Variants: (1) nginx ``return 307`` (this machine's ceiling); (2) a minimal Flask
+app on gevent answering 307 from a dict (the stack's ceiling); (3) the same app
+doing what Postal does per click (a PyMySQL SELECT and an autocommit INSERT);
+ours: (4) clicks on the SQLite store, (5) on MariaDB, (6) the pixel (MariaDB),
+(7) TLS full handshakes, one request per connection, ECDSA P-256, ours vs nginx,
+(8) ``--workers 2`` on both cores (MariaDB). Then the resident memory of each
+worker after every one of the links has been clicked.
+
+MariaDB itself is not pinned (it is shared); where it ran is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "--serve-baseline":
+    from gevent import monkey  # the baseline server process: patch first, as ours does
+
+    monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+MYSQL = {
+    "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("PTP_MYSQL_PORT", "3306")),
+    "username": os.environ.get("PTP_MYSQL_USER", "root"),
+    "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
+}
+
+RANDPATH_LUA = """
+local paths = {}
+function init(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0) % 100000)
+end
+function request()
+  return wrk.format(nil, paths[math.random(#paths)])
+end
+"""
+
+SEQPATH_LUA = """
+local paths = {}
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+end
+function request()
+  i = i + 1
+  if i > #paths then i = 1 end
+  return wrk.format(nil, paths[i])
+end
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx_error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/ngx/body;
+    proxy_temp_path {dir}/ngx/proxy;
+    fastcgi_temp_path {dir}/ngx/fastcgi;
+    uwsgi_temp_path {dir}/ngx/uwsgi;
+    scgi_temp_path {dir}/ngx/scgi;
+    server {{
+        listen 127.0.0.1:{http};
+        location / {{ return 307 https://example.com/x; }}
+    }}
+    server {{
+        listen 127.0.0.1:{https} ssl;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate {dir}/ecdsa.crt;
+        ssl_certificate_key {dir}/ecdsa.key;
+        ssl_session_tickets off;
+        ssl_session_cache off;
+        location / {{ return 307 https://example.com/x; }}
+    }}
+}}
+"""
+
+
+# -- the baseline apps (run as: fast_server.py --serve-baseline KIND PORT DIR) ----------
+
+
+def serve_baseline(kind: str, port: int, workdir: Path) -> None:
+    import gc
+    import queue
+
+    import pymysql
+    from flask import Flask
+    from flask import abort
+    from flask import redirect
+    from gevent.pywsgi import WSGIHandler
+    from gevent.pywsgi import WSGIServer
+
+    app = Flask(__name__)
+    if kind == "dict":
+        links = {}
+        for line in (workdir / "links.tsv").read_text().splitlines():
+            token, url = line.split("\t", 1)
+            links[token] = url
+        gc.freeze()
+
+        @app.route("/<server>/<token>")
+        def click(server: str, token: str) -> Any:
+            url = links.get(token)
+            if url is None:
+                abort(404)
+            return redirect(url, 307)
+
+    else:  # "postal": a SELECT and an autocommit INSERT per click, before the 307
+        database = (workdir / "mysql_db").read_text().strip()
+        pool: queue.Queue[Any] = queue.Queue()
+        for _ in range(16):
+            pool.put(
+                pymysql.connect(
+                    host=MYSQL["host"],
+                    port=MYSQL["port"],
+                    user=MYSQL["username"],
+                    password=MYSQL["password"],
+                    database=database,
+                    autocommit=True,
+                )
+            )
+
+        @app.route("/<server>/<token>")
+        def click(server: str, token: str) -> Any:
+            from flask import request
+
+            conn = pool.get()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT id, message_id, url FROM links WHERE token = %s", (token,))
+                    row = cur.fetchone()
+                    if row is None:
+                        abort(404)
+                    cur.execute(
+                        "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        (
+                            row[1],
+                            row[0],
+                            request.remote_addr,
+                            request.user_agent.string,
+                            time.time(),
+                        ),
+                    )
+            finally:
+                pool.put(conn)
+            return redirect(row[2], 307)
+
+    class Handler(WSGIHandler):
+        def handle(self) -> None:  # the recipe's fix: no delayed-ACK stall
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle()
+
+    WSGIServer(("127.0.0.1", port), app, handler_class=Handler, log=None).serve_forever()
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (the workers of a pre-forked server)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(
+    url: str,
+    duration: float,
+    paths: Path | None,
+    *,
+    close: bool = False,
+    cpus: str = "1",
+    workdir: Path,
+    script: str = "rand.lua",
+) -> dict[str, float]:
+    cmd = ["taskset", "-c", cpus, "wrk", "-t1", "-c64", f"-d{int(duration)}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    if paths is not None:
+        cmd += ["-s", str(workdir / script), url, "--", str(paths)]
+    else:
+        cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1])  # type: ignore[index]
+    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    err = sum(int(x) for x in errors.groups()) if errors else 0
+    return {
+        "rps": rps,
+        "p99": p99,
+        "requests": total,
+        "non3xx": int(bad[1]) if bad else 0,
+        "errors": err,
+    }
+
+
+def _ms(text: str) -> float:
+    value = float(re.match(r"[\d.]+", text)[0])  # type: ignore[index]
+    unit = text[len(re.match(r"[\d.]+", text)[0]) :]  # type: ignore[index]
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+# -- the data ---------------------------------------------------------------------------
+
+
+def make_certificate(workdir: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.example")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    (workdir / "ecdsa.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (workdir / "ecdsa.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def write_config(
+    workdir: Path, name: str, store: str, database: str, http: int, https: int
+) -> Path:
+    import yaml
+
+    data: dict[str, Any] = {
+        "fast_server": {
+            "enabled": True,
+            "bind_address": "127.0.0.1",
+            "port": http,
+            "ssl_port": https,
+            "default_tls_certificate_path": str(workdir / "ecdsa.crt"),
+            "default_private_key_path": str(workdir / "ecdsa.key"),
+        },
+        "tracking": {"data_dir": str(workdir / f"data-{name}"), "store": store},
+    }
+    if store == "mysql":
+        data["main_db"] = {**MYSQL, "database": database}
+        data["message_db"] = {"prefix": database}
+    path = workdir / f"{name}.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def fill(
+    config_path: Path, count: int, token: str
+) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """``count`` links over count/100 messages; returns click paths, pixel paths, (token, url)."""
+    from postal_tracking_plugin.config import load_config
+    from postal_tracking_plugin.store import Link
+    from postal_tracking_plugin.store import open_store
+    from postal_tracking_plugin.store import random_token
+
+    store = open_store(load_config(config_path))
+    store.create_schema()
+    server = store.add_server("Bench", token)
+    clicks, pixels, pairs = [], [], []
+    for m in range(count // 100):
+        message = random_token()
+        links = [
+            Link(random_token(), f"https://example.com/article/{m}/{i}?utm_source=newsletter")
+            for i in range(100)
+        ]
+        store.save_tracked_message(
+            server.id,
+            {"token": message, "scope": "outgoing", "timestamp": time.time(), "tracked_links": 100},
+            links,
+        )
+        clicks += [f"/{token}/{link.token}" for link in links]
+        pairs += [(link.token, link.url) for link in links]
+        pixels.append(f"/img/{token}/{message}")
+    store.close()
+    return clicks, pixels, pairs
+
+
+def drop_database(database: str) -> None:
+    import pymysql
+
+    conn = pymysql.connect(
+        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES")
+            for (name,) in cur.fetchall():
+                if name == database or name.startswith(database + "-"):
+                    cur.execute(f"DROP DATABASE `{name}`")
+    finally:
+        conn.close()
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, cmd: list[str], port: int, *, cpus: str | None = "0", log: Path) -> None:
+        self.port = port
+        full = (["taskset", "-c", cpus] if cpus else []) + cmd
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=err)
+        wait_port(port, self.proc)
+        time.sleep(0.5)
+
+    def pids(self) -> list[int]:
+        return tree(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def measure(
+    server: Server,
+    url: str,
+    paths: Path | None,
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    close: bool = False,
+    wrk_cpus: str = "1",
+) -> dict[str, float]:
+    wrk(url, args.warmup, paths, close=close, cpus=wrk_cpus, workdir=workdir)
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    result = wrk(url, args.duration, paths, close=close, cpus=wrk_cpus, workdir=workdir)
+    used = cpu_seconds(server.pids()) - before
+    result["cpu_us"] = used / max(result["requests"], 1) * 1e6
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--links", type=int, default=100_000)
+    parser.add_argument("--only", help="comma-separated variant numbers to run (default all)")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
+
+    workdir = Path(tempfile.mkdtemp(prefix="ptp-bench-"))
+    (workdir / "rand.lua").write_text(RANDPATH_LUA)
+    (workdir / "seq.lua").write_text(SEQPATH_LUA)
+    (workdir / "ngx").mkdir()
+    make_certificate(workdir)
+    log = workdir / "servers.log"
+    database = f"ptp_bench_{secrets.token_hex(3)}"
+    token = "benchx"
+    print(
+        f"work directory {workdir}; filling {args.links:,} links into SQLite and MariaDB ...",
+        flush=True,
+    )
+    ports = {
+        k: free_port()
+        for k in ("ngx", "ngxs", "dict", "postal", "sq", "sqs", "my", "mys", "w2", "w2s")
+    }
+    sqlite_cfg = write_config(workdir, "sqlite", "sqlite", database, ports["sq"], ports["sqs"])
+    mysql_cfg = write_config(workdir, "mysql", "mysql", database, ports["my"], ports["mys"])
+    w2_cfg = write_config(workdir, "w2", "mysql", database, ports["w2"], ports["w2s"])
+    clicks, pixels, pairs = fill(sqlite_cfg, args.links, token)
+    m_clicks, m_pixels, m_pairs = fill(mysql_cfg, args.links, token)
+    (workdir / "w2.yml").write_text((workdir / "w2.yml").read_text())
+    (workdir / "sq_paths.txt").write_text("\n".join(clicks) + "\n")
+    (workdir / "my_paths.txt").write_text("\n".join(m_clicks) + "\n")
+    (workdir / "px_paths.txt").write_text("\n".join(m_pixels) + "\n")
+    (workdir / "links.tsv").write_text("\n".join(f"{t}\t{u}" for t, u in m_pairs) + "\n")
+    (workdir / "mysql_db").write_text(f"{database}-server-1")
+    (workdir / "nginx.conf").write_text(
+        NGINX_CONF.format(dir=workdir, http=ports["ngx"], https=ports["ngxs"])
+    )
+
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    ours = [py, "-m", "postal_tracking_plugin.web"]
+    variants: dict[int, Any] = {
+        1: (
+            "nginx return 307",
+            lambda: Server(["nginx", "-c", str(workdir / "nginx.conf")], ports["ngx"], log=log),
+            f"http://127.0.0.1:{ports['ngx']}",
+            workdir / "my_paths.txt",
+            {},
+        ),
+        2: (
+            "Flask on gevent, dict, 307",
+            lambda: Server(
+                [py, me, "--serve-baseline", "dict", str(ports["dict"]), str(workdir)],
+                ports["dict"],
+                log=log,
+            ),
+            f"http://127.0.0.1:{ports['dict']}",
+            workdir / "my_paths.txt",
+            {},
+        ),
+        3: (
+            "Flask + SELECT + INSERT (Postal)",
+            lambda: Server(
+                [py, me, "--serve-baseline", "postal", str(ports["postal"]), str(workdir)],
+                ports["postal"],
+                log=log,
+            ),
+            f"http://127.0.0.1:{ports['postal']}",
+            workdir / "my_paths.txt",
+            {},
+        ),
+        4: (
+            "ours: click, SQLite",
+            lambda: Server([*ours, "-c", str(sqlite_cfg), "--workers", "1"], ports["sq"], log=log),
+            f"http://127.0.0.1:{ports['sq']}",
+            workdir / "sq_paths.txt",
+            {},
+        ),
+        5: (
+            "ours: click, MariaDB",
+            lambda: Server([*ours, "-c", str(mysql_cfg), "--workers", "1"], ports["my"], log=log),
+            f"http://127.0.0.1:{ports['my']}",
+            workdir / "my_paths.txt",
+            {},
+        ),
+        6: (
+            "ours: pixel, MariaDB",
+            lambda: Server([*ours, "-c", str(mysql_cfg), "--workers", "1"], ports["my"], log=log),
+            f"http://127.0.0.1:{ports['my']}",
+            workdir / "px_paths.txt",
+            {},
+        ),
+        7: None,
+        8: (
+            "ours: click, MariaDB, --workers 2",
+            lambda: Server(
+                [*ours, "-c", str(w2_cfg), "--workers", "2"], ports["w2"], cpus="0,1", log=log
+            ),
+            f"http://127.0.0.1:{ports['w2']}",
+            workdir / "my_paths.txt",
+            {"wrk_cpus": "0,1"},
+        ),
+    }
+    tls = {
+        "7a": (
+            "TLS handshake/conn, ECDSA: nginx",
+            lambda: Server(["nginx", "-c", str(workdir / "nginx.conf")], ports["ngxs"], log=log),
+            f"https://127.0.0.1:{ports['ngxs']}",
+            None,
+            {"close": True},
+        ),
+        "7b": (
+            "TLS handshake/conn, ECDSA: ours",
+            lambda: Server(
+                [*ours, "-c", str(mysql_cfg), "--workers", "1", "--no-tls-resumption"],
+                ports["mys"],
+                log=log,
+            ),
+            f"https://127.0.0.1:{ports['mys']}/",
+            None,
+            {"close": True},
+        ),
+    }
+    plan: list[Any] = [k for k in (1, 2, 3, 4, 5, 6) if k in only]
+    if 7 in only:
+        plan += ["7a", "7b"]
+    if 8 in only:
+        plan.append(8)
+    results: dict[Any, list[dict[str, float]]] = {k: [] for k in plan}
+    try:
+        for r in range(args.rounds):
+            for key in plan:
+                name, start, url, paths, opts = tls[key] if isinstance(key, str) else variants[key]
+                server = start()
+                try:
+                    res = measure(server, url, paths, args, workdir, **opts)
+                finally:
+                    server.stop()
+                results[key].append(res)
+                print(
+                    f"round {r + 1} ({key}) {name}: {res['rps']:,.0f} req/s, p99 {res['p99']:.1f} ms, "
+                    f"{res['cpu_us']:.0f} us CPU/req, non-3xx {res['non3xx']}, errors {res['errors']}",
+                    flush=True,
+                )
+        rss = memory_after_all_links(ours, mysql_cfg, ports["my"], workdir, log, args)
+    finally:
+        drop_database(database)
+    report(results, rss, args)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def memory_after_all_links(
+    ours: list[str], cfg: Path, port: int, workdir: Path, log: Path, args: argparse.Namespace
+) -> list[float]:
+    """Click every link once (sequential paths), then read each worker's resident memory."""
+    server = Server([*ours, "-c", str(cfg), "--workers", "1"], port, log=log)
+    try:
+        count = args.links
+        cmd = [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c1",
+            "-d600s",
+            "-s",
+            str(workdir / "seq.lua"),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(workdir / "my_paths.txt"),
+        ]
+        # one connection walks the list in order; stop once every link has been requested
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        from postal_tracking_plugin.config import load_config
+        from postal_tracking_plugin.store import open_store
+
+        store = open_store(load_config(cfg))
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            with store.messages(1, readonly=True) as db:
+                done = db.one("SELECT COUNT(DISTINCT link_id) AS n FROM clicks")["n"]
+            if done >= count:
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        store.close()
+        return [rss_mb(pid) for pid in server.pids()]
+    finally:
+        server.stop()
+
+
+def report(
+    results: dict[Any, list[dict[str, float]]], rss: list[float], args: argparse.Namespace
+) -> None:
+    names = {
+        1: "(1) nginx return 307",
+        2: "(2) Flask+gevent, dict",
+        3: "(3) Flask+SELECT+INSERT (Postal)",
+        4: "(4) ours: click, SQLite",
+        5: "(5) ours: click, MariaDB",
+        6: "(6) ours: pixel, MariaDB",
+        "7a": "(7) TLS new conn ECDSA: nginx",
+        "7b": "(7) TLS new conn ECDSA: ours",
+        8: "(8) ours: click, MariaDB, 2 workers",
+    }
+    med: dict[Any, dict[str, float]] = {}
+    print(
+        f"\nmedians of {args.rounds} round(s), {args.duration:g} s each, 64 connections, "
+        f"server on CPU 0, wrk on CPU 1 ((8): both on 0-1); MariaDB unpinned\n"
+    )
+    print(
+        f"{'variant':40} {'req/s':>10} {'p99 ms':>8} {'CPU us/req':>11} {'non-3xx':>8} {'errors':>7}"
+    )
+    for key, runs in results.items():
+        if not runs:
+            continue
+        m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med[key] = m
+        print(
+            f"{names[key]:40} {m['rps']:>10,.0f} {m['p99']:>8.1f} {m['cpu_us']:>11.0f} "
+            f"{m['non3xx']:>8.0f} {m['errors']:>7.0f}"
+        )
+    print()
+
+    def ratio(a: Any, b: Any, label: str, goal: str) -> None:
+        if a in med and b in med:
+            print(f"{label:44} {med[a]['rps'] / med[b]['rps']:6.2f}x   (goal {goal})")
+
+    ratio(5, 2, "(5) ours MariaDB / (2) Flask dict", ">= 1.0")
+    ratio(5, 3, "(5) ours MariaDB / (3) Postal's design", ">= 3.0")
+    ratio(4, 2, "(4) ours SQLite / (2) Flask dict", "")
+    ratio(6, 2, "(6) pixel / (2) Flask dict", ">= 1.0")
+    ratio(6, 3, "(6) pixel / (3) Postal's design", ">= 3.0")
+    ratio("7b", "7a", "(7) TLS handshakes ours / nginx", ">= 0.9")
+    if "7a" in med and "7b" in med:
+        print(
+            f"{'(7) by CPU: nginx us / ours us per handshake':44} "
+            f"{med['7a']['cpu_us']:.0f} / {med['7b']['cpu_us']:.0f}"
+        )
+    ratio(8, 5, "(8) two workers / (5) one", ">= 1.7")
+    ratio(1, 5, "(1) nginx / (5) ours", "the machine's ceiling")
+    print(
+        f"\nresident memory per worker after {args.links:,} distinct links clicked: "
+        + ", ".join(f"{x:.1f} MB" for x in rss)
+        + " (goal <= 100 MB)"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-baseline":
+        serve_baseline(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        sys.exit(main())
