@@ -32,7 +32,6 @@ from ._relay_upstream import TEMPORARY
 from ._relay_upstream import Copy
 from ._relay_upstream import Upstream
 from ._relay_upstream import UpstreamError
-from ._relay_upstream import close
 from ._relay_upstream import send_copies
 
 if TYPE_CHECKING:
@@ -202,16 +201,17 @@ class RelayHandler:
         if not todo:
             return f"250 2.0.0 OK: already relayed to all {len(rcpt_tos)} recipients"
         try:
-            conn = self.upstream.connect()
+            conn = self.upstream.acquire()
         except UpstreamError as exc:
             log.warning("smtp-relay: %s; the client is asked to retry", exc.text)
             return _one_line(f"{exc.code} 4.4.1 {exc.text}; try again later")
+        reusable = False
         try:
-            failed = send_copies(
+            failed, reusable = send_copies(
                 conn, mail_from, self._copies(mail_from, todo, content), smtputf8=smtputf8
             )
         finally:
-            close(conn)
+            self.upstream.release(conn, reusable=reusable)
         delivered = [r for r in todo if r not in failed]
         reply = _reply(len(rcpt_tos), done_before + len(delivered), failed)
         if failed and delivered:

@@ -1,8 +1,10 @@
 """The relay's upstream side: blocking ``smtplib`` delivery, run in worker threads.
 
 Never called on the asyncio loop (``smtplib`` blocks); the relay's handler
-hands it to a thread pool. One upstream connection per incoming transaction,
-reused for each per-recipient copy. Failures are returned as data (a reply code
+hands it to a thread pool. Connections are kept open between messages (a small
+pool, checked with ``RSET`` before reuse), since connecting, greeting, TLS and
+AUTH cost more than sending a message; within a transaction, one connection
+carries every per-recipient copy. Failures are returned as data (a reply code
 and text per recipient), not raised, so the handler can choose the one reply
 the client gets.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,10 @@ from postal_tracking_plugin.config import RelayConfig
 
 #: Reply for a recipient that could not be tried because the upstream was unusable.
 TEMPORARY = 451
+
+#: An idle upstream connection older than this is closed rather than reused
+#: (servers drop idle clients; Postfix after 300 s, many sooner).
+IDLE_SECONDS = 20.0
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -68,7 +76,12 @@ class Upstream:
     """How to reach the upstream SMTP server, from ``tracking.relay``."""
 
     def __init__(
-        self, relay: RelayConfig, *, local_hostname: str, ca_file: Path | None = None
+        self,
+        relay: RelayConfig,
+        *,
+        local_hostname: str,
+        ca_file: Path | None = None,
+        max_idle: int = 8,
     ) -> None:
         """:raises ValueError: a bad ``upstream`` or an unreadable ``ca_file``, named."""
         self.host, self.port = parse_hostport(relay.upstream, "tracking.relay.upstream", 25)
@@ -77,6 +90,9 @@ class Upstream:
         self.password = relay.upstream_password or ""
         self.timeout = relay.upstream_timeout
         self.local_hostname = local_hostname
+        self.max_idle = max_idle
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._lock = threading.Lock()
         self._ssl_context: ssl.SSLContext | None = None
         if self.tls != "none":
             try:
@@ -98,6 +114,39 @@ class Upstream:
         if self._ssl_context is None:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context
+
+    def acquire(self) -> smtplib.SMTP:
+        """An idle connection that still answers ``RSET``, else a new one (:meth:`connect`)."""
+        while True:
+            with self._lock:
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
+            if conn is None:
+                return self.connect()
+            if time.monotonic() - since > IDLE_SECONDS:
+                _quit(conn)
+                continue
+            try:
+                code, _ = conn.rset()
+            except (OSError, smtplib.SMTPException):
+                code = 0
+            if code == 250:
+                return conn
+            conn.close()
+
+    def release(self, conn: smtplib.SMTP, *, reusable: bool) -> None:
+        """Keep ``conn`` for the next message, or close it."""
+        if reusable:
+            with self._lock:
+                if len(self._idle) < self.max_idle:
+                    self._idle.append((conn, time.monotonic()))
+                    return
+        _quit(conn)
+
+    def close_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            _quit(conn)
 
     def connect(self) -> smtplib.SMTP:
         """An open, greeted, authenticated connection; :class:`UpstreamError` otherwise."""
@@ -153,13 +202,13 @@ def send_copies(
     copies: Iterable[Copy],
     *,
     smtputf8: bool = False,
-) -> dict[str, tuple[int, str]]:
-    """Send each copy on ``conn``; the recipients that failed, with code and text.
+) -> tuple[dict[str, tuple[int, str]], bool]:
+    """Send each copy on ``conn``: the recipients that failed, and whether ``conn`` still works.
 
-    A recipient missing from the result was accepted by the upstream. Once
-    the connection is lost, the remaining copies fail with a temporary code
-    (they were not tried). ``copies`` may be a generator: each copy is built
-    only when the previous one is sent.
+    A recipient missing from the failures was accepted by the upstream (with
+    their code and text otherwise). Once the connection is lost, the remaining
+    copies fail with a temporary code (they were not tried). ``copies`` may be
+    a generator: each copy is built only when the previous one is sent.
     """
     failed: dict[str, tuple[int, str]] = {}
     lost: tuple[int, str] | None = None
@@ -187,11 +236,7 @@ def send_copies(
             refused = dict.fromkeys(copy.rcpt_to, lost)
         for rcpt, (code, text) in refused.items():
             failed[rcpt] = (int(code), _decode(text))
-    return failed
-
-
-def close(conn: smtplib.SMTP) -> None:
-    _quit(conn)
+    return failed, lost is None
 
 
 def _quit(conn: smtplib.SMTP) -> None:

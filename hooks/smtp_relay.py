@@ -104,7 +104,9 @@ class SmtpRelay:
                 relay = dataclasses.replace(relay, upstream=upstream)
             hostname = socket.gethostname()
             ca_file = config.path(relay.upstream_ca_file) if relay.upstream_ca_file else None
-            self.upstream = Upstream(relay, local_hostname=hostname, ca_file=ca_file)
+            self.upstream = Upstream(
+                relay, local_hostname=hostname, ca_file=ca_file, max_idle=WORKERS
+            )
         except ValueError as exc:
             raise ConfigError(f"{exc} ({where})") from None
         self.hostname = hostname
@@ -235,6 +237,7 @@ class SmtpRelay:
             server.close()
             await server.wait_closed()
             await loop.run_in_executor(None, self._executor.shutdown)
+            self.upstream.close_idle()
             for task in asyncio.all_tasks(loop) - {asyncio.current_task()}:
                 task.cancel()
             self._sock = None

@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -75,7 +76,11 @@ class EphemeralController(Controller):
     """aiosmtpd's Controller on a socket bound to a free loopback port first."""
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        # proto given explicitly: asyncio sets TCP_NODELAY only then, and without it
+        # every multi-line reply (EHLO) waits 40 ms for a delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
         super().__init__(
             handler, hostname="127.0.0.1", port=self._sock.getsockname()[1],
             server_hostname="upstream.test", **kwargs,
@@ -94,6 +99,27 @@ def upstream() -> Iterator[tuple[Collector, int]]:
     controller.start()
     yield collector, controller.port
     controller.stop()
+
+
+@pytest.fixture
+def make_upstream() -> Iterator[Callable[..., tuple[Collector, int]]]:
+    """Start upstreams with Controller options (TLS, AUTH); stopped after the relay is.
+
+    Request it before ``start_relay``: fixtures are torn down in reverse, so
+    the relay closes its pooled upstream connections first.
+    """
+    controllers: list[Controller] = []
+
+    def make(**kwargs: Any) -> tuple[Collector, int]:
+        collector = Collector()
+        controller = EphemeralController(collector, **kwargs)
+        controller.start()
+        controllers.append(controller)
+        return collector, controller.port
+
+    yield make
+    for controller in controllers:
+        controller.stop()
 
 
 def free_port() -> int:
@@ -268,6 +294,20 @@ def test_a_permanent_refusal_of_every_recipient_is_passed_back_as_5xx(
     assert collector.received == []
 
 
+def test_a_pooled_upstream_connection_that_was_dropped_is_replaced(
+    tracking: tuple[Config, Store, Server], make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    """The upstream drops idle clients after 0.2 s; the relay reconnects, no 4xx."""
+    config, store, _ = tracking
+    collector, port = make_upstream(timeout=0.2)
+    relay = start_relay(config, store, port)
+    send(relay, RECIPIENTS[:1])
+    time.sleep(0.5)  # long enough for the upstream to close the pooled connection
+    send(relay, RECIPIENTS[1:2])
+    assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1], RECIPIENTS[1:2]]
+
+
 def test_a_client_outside_the_allowed_networks_is_refused(
     tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
@@ -356,63 +396,49 @@ def upstream_login(
 
 def test_starttls_and_login_to_the_upstream(
     sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    start_relay: Callable[..., SmtpRelay],
+    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
-    collector = Collector()
-    controller = EphemeralController(
-        collector, tls_context=context, require_starttls=True, authenticator=upstream_login,
+    collector, port = make_upstream(
+        tls_context=context, require_starttls=True, authenticator=upstream_login,
         auth_required=True,
     )
-    controller.start()
-    try:
-        relay = start_relay(
-            config, store, controller.port, upstream_tls="starttls",
-            upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="pw",
-        )
-        send(relay, RECIPIENTS[:1])
-    finally:
-        controller.stop()
-    assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
-    assert collector.sessions == [(True, b"relay")]
+    relay = start_relay(
+        config, store, port, upstream_tls="starttls",
+        upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="pw",
+    )
+    send(relay, RECIPIENTS[:1])
+    send(relay, RECIPIENTS[1:2])  # on the pooled connection
+    assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1], RECIPIENTS[1:2]]
+    assert collector.sessions == [(True, b"relay"), (True, b"relay")]
 
 
 def test_implicit_tls_to_the_upstream(
     sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    start_relay: Callable[..., SmtpRelay],
+    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
-    collector = Collector()
-    controller = EphemeralController(collector, ssl_context=context)
-    controller.start()
-    try:
-        relay = start_relay(
-            config, store, controller.port, upstream_tls="implicit", upstream_ca_file=str(ca_file)
-        )
-        send(relay, RECIPIENTS[:1])
-    finally:
-        controller.stop()
+    collector, port = make_upstream(ssl_context=context)
+    relay = start_relay(
+        config, store, port, upstream_tls="implicit", upstream_ca_file=str(ca_file)
+    )
+    send(relay, RECIPIENTS[:1])
     assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
     assert collector.sessions == [(True, None)]
 
 
 def test_an_upstream_certificate_from_an_unknown_ca_gives_a_4xx(
     sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    start_relay: Callable[..., SmtpRelay],
+    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, _ = ca
-    collector = Collector()
-    controller = EphemeralController(collector, tls_context=context, require_starttls=True)
-    controller.start()
-    try:
-        relay = start_relay(config, store, controller.port, upstream_tls="starttls")
-        with pytest.raises(smtplib.SMTPDataError) as info:
-            send(relay, RECIPIENTS[:1])
-    finally:
-        controller.stop()
+    collector, port = make_upstream(tls_context=context, require_starttls=True)
+    relay = start_relay(config, store, port, upstream_tls="starttls")
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(relay, RECIPIENTS[:1])
     assert 400 <= info.value.smtp_code < 500
     assert b"CERTIFICATE_VERIFY_FAILED" in info.value.smtp_error
     assert collector.received == []
@@ -420,25 +446,20 @@ def test_an_upstream_certificate_from_an_unknown_ca_gives_a_4xx(
 
 def test_a_wrong_upstream_password_gives_a_4xx(
     sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    start_relay: Callable[..., SmtpRelay],
+    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
-    collector = Collector()
-    controller = EphemeralController(
-        collector, tls_context=context, require_starttls=True, authenticator=upstream_login,
+    collector, port = make_upstream(
+        tls_context=context, require_starttls=True, authenticator=upstream_login,
         auth_required=True,
     )
-    controller.start()
-    try:
-        relay = start_relay(
-            config, store, controller.port, upstream_tls="starttls",
-            upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="bad",
-        )
-        with pytest.raises(smtplib.SMTPDataError) as info:
-            send(relay, RECIPIENTS[:1])
-    finally:
-        controller.stop()
+    relay = start_relay(
+        config, store, port, upstream_tls="starttls",
+        upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="bad",
+    )
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(relay, RECIPIENTS[:1])
     assert 400 <= info.value.smtp_code < 500
     assert b"refused our login as 'relay'" in info.value.smtp_error
 
