@@ -25,57 +25,93 @@ from ._urls import strip_notrack
 from ._urls import trackable_host
 
 _WS = r"\t\n\f\r "
-# The attributes of a tag, as the tokenizer reads them: names run to white
-# space, "/", ">" or "="; values are double-, single- or un-quoted.
-_ATTRS = (
-    rf"(?:[{_WS}/]+|[^{_WS}/>][^{_WS}/>=]*+"
-    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
-)
 _END = rf"(?=[{_WS}/>])"
-_RAW = "script|style|textarea|title|xmp|iframe|noembed|noframes"
-_TRACKED = "a|area"
+# The rest of a tag after its name, up to the ">" that ends it: a quote only
+# opens a value right after "=" (so "it's" in an unquoted value is no quote).
+_TAG_REST = (
+    rf"""[^>"'=]*+(?:(?:=[{_WS}]*+(?:"[^"]*+"|'[^']*+'|[^{_WS}>]*+)|["'])[^>"'=]*+)*+"""
+)
+_RAW = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
+_TRACKED = ("a", "area")
+# Comment text up to "-->" or "--!>", unrolled so the engine runs without backtracking.
+_COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
+
+
+def _ci(word: str) -> str:
+    """``word`` case-insensitively, spelt out: faster than re.IGNORECASE on the hot path."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+def _names(words: tuple[str, ...]) -> str:
+    """An alternation of tag names, grouped by first letter so most tags fail at once."""
+    groups: dict[str, list[str]] = {}
+    for word in words:
+        groups.setdefault(word[0], []).append(word)
+    alternatives = []
+    for first, group in sorted(groups.items()):
+        rests = sorted((_ci(w[1:]) for w in group), key=len, reverse=True)
+        alternatives.append(_ci(first) + "(?:" + "|".join(rests) + ")")
+    return "(?:" + "|".join(alternatives) + ")"
 
 
 def _scanner(vml: bool) -> re.Pattern[str]:
-    interesting_tag = f"(?:{_TRACKED}|v:[a-z0-9_-]+)" if vml else f"(?:{_TRACKED}|body)"
-    body_end = "" if vml else f"|/body{_END}"
-    # Raw-text elements, one alternative each: no capture groups inside the
-    # possessive loop (CPython 3.11's re mishandles them there).
+    """The tokenizer: a possessive loop over what is copied through, then one token that matters.
+
+    No capture groups inside the loop (CPython 3.11's re mishandles them under
+    possessive repeats), so raw-text elements get one alternative each.
+    """
+    tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
+    stops = tracked if vml else _names((*_TRACKED, "body"))
+    not_text = f"{_names((*_TRACKED, *_RAW, 'body', 'plaintext'))}{_END}"
+    if vml:
+        not_text = f"(?:{not_text}|[vV]:)"
+    body_end = "" if vml else f"|/{_ci('body')}{_END}"
     raw_text = "".join(
-        rf"|<{name}{_END}{_ATTRS}>.*?(?:</{name}{_END}|\Z)" for name in _RAW.split("|")
+        rf"|<{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+"
+        for name in _RAW
     )
     boring = (
         "(?:[^<]++"
-        r"|<!--(?!\[if)(?:-?>|.*?--!?>|.*+)"  # comment (unterminated: to the end)
-        r"|<!(?!--\[if)[^>]*+>?"  # doctype, CDATA, bogus comment
+        rf"|<(?!{not_text})[a-zA-Z]{_TAG_REST}>"  # any other start tag
+        rf"|</(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # end tag
+        rf"|<!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
+        r"|<!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
         r"|<\?[^>]*+>?"
-        rf"|</(?!body{_END})[a-z][^{_WS}/>]*+{_ATTRS}>"  # end tag
-        r"|</>|</[^a-z>][^>]*+>?"
+        r"|</>|</[^a-zA-Z>][^>]*+>?"
         + raw_text
-        + rf"|<plaintext{_END}.*+"
-        rf"|<(?!{interesting_tag}{_END})[a-z][^{_WS}/>]*+{_ATTRS}>"  # any other start tag
-        rf"|<(?!{interesting_tag}{_END}{body_end}|!--\[if)"  # a "<" that is text
-        ")*+"
+        + rf"|<{_ci('plaintext')}{_END}[\s\S]*+"
+        + rf"|<(?!{stops}{_END}{body_end}|!--\[if)"  # a "<" that is text
+        + ")*+"
     )
     interesting = (
-        r"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>.*?)(?:--!?>|\Z)"
-        rf"|(?P<tag><(?P<name>{interesting_tag}){_END}(?P<attrs>{_ATTRS})>)"
-        rf"|(?P<endbody></body{_END}{_ATTRS}>)"
+        rf"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
+        rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{_TAG_REST})>)"
+        rf"|(?P<endbody></{_ci('body')}{_END}{_TAG_REST}>)"
         r"|<|\Z)"
     )
-    return re.compile(boring + interesting, re.IGNORECASE | re.DOTALL | re.ASCII)
+    return re.compile(boring + interesting)
 
 
 _SCAN = _scanner(vml=False)
 _SCAN_VML = _scanner(vml=True)
 
+# One attribute: (1) name, (2) "=", then the value (3) double-, (4) single- or (5) un-quoted.
 _ATTR = re.compile(
-    rf"[{_WS}/]*(?P<name>[^{_WS}/>][^{_WS}/>=]*)"
-    rf"(?:(?P<eq>[{_WS}]*=[{_WS}]*)(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)'|(?P<uq>[^{_WS}>]*)))?"
+    rf"[{_WS}/]*([^{_WS}/>][^{_WS}/>=]*)"
+    rf"(?:([{_WS}]*=[{_WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{_WS}>]*)))?"
 )
 _OPT_OUT = frozenset({"data-pm-no-track", "data-no-track", "clicktracking"})
 _NOTRACK_ANY = re.compile(r"(?i)(https?)\+notrack://")
 _NOTRACK_FIND = re.compile(r"\+(?i:notrack)://")
+_HREF = re.compile(r"[hH][rR][eE][fF]")
+# The first href of a tag in one call: skip whole attributes until one named
+# href, then capture its value (1) double-, (2) single- or (3) un-quoted.
+_FIRST_HREF = re.compile(
+    rf"(?:[{_WS}/]*+(?!{_ci('href')}[{_WS}/>=])[^{_WS}/>][^{_WS}/>=]*+"
+    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
+    rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
+)
+
 
 
 def rewrite_html(text: str, tracker: Tracker, *, pixel_position: str = "bottom") -> str:
@@ -121,18 +157,19 @@ def _walk(
     body_close: int | None = None
     clicks = tracker.clicks
     for m in scan.finditer(text, start, stop):
-        if m.start("tag") >= 0:
-            name = m.group("name")
-            if len(name) == 4 and name.lower() == "body":
+        kind = m.lastgroup  # the outermost group of the token that matched
+        if kind == "tag":
+            if not vml and text[m.start("name")] in "bB":
                 if body_open is None:
-                    body_open = m.end("tag")
+                    body_open = m.end()
             elif clicks:
-                _link(m, tracker, edits)
-        elif m.start("endbody") >= 0:
+                _link(text, m.start("attrs"), m.end("attrs"), tracker, edits)
+        elif kind == "endbody":
             body_close = m.start("endbody")
-        elif m.start("cond") >= 0 and clicks:
-            _walk(text, m.start("condbody"), m.end("condbody"), tracker, edits, vml=True,
-                  position=position)
+        elif kind == "condbody" and clicks:
+            body_start, body_end = m.span("condbody")
+            if _HREF.search(text, body_start, body_end) is not None:
+                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
     if vml or not tracker.loads or tracker.images:
         return None
     if position == "top" and body_open is not None:
@@ -140,38 +177,64 @@ def _walk(
     return body_close if body_close is not None else stop
 
 
-def _link(m: re.Match[str], tracker: Tracker, edits: list[tuple[int, int, str]]) -> None:
-    """Track the ``href`` of one tag, and drop the tag's opt-out attribute."""
+def _link(
+    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+) -> None:
+    """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes."""
+    attrs = text[start:end].lower()
+    if "no-track" in attrs or "clicktracking" in attrs:
+        _link_slowly(text, start, end, tracker, edits)
+        return
+    m = _FIRST_HREF.match(text, start, end)
+    if m is not None:
+        _href(m, m.lastindex or 1, tracker, edits, quoted=(None, '"', "'", None))
+
+
+def _link_slowly(
+    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+) -> None:
+    """Read every attribute: an opt-out attribute may be there (and is removed)."""
     href: re.Match[str] | None = None
     opt_out: list[re.Match[str]] = []
     seen: set[str] = set()
-    attrs = m.group("attrs")
-    base = m.start("attrs")
-    for a in _ATTR.finditer(attrs):
-        name = a.group("name").lower()
+    for a in _ATTR.finditer(text, start, end):
+        name = a.group(1).lower()
         if name in seen:
             continue  # a repeated attribute is ignored by browsers
         seen.add(name)
         if name == "href":
             href = a
         elif name in _OPT_OUT:
-            if name != "clicktracking" or _value(a).strip().lower() == "off":
+            if name != "clicktracking" or a.group(a.lastindex or 1).strip().lower() == "off":
                 opt_out.append(a)
-    if href is None or href.group("eq") is None:
+    if href is None or href.lastindex == 1:
         return  # no href, or an href without a value
     if opt_out:
         for a in opt_out:
-            edits.append((base + a.start(), base + a.end(), ""))
+            edits.append((a.start(), a.end(), ""))
         return
-    raw = _value(href)
-    url = clean_url(decode_attribute(raw))
+    _href(href, href.lastindex or 1, tracker, edits, quoted=(None, None, None, '"', "'", None))
+
+
+def _href(
+    m: re.Match[str],
+    group: int,
+    tracker: Tracker,
+    edits: list[tuple[int, int, str]],
+    *,
+    quoted: tuple[str | None, ...],
+) -> None:
+    """Track one href value, group ``group`` of ``m``; ``quoted[group]`` is its quote."""
+    raw = m.group(group)
+    url = clean_url(decode_attribute(raw)) if "&" in raw else clean_url(raw)
     host = trackable_host(url)
     if host is None:
         plain = strip_notrack(url)
         if plain is not None and "+notrack:" not in raw.lower():
             # The marker was written with character references: rewrite the value.
-            new = escape_attribute(plain, _quote(href))
-            _replace(href, base, new if href.group("uq") is None else f'"{new}"', edits)
+            quote = quoted[group]
+            new = escape_attribute(plain, quote or '"')
+            edits.append((*m.span(group), new if quote else f'"{new}"'))
         return
     if not url.isascii():
         try:
@@ -180,23 +243,4 @@ def _link(m: re.Match[str], tracker: Tracker, edits: list[tuple[int, int, str]])
             return  # undecodable bytes in the part: the stored URL would be garbage
     click = tracker.click_url(url, host)
     if click is not None:
-        _replace(href, base, click, edits)
-
-
-def _value(a: re.Match[str]) -> str:
-    for group in ("dq", "sq", "uq"):
-        v = a.group(group)
-        if v is not None:
-            return v
-    return ""
-
-
-def _quote(a: re.Match[str]) -> str:
-    return "'" if a.group("sq") is not None else '"'
-
-
-def _replace(a: re.Match[str], base: int, new: str, edits: list[tuple[int, int, str]]) -> None:
-    for group in ("dq", "sq", "uq"):
-        if a.group(group) is not None:
-            edits.append((base + a.start(group), base + a.end(group), new))
-            return
+        edits.append((*m.span(group), click))

@@ -20,7 +20,10 @@ _CHARREF = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[a-zA-Z][a-zA-Z0-9]*;?)"
 _C0_SPACE = "".join(chr(c) for c in range(0x21))
 _TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
 
-_HTTP = re.compile(r"(?i)https?://")
+# Scheme, optional user info (up to the authority's last "@"), host, optional port.
+_AUTHORITY = re.compile(
+    r"[hH][tT][tT][pP][sS]?://(?:[^/?#\\]*@)?(\[[^\]/?#\\@]*\]|[^/?#\\:@]*)(?::[0-9]*)?(?=[/?#\\]|\Z)"
+)
 _NOTRACK = re.compile(r"(?i)(https?)\+notrack://")
 
 # Template placeholders left for a later stage to fill in: tracking them would
@@ -30,7 +33,7 @@ _PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{%|%\}|\*\||\|\*|\$\{|<%|%>|%(?![0-9A-Fa-f]{2})[A-Za-z_][\w.\-]*%"
 )
 _BAD_HOST_CHARS = re.compile(r"[\s\"'<>\\^`{|}%]")
-_PORT = re.compile(r":\d*\Z")
+_PORT = re.compile(r":\d*\Z")  # on exclusion entries
 
 
 def _charref(match: re.Match[str]) -> str:
@@ -80,23 +83,10 @@ def trackable_host(url: str) -> str | None:
     (``http://`` alone is a common template placeholder), a host that cannot be
     a host name, or a URL carrying a template placeholder anywhere.
     """
-    m = _HTTP.match(url)
+    m = _AUTHORITY.match(url)
     if m is None:
         return None
-    rest = url[m.end() :]
-    end = len(rest)
-    for stop in "/?#\\":
-        i = rest.find(stop, 0, end)
-        if i != -1:
-            end = i
-    authority = rest[:end].rpartition("@")[2]
-    if authority.startswith("["):
-        close = authority.find("]")
-        if close == -1:
-            return None
-        host = authority[: close + 1]
-    else:
-        host = _PORT.sub("", authority)
+    host = m.group(1)
     host = host.rstrip(".").lower()
     if not host or host.startswith(".") or _BAD_HOST_CHARS.search(host):
         return None
