@@ -181,7 +181,7 @@ def test_auth_hook_refuses_names_that_are_not_tracking_domains(
         hook, env={**base, "CERTBOT_DOMAIN": "evil.example.org", "CERTBOT_VALIDATION": "v"},
         capture_output=True, text=True,
     )  # fmt: skip
-    assert refused.returncode == 1 and "refusing" in refused.stderr
+    assert refused.returncode == 1 and "refusing" in refused.stderr, refused.stderr
     assert store.get_certificate("evil.example.org") is None
 
     ok = subprocess.run(
@@ -194,6 +194,7 @@ def test_auth_hook_refuses_names_that_are_not_tracking_domains(
     assert cert.verification_string == "tok.key"
     cleanup = [*hook[:-1], "cleanup"]
     env = {**base, "CERTBOT_DOMAIN": "click.example.com"}
-    assert subprocess.run(cleanup, env=env, capture_output=True).returncode == 0
+    cleaned = subprocess.run(cleanup, env=env, capture_output=True, text=True)
+    assert cleaned.returncode == 0, cleaned.stderr
     cert = store.get_certificate("click.example.com")
     assert cert.verification_path is None and cert.verification_string is None
