@@ -17,7 +17,9 @@ from web_live import raw_exchange
 from web_live import rows
 from web_live import with_settings
 
+from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.store import Store
+from postal_tracking_plugin.store import open_store
 
 
 @pytest.fixture
@@ -236,3 +238,53 @@ def test_ipv6_loopback(store: Store, backend_config: Any) -> None:
     assert [c["ip_address"] for c in rows(store, server.id, "SELECT ip_address FROM clicks")] == [
         "::1"
     ]
+
+
+class FlakyStore:
+    """The real store, until ``down`` is set: then every call fails as a dead database does."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise StoreError("cannot connect to MySQL (test: the database is down)")
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_known_links_keep_working_while_the_store_is_down(write_config: Any) -> None:
+    config = write_config({"tracking": {"data_dir": "data"}})
+    real = open_store(config)
+    real.create_schema()
+    server = real.add_server("Main")
+    _, links = add_message(
+        real, server.id, ["https://example.com/known", "https://example.com/new"]
+    )
+    flaky = FlakyStore(real)
+    live = LiveServer(config, flaky).start()
+    try:
+        path = f"/{server.token}/{links[0]}"
+        assert live.request("GET", path)[0].status == 307
+        flaky.down = True
+        response, _ = live.request("GET", path)
+        assert (
+            response.status == 307 and response.getheader("Location") == "https://example.com/known"
+        )
+        response, _ = live.request("GET", f"/{server.token}/{links[1]}")  # never looked up: 503
+        assert response.status == 503 and response.getheader("Retry-After")
+        assert live.request("GET", "/health")[0].status == 503
+        flaky.down = False
+        assert live.request("GET", f"/{server.token}/{links[1]}")[0].status == 307
+        live.flush()
+    finally:
+        live.stop()
+        real.close()
+    assert len(rows(real, server.id, "SELECT id FROM clicks")) == 3
