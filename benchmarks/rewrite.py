@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     # the whole message path: MIME walk, QP decode/re-encode, per corpus document
     messages = [
         (
-            "From: news@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
-            "\r\n\r\n"
-        ).encode() + _qp(doc)
+            b"From: news@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+            b"\r\n\r\n"
+        ) + _qp(doc)
         for doc in docs
     ]
     start_all = []

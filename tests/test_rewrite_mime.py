@@ -136,6 +136,25 @@ def test_quoted_printable_part_is_re_encoded_with_short_lines() -> None:
     assert f'<a href="{CLICK}L000">x</a></p>' in content
 
 
+@pytest.mark.parametrize("eol", ["\r\n", "\n"])
+def test_quoted_printable_lines_without_links_keep_their_encoding(eol: str) -> None:
+    # Another encoder's choices (soft breaks at 40, "=3D" and "=E9" spellings) stay as they were.
+    body = (
+        "<p style=3D\"color:red\">caf=E9 au lait, a long line that another encoder =\n"
+        "broke early</p>\n"
+        "<p><a href=3D\"https://a.example/x\">x</a></p>\n"
+        "<p>the end =C3=A9t=C3=A9</p>\n"
+    )
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\n"
+        "Content-Transfer-Encoding: quoted-printable\n\n" + body, eol
+    )
+    result = rewrite(raw, TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
+                     new_token=tokens())
+    expected = raw.replace(b"https://a.example/x", (CLICK + "L000").encode())
+    assert result.data == expected
+
+
 def test_base64_part_keeps_base64_and_its_charset() -> None:
     html = "<p>\u65e5\u672c\u8a9e</p>" * 20 + '<a href="https://a.example/\u65e5">x</a>'
     encoded = base64.encodebytes(html.encode("utf-8")).decode("ascii")

@@ -203,7 +203,7 @@ def _rewrite_leaf(
             encoded = encoded.replace(b"\n", eol)
         new_body = encoded + body[len(body.rstrip()) :]
     elif cte == "quoted-printable":
-        new_body = _qp(new_data, eol)
+        new_body = _qp_lines(body, data, new_data, eol)
     elif cte != "binary" and (
         _LONG_LINE.search(new_data) or (cte == "7bit" and not new_data.isascii())
     ):
@@ -219,6 +219,40 @@ def _rewrite_leaf(
     else:
         new_body = new_data
     edits.append((body_start, end, new_body))
+
+
+_SOFT_MARK = b"\0"  # never in quoted-printable text, which is printable ASCII
+
+
+def _qp_lines(body: bytes, old: bytes, new: bytes, eol: bytes) -> bytes:
+    """Quoted-printable for ``new``, reusing ``body``'s encoded lines where unchanged.
+
+    Re-encoding only the lines that changed keeps the rest of the part
+    byte-identical and skips most of the encoding work. When the lines do not
+    correspond one to one (a rewrite joined lines, or the encoder wrote line
+    breaks as =0D=0A), the whole part is encoded again.
+    """
+    if _SOFT_MARK in body:
+        return _qp(new, eol)
+    soft = b"=" + eol
+    encoded = body.replace(soft, _SOFT_MARK).split(b"\n")
+    old_lines = old.split(b"\n")
+    new_lines = new.split(b"\n")
+    if not (len(encoded) == len(old_lines) == len(new_lines)):
+        return _qp(new, eol)
+    out = [
+        enc if before == after else _qp_line(after, eol)
+        for enc, before, after in zip(encoded, old_lines, new_lines, strict=True)
+    ]
+    return b"\n".join(out).replace(_SOFT_MARK, soft)
+
+
+def _qp_line(line: bytes, eol: bytes) -> bytes:
+    cr = line.endswith(b"\r")
+    encoded = binascii.b2a_qp(line[:-1] if cr else line, quotetabs=False, istext=True)
+    if eol != b"\n":
+        encoded = encoded.replace(b"=\n", b"=" + eol)
+    return encoded + b"\r" if cr else encoded
 
 
 def _qp(data: bytes, eol: bytes) -> bytes:
