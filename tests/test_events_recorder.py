@@ -212,3 +212,30 @@ def test_click_never_raises_and_spool_bound_drops_loudly(
     assert rec.stop(20)
     rows = _rows(store, message["server"].id, "SELECT COUNT(*) AS n FROM clicks")
     assert rows[0]["n"] == len(accepted)
+
+
+def test_an_event_that_cannot_be_written_is_set_aside_not_blocking_others(
+    store: Store, config: Config, message: dict[str, Any]
+) -> None:
+    seen: list[str] = []
+    rec = EventRecorder(config, store, hook=lambda e: seen.append(e["event_id"]), webhooks=False)
+    rec.start()
+    # A server whose message database does not exist (deleted under its events).
+    bad = rec.click(
+        server_id=4242,
+        server_token="zzzzzz",
+        message_id=1,
+        link_id=1,
+        url="https://example.com/",
+        ip_address="192.0.2.1",
+        user_agent=CHROME,
+    )
+    good = _click(rec, message)
+    assert rec.flush(30)
+    assert rec.stop(5)
+    assert seen == [good]
+    clicks = _rows(store, message["server"].id, "SELECT COUNT(*) AS n FROM clicks")
+    assert clicks[0]["n"] == 1
+    (rejected,) = Path(config.data_dir, "spool").glob("rejected-*.jsonl")
+    assert bad in rejected.read_text()
+    assert good not in rejected.read_text()

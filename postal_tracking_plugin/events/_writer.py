@@ -62,7 +62,7 @@ class Writer:
         self.progress = threading.Condition()
         self.failing_since: float | None = None
         self.written = 0  # events this writer committed (new or already present)
-        self._attempts = 0
+        self._bad_attempts = 0
         self._next_adopt = 0.0
 
     def run(self) -> None:
@@ -105,33 +105,42 @@ class Writer:
                     self.spool.retire(stream)
                 continue
             try:
-                recorded = self._write(events)
+                self._write(events)
             except Exception:
                 stream.rewind()
                 raise
             stream.commit(pos, nbytes)
             self._succeeded(stream, len(events))
-            self._announce(recorded)
             return True
         return False
 
-    def _write(self, events: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        """Record each server's events; announce each server's as soon as it is committed.
+
+        If a later server fails, the whole batch is read again, and the servers
+        already committed find their events present (skipped, not announced twice).
+        """
         by_server: dict[int, list[dict[str, Any]]] = {}
         for event in events:
             by_server.setdefault(int(event["server_id"]), []).append(event)
-        recorded = []
         for server_id, batch in by_server.items():
             try:
                 fresh = self.store.record_events(
                     server_id, batch, self.flag, webhooks_pending=self.webhooks_pending
                 )
             except Exception as exc:
-                if self._store_answers() and self._attempts + 1 >= POISON_ATTEMPTS:
+                # Only failures while the store answers count towards setting a
+                # batch aside; an outage (or the first query after one) does not.
+                if not self._store_answers():
+                    self._bad_attempts = 0
+                    raise
+                self._bad_attempts += 1
+                if self._bad_attempts >= POISON_ATTEMPTS:
+                    self._bad_attempts = 0
                     self._set_aside(server_id, batch, exc)
                     continue
                 raise
-            recorded.append((server_id, fresh))
-        return recorded
+            self._announce(server_id, fresh)
 
     def _store_answers(self) -> bool:
         try:
@@ -159,7 +168,6 @@ class Writer:
         )
 
     def _failed(self, exc: BaseException) -> None:
-        self._attempts += 1
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             log.error(
@@ -172,7 +180,7 @@ class Writer:
             log.debug("store still failing: %s", exc)
 
     def _succeeded(self, stream: Stream, count: int) -> None:
-        self._attempts = 0
+        self._bad_attempts = 0
         if self.failing_since is not None:
             log.warning(
                 "the store is back after %.1f s; writing the spooled events",
@@ -185,13 +193,10 @@ class Writer:
             self.written += count
             self.progress.notify_all()
 
-    def _announce(self, recorded: list[tuple[int, list[dict[str, Any]]]]) -> None:
-        if self.on_recorded is None:
+    def _announce(self, server_id: int, fresh: list[dict[str, Any]]) -> None:
+        if self.on_recorded is None or not fresh:
             return
-        for server_id, fresh in recorded:
-            if not fresh:
-                continue
-            try:
-                self.on_recorded(server_id, fresh)
-            except Exception:  # noqa: BLE001 - a hook must never stop recording
-                log.exception("event hook or webhook queueing failed for server %s", server_id)
+        try:
+            self.on_recorded(server_id, fresh)
+        except Exception:  # noqa: BLE001 - a hook must never stop recording
+            log.exception("event hook or webhook queueing failed for server %s", server_id)
