@@ -263,6 +263,14 @@ def test_malformed_message_passes_unchanged(body: str) -> None:
     assert result.untouched is not None and result.untouched.startswith("malformed")
 
 
+def test_absurdly_deep_nesting_is_malformed_not_a_crash() -> None:
+    depth = 200
+    opening = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
+    raw = message(opening + "Content-Type: text/plain\n\nhttps://a.example/\n")
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data is raw and result.untouched is not None and "nested" in result.untouched
+
+
 def test_digest_parts_default_to_attached_messages() -> None:
     raw = message(
         "MIME-Version: 1.0\nContent-Type: multipart/digest; boundary=d\n\n--d\n\n"

@@ -30,6 +30,7 @@ _CTE_HEADER = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[^\r\n]*(?:\r?
 _X_AMP_SKIP = re.compile(rb"(?im)^x-amp[ \t]*:[ \t]*skip[ \t]*(?:\r?\n|\Z)")
 _DKIM = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 _SIGNED = ("multipart/signed", "multipart/encrypted")
+_MAX_DEPTH = 50  # real mail nests a handful deep; this keeps far from the recursion limit
 
 Edit = tuple[int, int, bytes]
 
@@ -85,8 +86,11 @@ def rewrite_entity(
     pixel_position: str,
     eol: bytes,
     default_type: str = "text/plain",
+    depth: int = 0,
 ) -> None:
     """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
+    if depth > _MAX_DEPTH:
+        raise Malformed(f"multiparts nested more than {_MAX_DEPTH} deep")
     header_end, body_start = split_headers(raw, start, end)
     msg = parse_headers(raw, start, header_end)
     msg.set_default_type(default_type)
@@ -102,7 +106,7 @@ def rewrite_entity(
         for part_start, part_end in _parts(raw, body_start, end, boundary.encode("latin-1")):
             rewrite_entity(
                 raw, part_start, part_end, tracker, edits,
-                pixel_position=pixel_position, eol=eol, default_type=child_type,
+                pixel_position=pixel_position, eol=eol, default_type=child_type, depth=depth + 1,
             )
     elif maintype == "text" and subtype in ("html", "plain"):
         if msg.get_content_disposition() == "attachment":
