@@ -7,6 +7,7 @@ and opens land in ``clicks``/``loads`` and ``messages.clicked``/``loaded``.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -269,7 +270,7 @@ def test_known_links_keep_working_while_the_store_is_down(write_config: Any) -> 
         real, server.id, ["https://example.com/known", "https://example.com/new"]
     )
     flaky = FlakyStore(real)
-    live = LiveServer(config, flaky).start()
+    live = LiveServer(config, flaky, prefetch=False).start()  # the on-demand path
     try:
         path = f"/{server.token}/{links[0]}"
         assert live.request("GET", path)[0].status == 307
@@ -288,3 +289,32 @@ def test_known_links_keep_working_while_the_store_is_down(write_config: Any) -> 
         live.stop()
         real.close()
     assert len(rows(real, server.id, "SELECT id FROM clicks")) == 3
+
+
+def test_links_written_after_start_are_read_ahead_of_their_first_click(write_config: Any) -> None:
+    config = write_config({"tracking": {"data_dir": "data"}})
+    real = open_store(config)
+    real.create_schema()
+    server = real.add_server("Main")
+    flaky = FlakyStore(real)
+    live = LiveServer(config, flaky).start()
+    try:
+        message, links = add_message(real, server.id, ["https://example.com/sent-later"])
+        deadline = time.monotonic() + 30
+        while live.worker.lookup.sizes()["links"] < 1 or live.worker.lookup.sizes()["messages"] < 1:
+            assert time.monotonic() < deadline, "the new link was not read ahead"
+            time.sleep(0.1)
+        flaky.down = True  # first click and first open, with the database gone
+        response, _ = live.request("GET", f"/{server.token}/{links[0]}")
+        assert (
+            response.status == 307
+            and response.getheader("Location") == "https://example.com/sent-later"
+        )
+        assert live.request("GET", f"/img/{server.token}/{message}")[0].status == 200
+        flaky.down = False
+        live.flush()
+    finally:
+        live.stop()
+        real.close()
+    assert len(rows(real, server.id, "SELECT id FROM clicks")) == 1
+    assert len(rows(real, server.id, "SELECT id FROM loads")) == 1

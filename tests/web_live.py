@@ -31,8 +31,15 @@ class LiveServer:
     """A :class:`~postal_tracking_plugin.web.server.Worker` with an HTTP and an HTTPS listener."""
 
     def __init__(
-        self, config: Config, store: Any, *, host: str = "127.0.0.1", limits: Any = None
+        self,
+        config: Config,
+        store: Any,
+        *,
+        host: str = "127.0.0.1",
+        limits: Any = None,
+        prefetch: bool = True,
     ) -> None:
+        self.prefetch = prefetch
         self.config = config
         self.store = store
         self.host = host
@@ -56,7 +63,9 @@ class LiveServer:
                 (bind(ListenSpec(self.host, 0, False), reuse_port=False), False),
                 (bind(ListenSpec(self.host, 0, True), reuse_port=False), True),
             ]
-            self.worker = Worker(self.config, self.store, sockets, limits=self.limits)
+            self.worker = Worker(
+                self.config, self.store, sockets, limits=self.limits, prefetch=self.prefetch
+            )
             self.worker.certificate_refresh = 1.0  # the production interval is 5 s
             self.worker.start()
         except BaseException as exc:  # noqa: BLE001 - handed to the test

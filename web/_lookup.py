@@ -63,7 +63,7 @@ class Lookup:
     """Cached answers to the three questions the hot path asks the store.
 
     :param store: the :class:`~postal_tracking_plugin.store.Store`.
-    :param links: how many links to remember (each about 300 bytes).
+    :param links: how many links to remember (each about 400 bytes).
     :param server_ttl: seconds a known server token is trusted before it is
         checked again (so a deleted server stops answering); if the store fails
         then, the old answer is kept.
@@ -74,7 +74,7 @@ class Lookup:
         self,
         store: Any,
         *,
-        links: int = 50_000,
+        links: int = 100_000,
         messages: int = 50_000,
         server_ttl: float = 60.0,
         negative_ttl: float = 10.0,
@@ -93,6 +93,29 @@ class Lookup:
         self._links.clear()
         self._messages.clear()
         self._misses.clear()
+
+    @property
+    def link_capacity(self) -> int:
+        return self._links._size
+
+    @property
+    def message_capacity(self) -> int:
+        return self._messages._size
+
+    def remember_server(self, token: str, server_id: int) -> None:
+        self._servers[token.lower()] = (server_id, time.monotonic() + self.server_ttl)
+
+    def remember_link(
+        self, server_id: int, token: str, link_id: int, message_id: int | None, url: str
+    ) -> None:
+        """Put a link read ahead of its first click (see :mod:`._prefetch`)."""
+        location = location_value(url)
+        self._links.put(
+            (server_id, token), (link_id, message_id, location, None if location == url else url)
+        )
+
+    def remember_message(self, server_id: int, token: str, message_id: int) -> None:
+        self._messages.put((server_id, token), message_id)
 
     def server_id(self, token: str) -> int | None:
         """The id of the server with ``token`` (case-insensitive, as Postal), or None."""
@@ -128,16 +151,14 @@ class Lookup:
             self._misses.put(("l", server_id, token), time.monotonic() + self.negative_ttl)
             return None
         message_id = row.get("message_id")
-        url = str(row["url"])
-        location = location_value(url)
-        entry = (
+        self.remember_link(
+            server_id,
+            token,
             int(row["id"]),
             int(message_id) if message_id is not None else None,
-            location,
-            None if location == url else url,
+            str(row["url"]),
         )
-        self._links.put(key, entry)
-        return entry
+        return self._links.get(key)
 
     def message_id(self, server_id: int, token: str) -> int | None:
         """The id of the server's message with ``token``, or None."""

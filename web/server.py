@@ -40,6 +40,7 @@ from ._handler import AccessLog
 from ._handler import TrackingHandler
 from ._handler import tune_socket
 from ._lookup import Lookup
+from ._prefetch import Prefetcher
 from .app import create_app
 from .app import tracking_state
 from .proxy_protocol import read_header
@@ -50,6 +51,8 @@ log = logging.getLogger("postal_tracking_plugin.web")
 
 #: How often certificates are re-read from the store (a change is served within this).
 CERTIFICATE_REFRESH = 5.0
+#: How often new links and messages are read into the lookup cache.
+PREFETCH_EVERY = 1.0
 #: Scheduled renewal: first run soon after start, then hourly.
 RENEWAL_FIRST = 60.0
 RENEWAL_EVERY = 3600.0
@@ -262,6 +265,7 @@ class Worker:
     :param hook: the tracking-event hook handed to the recorder it makes.
     :param index: the worker's number; worker 0 runs the scheduled renewal.
     :param resumption: TLS session tickets (off only for the handshake benchmark).
+    :param prefetch: follow the links and messages tables into the cache (:mod:`._prefetch`).
     """
 
     def __init__(
@@ -276,6 +280,7 @@ class Worker:
         limits: Limits | None = None,
         resumption: bool = True,
         lookup: Lookup | None = None,
+        prefetch: bool = True,
     ) -> None:
         self.config = config
         self.store = store
@@ -298,7 +303,11 @@ class Worker:
             self.certificates = CertificateContexts(
                 store, default_certificate_paths(config), resumption=resumption
             )
-        self.app = create_app(config, store, recorder, lookup=lookup)
+        self.lookup = lookup if lookup is not None else Lookup(store)
+        self.prefetcher = (
+            Prefetcher(self.lookup, pause=lambda: gevent.sleep(0)) if prefetch else None
+        )
+        self.app = create_app(config, store, recorder, lookup=self.lookup)
         self.listeners = [Listener(sock, self.app, self, tls) for sock, tls in sockets]
         self.certificate_refresh = CERTIFICATE_REFRESH
         self._background: list[Any] = []
@@ -319,10 +328,18 @@ class Worker:
                 )
             )
         self._background.append(gevent.spawn(run_every, 60.0, self.stats.report, gevent.sleep))
+        if self.prefetcher is not None:
+            self._background.append(gevent.spawn(self._prefetch_loop))
         if self.index == 0:
             self._background.append(gevent.spawn(self._renewal_schedule))
         for listener in self.listeners:
             listener.start()
+
+    def _prefetch_loop(self) -> None:
+        assert self.prefetcher is not None
+        while True:
+            self.prefetcher()
+            gevent.sleep(PREFETCH_EVERY)
 
     def _renewal_schedule(self) -> None:
         gevent.sleep(RENEWAL_FIRST)
