@@ -196,3 +196,20 @@ def test_arbitrary_bytes_never_raise(tail: bytes, head: bytes) -> None:
     result = rewrite(raw, PLAN)
     email.message_from_bytes(result.data, policy=email.policy.default)
     assert result.untouched is not None or isinstance(result.data, bytes)
+
+
+@FEW
+@given(st.lists(attributes(), max_size=4).map("".join))
+def test_first_href_shortcut_reads_attributes_like_the_full_reader(attrs: str) -> None:
+    from postal_tracking_plugin.rewrite._html import _link
+    from postal_tracking_plugin.rewrite._html import _link_slowly
+
+    text = f"<a{attrs}>"
+    results = []
+    for reader in (_link, _link_slowly):
+        tokens = itertools.chain(["M0000"], (f"L{i:05d}" for i in itertools.count()))
+        tracker = Tracker(PLAN, new_token=lambda tokens=tokens: next(tokens))
+        edits: list[tuple[int, int, str]] = []
+        reader(text, 2, len(text) - 1, tracker, edits)
+        results.append((edits, tracker.links))
+    assert results[0] == results[1]
