@@ -433,6 +433,7 @@ def main() -> int:
     parser.add_argument("--links", type=int, default=100_000)
     parser.add_argument("--only", help="comma-separated variant numbers to run (default all)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up (servers, database) on kill
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")

@@ -337,9 +337,11 @@ class Worker:
 
     def _prefetch_loop(self) -> None:
         assert self.prefetcher is not None
+        first = self.prefetcher()
+        log.info("read %d recent links and messages into the lookup cache", first)
         while True:
-            self.prefetcher()
             gevent.sleep(PREFETCH_EVERY)
+            self.prefetcher()
 
     def _renewal_schedule(self) -> None:
         gevent.sleep(RENEWAL_FIRST)
