@@ -48,10 +48,7 @@ class Prefetcher:
         try:
             return self._pass()
         except StoreError as exc:
-            now = time.monotonic()
-            if now - self._warned > 60:
-                self._warned = now
-                log.warning("link prefetch paused: %s", exc)
+            self._warn(f"paused: {exc}")
             return 0
 
     def _pass(self) -> int:
@@ -66,10 +63,15 @@ class Prefetcher:
             try:
                 total += self._follow(server.id, "links", self.lookup.link_capacity)
                 total += self._follow(server.id, "messages", self.lookup.message_capacity)
-            except StoreError as exc:
-                if "does not exist" not in str(exc):
-                    raise
+            except StoreError as exc:  # one server's database: skip it, follow the others
+                self._warn(f"server {server.id}: {exc}")
         return total
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned > 60:
+            self._warned = now
+            log.warning("link prefetch: %s", text)
 
     def _follow(self, server_id: int, table: str, capacity: int) -> int:
         key = (table, server_id)
