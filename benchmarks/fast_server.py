@@ -14,7 +14,8 @@ app on gevent answering 307 from a dict (the stack's ceiling); (3) the same app
 doing what Postal does per click (a PyMySQL SELECT and an autocommit INSERT);
 ours: (4) clicks on the SQLite store, (5) on MariaDB, (6) the pixel (MariaDB),
 (7) TLS full handshakes, one request per connection, ECDSA P-256, ours vs nginx,
-(8) ``--workers 2`` on both cores (MariaDB). Then the resident memory of each
+(8) ``--workers 2`` on both cores (MariaDB), (9) (5) with the access log on
+(common format, to a file), for its cost. Then the resident memory of each
 worker after every one of the links has been clicked.
 
 MariaDB itself is not pinned (it is shared); where it ran is printed.
@@ -312,7 +313,13 @@ def make_certificate(workdir: Path) -> None:
 
 
 def write_config(
-    workdir: Path, name: str, store: str, database: str, http: int, https: int
+    workdir: Path,
+    name: str,
+    store: str,
+    database: str,
+    http: int,
+    https: int,
+    access_log: str | None = None,
 ) -> Path:
     import yaml
 
@@ -327,6 +334,11 @@ def write_config(
         },
         "tracking": {"data_dir": str(workdir / f"data-{name}"), "store": store},
     }
+    if access_log:
+        data["tracking"]["log"] = {
+            "access_log": access_log,
+            "access_log_path": str(workdir / f"access-{name}.log"),
+        }
     if store == "mysql":
         data["main_db"] = {**MYSQL, "database": database}
         data["message_db"] = {"prefix": database}
@@ -437,7 +449,7 @@ def main() -> int:
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 10))
 
     workdir = Path(tempfile.mkdtemp(prefix="ptp-bench-"))
     (workdir / "rand.lua").write_text(RANDPATH_LUA)
@@ -453,11 +465,27 @@ def main() -> int:
     )
     ports = {
         k: free_port()
-        for k in ("ngx", "ngxs", "dict", "postal", "sq", "sqs", "my", "mys", "w2", "w2s")
+        for k in (
+            "ngx",
+            "ngxs",
+            "dict",
+            "postal",
+            "sq",
+            "sqs",
+            "my",
+            "mys",
+            "w2",
+            "w2s",
+            "lg",
+            "lgs",
+        )
     }
     sqlite_cfg = write_config(workdir, "sqlite", "sqlite", database, ports["sq"], ports["sqs"])
     mysql_cfg = write_config(workdir, "mysql", "mysql", database, ports["my"], ports["mys"])
     w2_cfg = write_config(workdir, "w2", "mysql", database, ports["w2"], ports["w2s"])
+    log_cfg = write_config(
+        workdir, "log", "mysql", database, ports["lg"], ports["lgs"], access_log="common"
+    )
     clicks, pixels, pairs = fill(sqlite_cfg, args.links, token)
     m_clicks, m_pixels, m_pairs = fill(mysql_cfg, args.links, token)
     (workdir / "w2.yml").write_text((workdir / "w2.yml").read_text())
@@ -517,6 +545,13 @@ def main() -> int:
             workdir / "my_paths.txt",
             {},
         ),
+        9: (
+            "ours: click, MariaDB, access log on",
+            lambda: Server([*ours, "-c", str(log_cfg), "--workers", "1"], ports["lg"], log=log),
+            f"http://127.0.0.1:{ports['lg']}",
+            workdir / "my_paths.txt",
+            {},
+        ),
         6: (
             "ours: pixel, MariaDB",
             lambda: Server([*ours, "-c", str(mysql_cfg), "--workers", "1"], ports["my"], log=log),
@@ -560,6 +595,8 @@ def main() -> int:
         plan += ["7a", "7b"]
     if 8 in only:
         plan.append(8)
+    if 9 in only:
+        plan.append(9)
     results: dict[Any, list[dict[str, float]]] = {k: [] for k in plan}
     try:
         for r in range(args.rounds):
@@ -639,6 +676,7 @@ def report(
         "7a": "(7) TLS new conn ECDSA: nginx",
         "7b": "(7) TLS new conn ECDSA: ours",
         8: "(8) ours: click, MariaDB, 2 workers",
+        9: "(9) ours: click, MariaDB, access log",
     }
     med: dict[Any, dict[str, float]] = {}
     print(
@@ -675,6 +713,11 @@ def report(
             f"{med['7a']['cpu_us']:.0f} / {med['7b']['cpu_us']:.0f}"
         )
     ratio(8, 5, "(8) two workers / (5) one", ">= 1.7")
+    if 5 in med and 9 in med:
+        print(
+            f"{'(9) access log (common, to a file) costs':44} "
+            f"{med[9]['cpu_us'] - med[5]['cpu_us']:+.0f} us CPU per request"
+        )
     ratio(1, 5, "(1) nginx / (5) ours", "the machine's ceiling")
     print(
         f"\nresident memory per worker after {args.links:,} distinct links clicked: "
