@@ -198,3 +198,61 @@ def test_auth_hook_refuses_names_that_are_not_tracking_domains(
     assert cleaned.returncode == 0, cleaned.stderr
     cert = store.get_certificate("click.example.com")
     assert cert.verification_path is None and cert.verification_string is None
+
+
+def certbot_problem(domain: str, typ: str, detail: str) -> str:
+    return (
+        "Certbot failed to authenticate some domains (authenticator: manual). The Certificate "
+        f"Authority reported these problems:\n  Identifier: {domain}\n  Type:   {typ}\n"
+        f"  Detail: {detail}\n\nSome challenges have failed.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (
+            certbot_problem(
+                "click.example.com", "dns",
+                "DNS problem: NXDOMAIN looking up A for click.example.com - check that a DNS "
+                "record exists for this domain",
+            ),
+            "the CA could not look up click.example.com (DNS problem: NXDOMAIN looking up A for "
+            "click.example.com - check that a DNS record exists for this domain): add the CNAME "
+            "record and run `postal-tracking track-domains check-dns click.example.com`",
+        ),
+        (
+            certbot_problem(
+                "click.example.com", "unauthorized",
+                'The key authorization file from the server did not match this challenge "a.b" != "garbage"',
+            ),
+            "the HTTP-01 request for http://click.example.com/.well-known/acme-challenge/... got an "
+            "answer, but not this challenge's: is the CNAME pointing at this server, and is every "
+            "server behind it using this store?",
+        ),
+        (
+            certbot_problem(
+                "click.example.com", "connection",
+                "203.0.113.7: Fetching http://click.example.com/.well-known/acme-challenge/Tok3n: "
+                "Timeout during connect (likely firewall problem)",
+            ),
+            "the HTTP-01 request for http://click.example.com/.well-known/acme-challenge/... timed "
+            "out: is a firewall blocking the HTTP port of the address click.example.com points at?",
+        ),
+        (
+            "An unexpected error occurred:\nunable to find existing account for only-return-existing "
+            "request\nAsk for help or search for solutions at https://community.letsencrypt.org.\n",
+            "the ACME server https://acme.test/dir no longer knows the account registered here (was "
+            "it reset?): run `postal-tracking register-lets-encrypt EMAIL` again, which replaces it",
+        ),
+        (
+            "An unexpected error occurred:\nrequests.exceptions.ConnectionError: HTTPSConnectionPool("
+            "host='acme.test', port=443): Max retries exceeded with url: /dir (Caused by "
+            "NewConnectionError('Failed to establish a new connection: [Errno 111] Connection refused'))\n",
+            "cannot reach the ACME server https://acme.test/dir: check tracking.acme.directory and "
+            "this machine's network",
+        ),
+    ],
+)  # fmt: skip
+def test_certbot_failures_in_words(output: str, expected: str) -> None:
+    assert explain_issue_failure(output, "click.example.com", "https://acme.test/dir") == expected
