@@ -440,3 +440,62 @@ def test_kill_9_under_load_then_restart_replays_every_acknowledged_click(
     assert all(agent.startswith("fault-load/") for agent in counts)
     # The dead process's spool was replayed and removed.
     assert list((setup["data_dir"] / "spool").glob("*.jsonl")) == []
+
+
+MALFORMED = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS hello on the HTTP port
+    b"GET /\r\n\r\n",
+    b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/9.9\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n",
+    b"\x00\xff\xfe garbage \r\n\r\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET /%ZZ/%00 HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+]
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _send_raw(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+
+
+def test_malformed_requests_leave_memory_flat_and_good_requests_answered(
+    setup: dict[str, Any],
+) -> None:
+    fast, port = setup["fast"], setup["port"]
+    fast.start()
+    assert fast.proc is not None
+    good = 0
+
+    def round_of(count: int) -> None:
+        nonlocal good
+        for i in range(count):
+            _send_raw(port, MALFORMED[i % len(MALFORMED)])
+            if i % 100 == 99:
+                response = _get(port, setup["paths"][i % len(setup["paths"])], f"good/{i}")
+                assert response.status == 307
+                good += 1
+
+    round_of(1000)  # warm up: caches, pools, allocator arenas
+    before = _rss_kb(fast.proc.pid)
+    round_of(4000)
+    after = _rss_kb(fast.proc.pid)
+    assert fast.terminate() == 0
+    print(
+        f"\nmalformed: 5000 bad requests, {good} good ones all answered 307; "
+        f"RSS {before} kB -> {after} kB after the last 4000"
+    )
+    assert after - before < 8 * 1024
