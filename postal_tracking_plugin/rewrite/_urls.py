@@ -32,6 +32,7 @@ _NOTRACK = re.compile(r"(?i)(https?)\+notrack://")
 _PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{%|%\}|\*\||\|\*|\$\{|<%|%>|%(?![0-9A-Fa-f]{2})[A-Za-z_][\w.\-]*%"
 )
+_MAY_HOLD_PLACEHOLDER = re.compile(r"[{}|%$<>]")  # one cheap pass before the full check
 _BAD_HOST_CHARS = re.compile(r"[\s\"'<>\\^`{|}%]")
 _PORT = re.compile(r":\d*\Z")  # on exclusion entries
 
@@ -61,7 +62,10 @@ def decode_attribute(raw: str) -> str:
 
 def clean_url(value: str) -> str:
     """What the URL parser sees: outer spaces and controls stripped, tabs/newlines gone."""
-    return value.strip(_C0_SPACE).translate(_TAB_NEWLINE)
+    value = value.strip(_C0_SPACE)
+    if "\n" in value or "\t" in value or "\r" in value:
+        value = value.translate(_TAB_NEWLINE)
+    return value
 
 
 def escape_attribute(value: str, quote: str) -> str:
@@ -90,7 +94,7 @@ def trackable_host(url: str) -> str | None:
     host = host.rstrip(".").lower()
     if not host or host.startswith(".") or _BAD_HOST_CHARS.search(host):
         return None
-    if _PLACEHOLDER.search(url):
+    if _MAY_HOLD_PLACEHOLDER.search(url) and _PLACEHOLDER.search(url):
         return None
     return host
 
