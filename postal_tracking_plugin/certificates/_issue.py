@@ -34,6 +34,7 @@ from ._explain import explain_issue_failure
 from ._state import Status
 from ._state import acquire_lock
 from ._state import all_statuses
+from ._state import get_status
 from ._state import lock_holder
 from ._state import lock_owner
 from ._state import mark_active
@@ -174,8 +175,12 @@ class Issuer:
 
     # -- running ---------------------------------------------------------------
 
-    def run(self, domains: Sequence[TrackDomain]) -> list[Outcome]:
-        """Issue a fresh certificate for each domain, under the renewal lock."""
+    def run(self, domains: Sequence[TrackDomain], *, only_due: bool = False) -> list[Outcome]:
+        """Issue a fresh certificate for each domain, under the renewal lock.
+
+        With ``only_due``, each domain is checked again once the lock is held:
+        another node may have renewed it while this one waited.
+        """
         if not domains:
             return []
         account = require_account(self.config)
@@ -183,6 +188,12 @@ class Issuer:
         with renewal_lock(self.store) as holder:
             for i, td in enumerate(domains, 1):
                 acquire_lock(self.store, holder, LOCK_TTL)
+                if only_due and not is_due(
+                    self.store.get_certificate(td.full_name),
+                    get_status(self.store, td.full_name),
+                    utcnow(),
+                ):
+                    continue
                 prefix = f"[{i}/{len(domains)}] {td.full_name}: "
                 if self.progress:
                     self.progress(prefix + "requesting a certificate ...", False)

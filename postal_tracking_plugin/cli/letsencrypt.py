@@ -171,7 +171,7 @@ def run_renew(ctx: Context) -> int:
         # Under cron on a node that never registered: nothing to do, quietly.
         return 0
     try:
-        outcomes = issuer.run(domains)
+        outcomes = issuer.run(domains, only_due=not ctx.args.force)
     except LockBusy as exc:
         if ctx.err.isatty():
             ctx.note(f"Skipped: {exc}")
