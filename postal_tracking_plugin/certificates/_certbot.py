@@ -130,6 +130,9 @@ def run_certbot(
         # certbot sleeps up to 8 minutes before renewing when stdin is not a
         # terminal; our own schedule already spreads renewals out.
         "--no-random-sleep-on-renew",
+        # One run per domain per attempt: keep a bounded history (certbot keeps 1000).
+        "--max-log-backups",
+        "100",
     ]
     try:
         proc = subprocess.run(
