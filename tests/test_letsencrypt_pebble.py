@@ -227,6 +227,14 @@ def test_refused_registration_is_one_line(tmp_path: Path, pebble: Pebble) -> Non
         result = cli(setup, "register-lets-encrypt", email)
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1 and "e-mail address" in result.stderr
+    # This one passes our check, and the ACME server refuses it.
+    refused = cli(setup, "register-lets-encrypt", "o<p>s@example.com")
+    assert refused.returncode == 1
+    # After the terms-of-service line, exactly one line says what went wrong.
+    assert refused.stderr.splitlines()[1:] == [
+        "postal-tracking: error: the ACME server refused the e-mail address o<p>s@example.com "
+        "as invalid: give one it accepts (Let's Encrypt also checks that its domain exists)"
+    ]
 
 
 def test_register_again_after_the_server_forgot_the_account(tmp_path: Path) -> None:

@@ -104,8 +104,13 @@ def certbot_failure(output: str, *, server: str, what: str, logs: str = "") -> s
     """Failures that are not about one challenge: the account, the network, certbot itself."""
     low = output.lower()
     if "invalid email" in low or "invalidcontact" in low:
-        detail = _last_words(output)
-        return f"the ACME server refused the e-mail address: {detail}"
+        named = re.search(r"believes (\S+) is an invalid email address", output)
+        if named:
+            return (
+                f"the ACME server refused the e-mail address {named.group(1)} as invalid: give "
+                f"one it accepts (Let's Encrypt also checks that its domain exists)"
+            )
+        return f"the ACME server refused the e-mail address: {_last_words(output)}"
     if "account" in low and (
         "accountdoesnotexist" in low
         or "unable to find existing account" in low
