@@ -67,6 +67,7 @@ class LiveServer:
                 self.config, self.store, sockets, limits=self.limits, prefetch=self.prefetch
             )
             self.worker.certificate_refresh = 1.0  # the production interval is 5 s
+            self.worker.freeze_gc = False  # not in the test process
             self.worker.start()
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc

@@ -311,6 +311,7 @@ class Worker:
         self.app = create_app(config, store, recorder, lookup=self.lookup)
         self.listeners = [Listener(sock, self.app, self, tls) for sock, tls in sockets]
         self.certificate_refresh = CERTIFICATE_REFRESH
+        self.freeze_gc = True  # a server process; tests in a shared process turn it off
         self._background: list[Any] = []
         self._stopped = gevent.event.Event()
 
@@ -341,8 +342,9 @@ class Worker:
         first = self.prefetcher()
         # What start-up loaded lives as long as the process: keep it out of the
         # collector's full scans (100,000 entries cost ~10 ms pauses otherwise).
-        gc.collect()
-        gc.freeze()
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
         log.info("read %d recent links and messages into the lookup cache", first)
         while True:
             gevent.sleep(PREFETCH_EVERY)
