@@ -120,25 +120,41 @@ def rewrite_html(text: str, tracker: Tracker, *, pixel_position: str = "bottom")
 
     Returns ``text`` itself (the same object) when nothing changed.
     """
+    return apply_text_edits(text, html_edits(text, tracker, pixel_position=pixel_position))
+
+
+def html_edits(
+    text: str, tracker: Tracker, *, pixel_position: str = "bottom"
+) -> list[tuple[int, int, str]]:
+    """The ``(start, end, new)`` replacements :func:`rewrite_html` makes, in order."""
     edits: list[tuple[int, int, str]] = []
     pixel_at = _walk(text, 0, len(text), tracker, edits, vml=False, position=pixel_position)
     if pixel_at is not None:
         pixel = tracker.take_pixel()
         if pixel is not None:
             edits.append((pixel_at, pixel_at, pixel))
-    if edits:
-        edits.sort(key=lambda e: e[0])
-        parts = []
-        last = 0
-        for start, end, new in edits:
-            parts.append(text[last:start])
-            parts.append(new)
-            last = end
-        parts.append(text[last:])
-        text = "".join(parts)
     if _NOTRACK_FIND.search(text) is not None:
-        text = _NOTRACK_ANY.sub(r"\1://", text)
-    return text
+        taken = [(s, e) for s, e, _ in edits if e > s]
+        for m in _NOTRACK_ANY.finditer(text):
+            marker = (m.end(1), m.end() - 3)  # the "+notrack" between scheme and "://"
+            if not any(s < marker[1] and marker[0] < e for s, e in taken):
+                edits.append((*marker, ""))
+    edits.sort(key=lambda e: (e[0], e[1]))
+    return edits
+
+
+def apply_text_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """``text`` with sorted, non-overlapping ``(start, end, new)`` edits applied."""
+    if not edits:
+        return text
+    parts = []
+    last = 0
+    for start, end, new in edits:
+        parts.append(text[last:start])
+        parts.append(new)
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def _walk(

@@ -20,9 +20,10 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-from ._html import rewrite_html
+from ._html import apply_text_edits
+from ._html import html_edits
 from ._plan import Tracker
-from ._text import rewrite_text
+from ._text import text_edits
 
 _HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
 _LONG_LINE = re.compile(rb"[^\r\n]{999}")  # RFC 5322: at most 998 octets a line
@@ -189,15 +190,19 @@ def _rewrite_leaf(
     mark = (len(tracker.links), tracker.images)
     flowed = subtype == "plain" and str(msg.get_param("format", "")).lower() == "flowed"
     if subtype == "html":
-        new = rewrite_html(text, tracker, pixel_position=pixel_position)
+        changes = html_edits(text, tracker, pixel_position=pixel_position)
     else:
-        new = rewrite_text(text, tracker, flowed=flowed)
-    if new is text or new == text:
+        changes = text_edits(text, tracker, flowed=flowed)
+    if not changes:
         return
     try:
-        new_data = new.encode(codec, "surrogateescape")
+        reused = _qp_edited(body, text, changes, codec, eol) if cte == "quoted-printable" else None
+        if reused is not None:
+            edits.append((body_start, end, reused))
+            return
+        new_data = apply_text_edits(text, changes).encode(codec, "surrogateescape")
     except UnicodeError:
-        del tracker.links[mark[0] :]
+        del tracker.links[mark[0] :]  # the part stays as it was: so do its counts
         tracker.images = mark[1]
         return
 
@@ -207,7 +212,7 @@ def _rewrite_leaf(
             encoded = encoded.replace(b"\n", eol)
         new_body = encoded + body[len(body.rstrip()) :]
     elif cte == "quoted-printable":
-        new_body = _qp_lines(body, data, new_data, eol)
+        new_body = _qp(new_data, eol)
     elif cte != "binary" and (
         _LONG_LINE.search(new_data) or (cte == "7bit" and not new_data.isascii())
     ):
@@ -226,29 +231,53 @@ def _rewrite_leaf(
 
 
 _SOFT_MARK = b"\0"  # never in quoted-printable text, which is printable ASCII
+# Codecs where a line cannot be encoded on its own, or "\n" is not the byte 0x0A.
+_STATEFUL_OR_WIDE = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
 
-def _qp_lines(body: bytes, old: bytes, new: bytes, eol: bytes) -> bytes:
-    """Quoted-printable for ``new``, reusing ``body``'s encoded lines where unchanged.
+def _qp_edited(
+    body: bytes, text: str, changes: list[tuple[int, int, str]], codec: str, eol: bytes
+) -> bytes | None:
+    """The quoted-printable ``body`` with ``changes`` (offsets in the decoded ``text``)
+    applied by re-encoding only the lines they touch.
 
-    Re-encoding only the lines that changed keeps the rest of the part
-    byte-identical and skips most of the encoding work. When the lines do not
-    correspond one to one (a rewrite joined lines, or the encoder wrote line
-    breaks as =0D=0A), the whole part is encoded again.
+    The rest of the part stays byte for byte as its encoder wrote it, and most of
+    the encoding work is skipped. None when the encoded lines do not correspond
+    one to one to the decoded ones (an encoder that wrote line breaks as
+    =0D=0A, a charset whose line breaks are not "\\n"): then the caller encodes
+    the whole part again.
     """
-    if _SOFT_MARK in body:
-        return _qp(new, eol)
+    if _SOFT_MARK in body or codec.startswith(_STATEFUL_OR_WIDE):
+        return None
     soft = b"=" + eol
-    encoded = body.replace(soft, _SOFT_MARK).split(b"\n")
-    old_lines = old.split(b"\n")
-    new_lines = new.split(b"\n")
-    if not (len(encoded) == len(old_lines) == len(new_lines)):
-        return _qp(new, eol)
-    out = [
-        enc if before == after else _qp_line(after, eol)
-        for enc, before, after in zip(encoded, old_lines, new_lines, strict=True)
-    ]
-    return b"\n".join(out).replace(_SOFT_MARK, soft)
+    lines = body.replace(soft, _SOFT_MARK).split(b"\n")
+    if len(lines) != text.count("\n") + 1:
+        return None
+    groups: list[tuple[int, int, list[tuple[int, int, str]]]] = []
+    for change in changes:
+        start, end, _ = change
+        first = text.rfind("\n", 0, start) + 1
+        last = text.find("\n", end)
+        last = len(text) if last == -1 else last
+        if groups and first <= groups[-1][1]:
+            groups[-1] = (groups[-1][0], max(last, groups[-1][1]), [*groups[-1][2], change])
+        else:
+            groups.append((first, last, [change]))
+    replacements = []
+    index = 0  # the line number of position ``counted``, counted forwards once
+    counted = 0
+    for first, last, group in groups:
+        index += text.count("\n", counted, first)
+        counted = first
+        count = text.count("\n", first, last) + 1
+        segment = apply_text_edits(
+            text[first:last], [(s - first, e - first, new) for s, e, new in group]
+        )
+        encoded = segment.encode(codec, "surrogateescape").split(b"\n")
+        replacements.append((index, count, [_qp_line(line, eol) for line in encoded]))
+    for index, count, new_lines in reversed(replacements):
+        lines[index : index + count] = new_lines
+    return b"\n".join(lines).replace(_SOFT_MARK, soft)
 
 
 def _qp_line(line: bytes, eol: bytes) -> bytes:

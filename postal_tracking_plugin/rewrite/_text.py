@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from ._html import apply_text_edits
 from ._plan import Tracker
 from ._urls import trackable_host
 
@@ -38,6 +39,11 @@ def rewrite_text(text: str, tracker: Tracker, *, flowed: bool = False) -> str:
     (a space before the newline) may continue on the next line, so it is left
     alone rather than tracked half.
     """
+    return apply_text_edits(text, text_edits(text, tracker, flowed=flowed))
+
+
+def text_edits(text: str, tracker: Tracker, *, flowed: bool = False) -> list[tuple[int, int, str]]:
+    """The ``(start, end, new)`` replacements :func:`rewrite_text` makes, in order."""
     edits: list[tuple[int, int, str]] = []
     for m in _URL.finditer(text):
         start = m.start()
@@ -61,13 +67,4 @@ def rewrite_text(text: str, tracker: Tracker, *, flowed: bool = False) -> str:
         click = tracker.click_url(url, host)
         if click is not None:
             edits.append((start, end, click))
-    if not edits:
-        return text
-    parts = []
-    last = 0
-    for start, end, new in edits:
-        parts.append(text[last:start])
-        parts.append(new)
-        last = end
-    parts.append(text[last:])
-    return "".join(parts)
+    return edits
