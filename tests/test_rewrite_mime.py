@@ -155,6 +155,30 @@ def test_quoted_printable_lines_without_links_keep_their_encoding(eol: str) -> N
     assert result.data == expected
 
 
+def test_quoted_printable_edit_spanning_lines_and_notrack() -> None:
+    body = (
+        "<p>keep =E9 this</p>\n"
+        "<a href=3D\"https://a.example/long\n/path\">x</a> <a href=3D\"https+notrack://b.example/\">y</a>\n"
+        "<p>and this</p>\n"
+    )
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/html; charset=iso-8859-1\n"
+        "Content-Transfer-Encoding: quoted-printable\n\n" + body
+    )
+    result = rewrite(raw, TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
+                     new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/long/path"]
+    out = result.data.partition(b"\r\n\r\n")[2]
+    assert out.startswith(b"<p>keep =E9 this</p>\r\n")
+    assert out.endswith(b"\r\n<p>and this</p>\r\n")
+    (_, content), = texts(result.data)
+    assert content == (
+        "<p>keep \u00e9 this</p>\r\n"
+        f'<a href="{CLICK}L000">x</a> <a href="https://b.example/">y</a>\r\n'
+        "<p>and this</p>\r\n"
+    )
+
+
 def test_base64_part_keeps_base64_and_its_charset() -> None:
     html = "<p>\u65e5\u672c\u8a9e</p>" * 20 + '<a href="https://a.example/\u65e5">x</a>'
     encoded = base64.encodebytes(html.encode("utf-8")).decode("ascii")
