@@ -29,6 +29,8 @@ from conftest import drop_mysql_databases
 from conftest import mysql_config_data
 from conftest import mysql_reachable
 from conftest import need
+from postal_tracking_plugin.certificates._state import acquire_lock
+from postal_tracking_plugin.certificates._state import release_lock
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
@@ -270,6 +272,8 @@ import sys
 import gevent
 
 from postal_tracking_plugin.certificates import run_scheduled_renewal
+from postal_tracking_plugin.certificates._state import acquire_lock
+from postal_tracking_plugin.certificates._state import release_lock
 from postal_tracking_plugin.config import load_config
 
 ticks = []
@@ -294,3 +298,23 @@ def test_scheduled_renewal_from_a_gevent_server(tmp_path: Path, pebble: Pebble) 
     store = open_store(load_config(setup))
     assert store.get_certificate("new.example.test").active  # the missing one was issued
     store.close()
+
+
+def test_one_node_at_a_time(tmp_path: Path, pebble: Pebble) -> None:
+    setup = write_setup(tmp_path, pebble, "sqlite")
+    add_domains(setup, "click.example.test")
+    assert cli(setup, "register-lets-encrypt", "ops@example.test").returncode == 0
+    store = open_store(load_config(setup))
+    assert acquire_lock(store, "other-node:4242", ttl=300)  # another node is renewing
+    try:
+        # From cron or the fast server's timer: skipped quietly, not an error.
+        renew = cli(setup, "certs", "renew")
+        assert (renew.returncode, renew.stdout, renew.stderr) == (0, "", "")
+        # Asked for by hand: told who holds the lock.
+        issue = cli(setup, "certs", "issue", "click.example.test")
+        assert issue.returncode == 1
+        assert "other-node:4242 is issuing or renewing certificates right now" in issue.stderr
+        assert store.get_certificate("click.example.test") is None
+    finally:
+        release_lock(store, "other-node:4242")
+        store.close()
