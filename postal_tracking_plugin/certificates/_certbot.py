@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ..config import Config
 
@@ -50,8 +51,6 @@ class CertbotDirs:
 
     def accounts(self, server: str) -> Path:
         """Where certbot keeps accounts for ``server`` (its own layout: host + path)."""
-        from urllib.parse import urlparse
-
         parsed = urlparse(server)
         return self.config / "accounts" / (parsed.netloc + parsed.path).lstrip("/")
 
