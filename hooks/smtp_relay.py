@@ -109,6 +109,14 @@ class SmtpRelay:
             )
         except ValueError as exc:
             raise ConfigError(f"{exc} ({where})") from None
+        if _same_endpoint(
+            (self.listen_host, self.listen_port), (self.upstream.host, self.upstream.port)
+        ):
+            raise ConfigError(
+                f"tracking.relay.upstream ({self.upstream.host}:{self.upstream.port}) is the "
+                f"relay's own listening address ({self.listen_text}), so mail would loop ({where}); "
+                f"point upstream at Postal's SMTP port or your smarthost"
+            )
         self.hostname = hostname
         self.config = config
         self.pm = pm
@@ -260,3 +268,17 @@ def _bind_error(where: str, exc: OSError) -> str:
             f"tracking.relay.listen to one of its addresses"
         )
     return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+def _same_endpoint(listen: tuple[str, int], upstream: tuple[str, int]) -> bool:
+    """Would relaying to ``upstream`` reach this relay itself?"""
+    if listen[1] != upstream[1] or listen[1] == 0:
+        return False
+    try:
+        ours = {ipaddress.ip_address(a[4][0]) for a in socket.getaddrinfo(*listen)}
+        theirs = {ipaddress.ip_address(a[4][0]) for a in socket.getaddrinfo(*upstream)}
+    except (OSError, ValueError):
+        return False  # an upstream that does not resolve now is not a loop to refuse
+    if ours & theirs:
+        return True
+    return any(a.is_unspecified for a in ours) and any(a.is_loopback for a in theirs)

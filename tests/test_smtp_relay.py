@@ -477,6 +477,10 @@ def test_bad_relay_settings_fail_at_start_up_naming_the_key(
     broken = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, relay=relay))
     with pytest.raises(ConfigError, match="tracking.relay.upstream_ca_file: cannot load .*missing"):
         SmtpRelay(broken, store, pm)
+    with pytest.raises(ConfigError, match="is the relay's own listening address"):
+        SmtpRelay(
+            config, store, pm, server="Main", listen="0.0.0.0:2525", upstream="localhost:2525"
+        )
 
 
 # -- the command ---------------------------------------------------------------
