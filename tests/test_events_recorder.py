@@ -239,3 +239,35 @@ def test_an_event_that_cannot_be_written_is_set_aside_not_blocking_others(
     (rejected,) = Path(config.data_dir, "spool").glob("rejected-*.jsonl")
     assert bad in rejected.read_text()
     assert good not in rejected.read_text()
+
+
+def test_message_times_follow_postal_rules_across_batches(
+    store: Store, config: Config, message: dict[str, Any]
+) -> None:
+    """``clicked`` is the latest click, ``loaded`` the first open, whatever the batching."""
+    server = message["server"]
+    rec = EventRecorder(config, store, webhooks=False)
+    rec.start()
+
+    def opened(ts: float) -> None:
+        rec.open(
+            server_id=server.id,
+            server_token=server.token,
+            message_id=message["id"],
+            message_token=message["token"],
+            ip_address="198.51.100.1",
+            user_agent=CHROME,
+            timestamp=ts,
+        )
+
+    _click(rec, message, 0, timestamp=2_000_000_300.5)
+    _click(rec, message, 1, timestamp=2_000_000_100.25, ip_address="198.51.100.9")
+    opened(2_000_000_200.0)
+    opened(2_000_000_150.0)
+    assert rec.flush(10)
+    _click(rec, message, 2, timestamp=2_000_000_250.0, ip_address="198.51.100.10")  # older
+    opened(2_000_000_100.0)  # earlier, but the message was already opened
+    assert rec.stop(10)
+    row = _rows(store, server.id, "SELECT clicked, loaded FROM messages")[0]
+    assert float(row["clicked"]) == 2_000_000_300.5
+    assert float(row["loaded"]) == 2_000_000_150.0

@@ -32,12 +32,14 @@ only the address and agent are the proxy's.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import logging
 import re
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class Rules:
 
     user_agents: tuple[tuple[str, re.Pattern[str]], ...]
     networks: tuple[tuple[_Net, str], ...]
+    _ua_cache: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(
@@ -113,18 +116,35 @@ class Rules:
             return None
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        for network, reason in self.networks:
-            if address.version == network.version and address in network:
+        value, version = int(address), address.version
+        for net_version, first, mask, reason in self._ranges:
+            if version == net_version and value & mask == first:
                 return reason
         return None
+
+    @functools.cached_property
+    def _ranges(self) -> tuple[tuple[int, int, int, str], ...]:
+        """The networks as integers: a mask and compare per rule, not ``ipaddress`` objects."""
+        return tuple(
+            (n.version, int(n.network_address), int(n.netmask), reason)
+            for n, reason in self.networks
+        )
 
     def user_agent_reason(self, user_agent: str | None) -> str | None:
         if not user_agent:
             return None
+        cache = self._ua_cache
+        if user_agent in cache:
+            return cache[user_agent]
+        found = None
         for reason, pattern in self.user_agents:
             if pattern.search(user_agent):
-                return reason
-        return None
+                found = reason
+                break
+        if len(cache) >= 4096:  # the same few hundred agents make most traffic
+            cache.clear()
+        cache[user_agent] = found
+        return found
 
     def classify(self, method: str | None, ip: str | None, user_agent: str | None) -> str | None:
         """The reason from the request alone (method, address, agent), or None."""
@@ -204,15 +224,22 @@ class Flagger:
         if not clicks:
             return
         window = self.all_links_window
+        wanted = {(int(e["message_id"]), e.get("ip_address") or "") for e in clicks}
         earliest = min(float(e["timestamp"]) for e in clicks) - window
         ids = sorted({e["message_id"] for e in clicks})
-        earlier = _in_query(
-            db,
-            "SELECT event_id, message_id, link_id, ip_address, timestamp, bot FROM tracking_events "
-            "WHERE kind = 'click' AND message_id IN ({}) AND timestamp >= %s",
-            ids,
-            (earliest,),
-        )
+        ips = sorted({ip for _m, ip in wanted})
+        earlier = [
+            r
+            for r in _in_query(
+                db,
+                "SELECT event_id, message_id, link_id, ip_address, timestamp, bot "
+                "FROM tracking_events WHERE kind = 'click' AND message_id IN ({}) "
+                f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(ips))})",
+                ids,
+                (earliest, *ips),
+            )
+            if (int(r["message_id"]), r["ip_address"] or "") in wanted
+        ]
         groups: dict[
             tuple[int, str], list[tuple[float, int, str, bool, dict[str, Any] | None]]
         ] = {}

@@ -13,6 +13,7 @@ new stream on its first event).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from ..config import Config
 from ..store import Store
 from ._bots import Flagger
 from ._spool import Spool
+from ._spool import fork_generation
 from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
@@ -122,6 +124,9 @@ class EventRecorder:
         self._last_full_log = 0.0
         self._last_warn_log = 0.0
         self._queued = 0  # appended since the writer was last woken for a full batch
+        self._id_generation = -1
+        self._id_prefix = ""
+        self._id_counter = itertools.count(1)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -202,22 +207,20 @@ class EventRecorder:
         timestamp: float | None = None,
     ) -> str | None:
         """Spool a click. Returns the event id, or None if it could not be spooled."""
-        return self._append(
-            {
-                "event_id": str(uuid.uuid4()),
-                "kind": "click",
-                "method": method,
-                "server_id": server_id,
-                "server_token": server_token,
-                "message_id": message_id,
-                "message_token": None,
-                "link_id": link_id,
-                "url": url,
-                "ip_address": ip_address,
-                "user_agent": user_agent,
-                "timestamp": time.time() if timestamp is None else timestamp,
-            }
-        )
+        try:
+            event_id = self._next_id()
+            line = (
+                f'{{"event_id":"{event_id}","kind":"click","method":{_str(method)},'
+                f'"server_id":{int(server_id)},"server_token":{_str(server_token)},'
+                f'"message_id":{_int(message_id)},"message_token":null,'
+                f'"link_id":{_int(link_id)},"url":{_str(url)},'
+                f'"ip_address":{_str(ip_address)},"user_agent":{_str(user_agent)},'
+                f'"timestamp":{_time(timestamp)}}}\n'
+            )
+        except Exception:  # noqa: BLE001 - the click path must never fail on recording
+            log.exception("could not spool a click event")
+            return None
+        return self._append(line.encode("ascii"), event_id)
 
     def open(
         self,
@@ -232,62 +235,79 @@ class EventRecorder:
         timestamp: float | None = None,
     ) -> str | None:
         """Spool an open. Returns the event id, or None if it could not be spooled."""
-        return self._append(
-            {
-                "event_id": str(uuid.uuid4()),
-                "kind": "open",
-                "method": method,
-                "server_id": server_id,
-                "server_token": server_token,
-                "message_id": message_id,
-                "message_token": message_token,
-                "link_id": None,
-                "url": None,
-                "ip_address": ip_address,
-                "user_agent": user_agent,
-                "timestamp": time.time() if timestamp is None else timestamp,
-            }
-        )
-
-    def _append(self, event: dict[str, Any]) -> str | None:
         try:
-            line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
-            backlog = self.spool.backlog_bytes()
-            limit = self.spool.max_bytes
+            event_id = self._next_id()
+            line = (
+                f'{{"event_id":"{event_id}","kind":"open","method":{_str(method)},'
+                f'"server_id":{int(server_id)},"server_token":{_str(server_token)},'
+                f'"message_id":{_int(message_id)},"message_token":{_str(message_token)},'
+                f'"link_id":null,"url":null,'
+                f'"ip_address":{_str(ip_address)},"user_agent":{_str(user_agent)},'
+                f'"timestamp":{_time(timestamp)}}}\n'
+            )
+        except Exception:  # noqa: BLE001 - the pixel must never fail on recording
+            log.exception("could not spool an open event")
+            return None
+        return self._append(line.encode("ascii"), event_id)
+
+    def _next_id(self) -> str:
+        """A unique event id: a random 128-bit prefix per process, then a counter.
+
+        Cheaper than a UUID per event on the click path, and as unique: the
+        prefix is drawn again in a forked child.
+        """
+        generation = fork_generation[0]
+        if generation != self._id_generation:
+            self._id_generation = generation
+            self._id_prefix = uuid.uuid4().hex
+            self._id_counter = itertools.count(1)
+        return f"{self._id_prefix}-{next(self._id_counter):x}"
+
+    def _append(self, line: bytes, event_id: str) -> str | None:
+        try:
+            spool = self.spool
+            backlog = spool.backlog_bytes()
+            limit = spool.max_bytes
             if backlog + len(line) > limit:
-                self._dropped += 1
-                now = time.monotonic()
-                if now - self._last_full_log > _LOG_EVERY:
-                    self._last_full_log = now
-                    log.error(
-                        "EVENT SPOOL FULL (%d bytes, tracking.events.spool_max_bytes = %d): "
-                        "%d events not recorded so far; the store has been unreachable for "
-                        "too long, bring it back or raise the bound",
-                        backlog,
-                        limit,
-                        self._dropped,
-                    )
+                self._refuse(backlog, limit)
                 return None
             if backlog > limit * _WARN_FRACTION:
-                now = time.monotonic()
-                if now - self._last_warn_log > _LOG_EVERY:
-                    self._last_warn_log = now
-                    log.warning(
-                        "event spool is %d%% full (%d of %d bytes): the store is not keeping up "
-                        "or is down; events will be dropped at the bound",
-                        backlog * 100 // limit,
-                        backlog,
-                        limit,
-                    )
-            self.spool.append(line)
+                self._warn_full(backlog, limit)
+            spool.append(line)
         except Exception:  # noqa: BLE001 - the click path must never fail on recording
-            log.exception("could not spool a %s event", event.get("kind"))
+            log.exception("could not spool an event")
             return None
         self._queued += 1
         if self._queued >= self.writer.batch_size:
             self._queued = 0
             self.writer.wake.set()
-        return str(event["event_id"])
+        return event_id
+
+    def _refuse(self, backlog: int, limit: int) -> None:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._last_full_log > _LOG_EVERY:
+            self._last_full_log = now
+            log.error(
+                "EVENT SPOOL FULL (%d bytes, tracking.events.spool_max_bytes = %d): "
+                "%d events not recorded so far; the store has been unreachable for "
+                "too long, bring it back or raise the bound",
+                backlog,
+                limit,
+                self._dropped,
+            )
+
+    def _warn_full(self, backlog: int, limit: int) -> None:
+        now = time.monotonic()
+        if now - self._last_warn_log > _LOG_EVERY:
+            self._last_warn_log = now
+            log.warning(
+                "event spool is %d%% full (%d of %d bytes): the store is not keeping up "
+                "or is down; events will be dropped at the bound",
+                backlog * 100 // limit,
+                backlog,
+                limit,
+            )
 
     # -- after the store ------------------------------------------------------
 
@@ -318,6 +338,22 @@ class EventRecorder:
                     self.hook(public)
                 except Exception:  # noqa: BLE001 - a plugin must not stop recording
                     log.exception("tracking-event hook failed for event %s", event["event_id"])
+
+
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _str(value: str | None) -> str:
+    """A JSON string (ASCII, so the line is one ``write`` of bytes), or null."""
+    return "null" if value is None else str(_quote(value))
+
+
+def _int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _time(value: float | None) -> str:
+    return repr(time.time() if value is None else float(value))
 
 
 def load_messages(store: Store, server_id: int, events: list[dict[str, Any]]) -> dict[int, Any]:

@@ -41,6 +41,18 @@ _READ_CHUNK = 1 << 20
 
 Position = tuple[int, int]  # (segment number, byte offset)
 
+#: Bumped in a forked child, so a spool (and the recorder's event ids) inherited
+#: across ``fork`` are never shared with the parent: cheaper than ``getpid()``
+#: (a system call) per event.
+fork_generation = [0]
+
+
+def _after_fork_in_child() -> None:
+    fork_generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Stream:
     """One process's sequence of spool segments, or an adopted dead one."""
@@ -252,13 +264,13 @@ class Spool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self.own: Stream | None = None
-        self._pid = -1
+        self._generation = -1
         self.adopted: list[Stream] = []
         self.appended = 0  # events this process appended
         self.committed_own = 0  # of those, how many the store holds
 
     def _own_stream(self) -> Stream:
-        if self.own is None or self._pid != os.getpid():
+        if self.own is None or self._generation != fork_generation[0]:
             # First use, or a forked child: never share a stream across processes.
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -266,7 +278,7 @@ class Spool:
             assert fd is not None
             self.own = Stream(self.directory, name, fd, owned=True)
             self.own.open_for_append(self.segment_bytes)
-            self._pid = os.getpid()
+            self._generation = fork_generation[0]
             self.appended = self.committed_own = 0
         return self.own
 
@@ -331,7 +343,7 @@ class Spool:
         """Close every stream; this process's is deleted if the store holds all of it."""
         with self._lock:
             own = self.own
-            if own is not None and self._pid == os.getpid() and own.fully_committed():
+            if own is not None and self._generation == fork_generation[0] and own.fully_committed():
                 own.remove()
             for stream in self.streams():
                 stream.close()

@@ -506,10 +506,7 @@ def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
         "VALUES (%s, %s, %s, %s, %s)",
         [(m, li, ip, (ua or "")[:255], ts) for m, li, ip, ua, ts in clicks],
     )
-    db.executemany(
-        "UPDATE messages SET clicked = %s WHERE id = %s AND (clicked IS NULL OR clicked < %s)",
-        [(ts, m, ts) for m, ts in latest.items()],
-    )
+    _set_message_times(db, "clicked", latest, only_if="`clicked` IS NULL OR `clicked` < {new}")
 
 
 def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
@@ -524,10 +521,26 @@ def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
         "VALUES (%s, %s, %s, %s)",
         [(m, ip, (ua or "")[:255], ts) for m, ip, ua, ts in loads],
     )
-    db.executemany(
-        "UPDATE messages SET loaded = %s WHERE id = %s AND loaded IS NULL",
-        [(ts, m) for m, ts in first.items()],
-    )
+    _set_message_times(db, "loaded", first, only_if="`loaded` IS NULL")
+
+
+def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if: str) -> None:
+    """``messages.<column>`` of many messages in one statement per 500, not one per message.
+
+    ``only_if`` is the condition (``{new}`` stands for the new value) under
+    which a row's value is replaced, as Postal's rules say.
+    """
+    items = sorted(times.items())
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
+        new = "(CASE `id` " + "WHEN %s THEN %s " * len(chunk) + "END)"
+        params: list[Any] = [v for pair in chunk for v in pair]
+        condition = only_if.format(new=new)
+        db.execute(
+            f"UPDATE messages SET `{column}` = CASE WHEN {condition} THEN {new} "
+            f"ELSE `{column}` END WHERE `id` IN ({', '.join(['%s'] * len(chunk))})",
+            [*(params * condition.count("CASE")), *params, *(m for m, _ in chunk)],
+        )
 
 
 def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table, ...]]) -> None:
