@@ -11,6 +11,7 @@ refused permanently.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -21,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -174,28 +176,28 @@ class RelayHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        content = envelope.original_content or b""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor,
-            self.relay,
-            envelope.mail_from or "",
-            list(envelope.rcpt_tos),
-            content,
-            bool(envelope.smtp_utf8),
+        incoming = Incoming(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            content=envelope.original_content or b"",
+            smtputf8=bool(envelope.smtp_utf8),
+            trace=_trace(session, server.hostname),
         )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.relay, incoming)
 
     # -- the message (in a worker thread) --------------------------------------
 
-    def relay(self, mail_from: str, rcpt_tos: list[str], content: bytes, smtputf8: bool) -> str:
+    def relay(self, incoming: Incoming) -> str:
         """Run the pipeline and deliver; the reply for the client. Never raises."""
         try:
-            return self._relay(mail_from, rcpt_tos, content, smtputf8)
+            return self._relay(incoming)
         except Exception:  # noqa: BLE001 - a bug here must make the client retry, not lose mail
             log.exception("smtp-relay: unexpected error; the client is asked to retry")
             return "451 4.3.0 Local error in the relay; try again later"
 
-    def _relay(self, mail_from: str, rcpt_tos: list[str], content: bytes, smtputf8: bool) -> str:
+    def _relay(self, incoming: Incoming) -> str:
+        mail_from, rcpt_tos, content = incoming.mail_from, incoming.rcpt_tos, incoming.content
         todo = [r for r in rcpt_tos if not self.delivered.seen(mail_from, r, content)]
         done_before = len(rcpt_tos) - len(todo)
         if not todo:
@@ -208,7 +210,7 @@ class RelayHandler:
         reusable = False
         try:
             failed, reusable = send_copies(
-                conn, mail_from, self._copies(mail_from, todo, content), smtputf8=smtputf8
+                conn, mail_from, self._copies(incoming, todo), smtputf8=incoming.smtputf8
             )
         finally:
             self.upstream.release(conn, reusable=reusable)
@@ -225,20 +227,61 @@ class RelayHandler:
         )
         return reply
 
-    def _copies(self, mail_from: str, rcpts: list[str], content: bytes) -> Iterator[Copy]:
-        """The messages to send: one per recipient (its own tokens), or one for all."""
+    def _copies(self, incoming: Incoming, rcpts: list[str]) -> Iterator[Copy]:
+        """The messages to send: one per recipient (its own tokens), or one for all.
+
+        Each gets our ``Received:`` trace line on top (RFC 5321 4.4), after
+        the pipeline, so plugins see the message as the client sent it.
+        """
         groups = [rcpts] if self.batch else [[r] for r in rcpts]
         for group in groups:
             data = run_send_pipeline(
                 self.pm,
-                content,
-                mail_from=mail_from,
+                incoming.content,
+                mail_from=incoming.mail_from,
                 rcpt_to=group,
                 server=self.server,
                 config=self.config,
                 store=self.store,
             )
-            yield Copy(data, tuple(group))
+            yield Copy(incoming.received_header(group) + data, tuple(group))
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as the client handed it over."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    smtputf8: bool
+    #: ``from <helo> ([ip]) by <host> (...) with <protocol>``, for the Received line.
+    trace: str
+
+    def received_header(self, rcpts: Sequence[str]) -> bytes:
+        for_clause = f"\r\n\tfor <{_clean(rcpts[0])}>" if len(rcpts) == 1 else ""
+        date = email.utils.formatdate(localtime=True)
+        text = f"Received: {self.trace}{for_clause};\r\n\t{date}\r\n"
+        return text.encode("utf-8", "replace")
+
+
+def _trace(session: Any, hostname: str) -> str:
+    peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else "unknown"
+    helo = _clean(session.host_name or "unknown")
+    protocol = "ESMTP" if session.extended_smtp else "SMTP"
+    if session.ssl:
+        protocol += "S"
+    if session.authenticated:
+        protocol += "A"
+    return (
+        f"from {helo} ([{_clean(str(peer))}])\r\n\tby {_clean(hostname)} "
+        f"(postal-tracking smtp-relay) with {protocol}"
+    )
+
+
+def _clean(text: str) -> str:
+    """Client-supplied text fit for a header: printable, no white space, bounded."""
+    return "".join(c for c in text if c.isprintable() and not c.isspace())[:200]
 
 
 def _reply(total: int, delivered: int, failed: dict[str, tuple[int, str]]) -> str:

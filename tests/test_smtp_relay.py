@@ -216,6 +216,11 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
     all_tokens: set[str] = set()
     for mail_from, [rcpt], data in collector.received:
         assert mail_from == "news@example.com"
+        trace = message_from_bytes(data)["Received"]
+        assert re.match(
+            r"from client\.test \(\[127\.0\.0\.1\]\)\s+by \S+ \(postal-tracking smtp-relay\) "
+            rf"with ESMTP\s+for <{re.escape(rcpt)}>;", trace
+        ), trace
         tokens = link_tokens(data, server)
         assert len(tokens) == 2  # the text part's link and the HTML part's
         all_tokens.update(tokens)
