@@ -1,7 +1,4 @@
-"""A host mailer: pass each outgoing message through the postal send pipeline, then send it.
-
-python examples/host.py postal.yml SERVER MAIL_FROM RCPT_TO < message.eml > tracked.eml
-"""
+"""Usage: python examples/host.py postal.yml SERVER MAIL_FROM RCPT_TO < in.eml > out.eml"""
 
 import sys
 
