@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,6 +34,7 @@ from aiosmtpd.smtp import LoginPassword
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import FastServerConfig
 from postal_tracking_plugin.config import RelayConfig
+from postal_tracking_plugin.config import parse_config
 from postal_tracking_plugin.errors import ConfigError
 from postal_tracking_plugin.errors import NotFound
 from postal_tracking_plugin.hooks import get_plugin_manager
@@ -237,6 +239,21 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
     assert len(message_ids) == 3
     assert len(message_tokens) == 3
     assert len(all_tokens) == 6
+
+
+def test_concurrent_clients_each_get_their_copies(
+    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store, server = tracking
+    collector, port = upstream
+    relay = start_relay(config, store, port)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: send(relay, RECIPIENTS[:2]), range(4)))
+    assert sorted(r for _, [r], _ in collector.received) == sorted(RECIPIENTS[:2] * 4)
+    tokens = [t for _, _, data in collector.received for t in link_tokens(data, server)]
+    assert len(tokens) == len(set(tokens)) == 16
+    assert all(store.find_link(server.id, t) for t in tokens)
 
 
 def test_batch_sends_one_copy_to_all_recipients(
@@ -486,6 +503,14 @@ def test_bad_relay_settings_fail_at_start_up_naming_the_key(
         SmtpRelay(
             config, store, pm, server="Main", listen="0.0.0.0:2525", upstream="localhost:2525"
         )
+
+
+def test_the_readme_relay_configuration_loads() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## SMTP relay"):]
+    block = section[section.index("```yaml\n") + 8 :]
+    relay = parse_config(block[: block.index("```")]).tracking.relay
+    assert (relay.server, relay.upstream_tls, relay.batch) == ("Main", "starttls", False)
 
 
 # -- the command ---------------------------------------------------------------
