@@ -569,6 +569,34 @@ def test_the_command_relays_until_sigterm(
             proc.stderr.close()
 
 
+def test_the_command_warns_when_nothing_will_be_tracked(
+    write_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = write_config({"tracking": {"data_dir": "data", "relay": {"server": "Main"}}})
+    store = open_store(config)
+    store.create_schema()
+    store.add_server("Main")
+    store.close()
+    proc = subprocess.Popen(
+        cli(config, "--listen", "127.0.0.1:0"), stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith("smtp-relay: listening on 127.0.0.1:")
+        assert proc.stderr.readline() == (
+            "smtp-relay: warning: fast_server.enabled is false, so messages are relayed "
+            "without tracking\n"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def test_the_command_says_in_one_line_that_the_port_is_in_use(
     cli_config: Config, tmp_path: Path
 ) -> None:

@@ -55,6 +55,16 @@ def run(ctx: Context) -> int:
     )
     relay.bind()
     ctx.note(f"smtp-relay: {relay.describe()}")
+    if not ctx.config.fast_server.enabled:
+        ctx.note(
+            "smtp-relay: warning: fast_server.enabled is false, so messages are relayed "
+            "without tracking"
+        )
+    elif not any(td.dns_ok for td in ctx.store.list_track_domains(relay.server.id)):
+        ctx.note(
+            f"smtp-relay: warning: server {relay.server.name!r} has no tracking domain with DNS "
+            f"OK, so messages are relayed without tracking (`postal-tracking track-domains`)"
+        )
     ctx.err.flush()
     relay.serve_forever()
     ctx.note("smtp-relay: stopped")
