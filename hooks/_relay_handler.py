@@ -122,6 +122,10 @@ class RelayHandler:
         self.client_users = dict(auth_users)
         self.batch = batch
         self.delivered = DeliveredRecipients()
+        #: Messages between DATA and our reply (read and written on the loop only).
+        self.busy = 0
+        #: Set when the relay stops: new transactions get 421, ones in progress finish.
+        self.closing = False
 
     # -- the client ------------------------------------------------------------
 
@@ -154,6 +158,8 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
+        if self.closing:
+            return "421 4.3.2 The relay is shutting down; try again later"
         if not self.allowed(session.peer):
             log.warning(
                 "smtp-relay: refused client %s: not in tracking.relay.allowed_networks",
@@ -184,7 +190,11 @@ class RelayHandler:
             trace=_trace(session, server.hostname),
         )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.relay, incoming)
+        self.busy += 1
+        try:
+            return await loop.run_in_executor(self.executor, self.relay, incoming)
+        finally:
+            self.busy -= 1
 
     # -- the message (in a worker thread) --------------------------------------
 

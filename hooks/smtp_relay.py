@@ -209,6 +209,7 @@ class SmtpRelay:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._loop = None
 
     async def _serve(self, *, install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -243,6 +244,11 @@ class SmtpRelay:
             await self._stopping.wait()
         finally:
             server.close()
+            # Finish what was accepted: a message whose reply the client never
+            # saw would be sent again by the client.
+            self.handler.closing = True
+            while self.handler.busy:
+                await asyncio.sleep(0.05)
             await server.wait_closed()
             await loop.run_in_executor(None, self._executor.shutdown)
             self.upstream.close_idle()

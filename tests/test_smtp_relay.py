@@ -7,6 +7,7 @@ on loopback that collects what it receives.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -328,6 +330,40 @@ def test_a_pooled_upstream_connection_that_was_dropped_is_replaced(
     time.sleep(0.5)  # long enough for the upstream to close the pooled connection
     send(relay, RECIPIENTS[1:2])
     assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1], RECIPIENTS[1:2]]
+
+
+class SlowCollector(Collector):
+    """Signals when DATA arrives, then takes a moment to answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_started = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started.set()
+        await asyncio.sleep(0.3)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_stopping_finishes_the_message_in_progress_then_refuses_new_ones(
+    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+) -> None:
+    config, store, _ = tracking
+    collector = SlowCollector()
+    controller = EphemeralController(collector)
+    controller.start()
+    try:
+        relay = start_relay(config, store, controller.port)
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(send, relay, RECIPIENTS[:1])
+            assert collector.data_started.wait(30)
+            relay.stop()  # while the upstream is still answering DATA
+            sending.result()  # the client got its 250
+        assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
+        with pytest.raises(OSError):
+            send(relay, RECIPIENTS[:1])
+    finally:
+        controller.stop()
 
 
 def test_a_client_outside_the_allowed_networks_is_refused(
