@@ -30,6 +30,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -138,6 +139,7 @@ class SmtpRelay:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+        self._on_ready: Callable[[], None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -184,9 +186,14 @@ class SmtpRelay:
         sock.setblocking(False)
         self._sock = sock
 
-    def serve_forever(self) -> None:
-        """Serve until SIGINT or SIGTERM, then finish the messages in progress."""
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then finish the messages in progress.
+
+        :param ready: called once the relay accepts connections and SIGINT /
+            SIGTERM stop it gracefully (the CLI says "listening" then).
+        """
         self.bind()
+        self._on_ready = ready
         asyncio.run(self._serve(install_signals=True))
 
     def start(self) -> None:
@@ -240,6 +247,8 @@ class SmtpRelay:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
         self._ready.set()
+        if self._on_ready is not None:
+            self._on_ready()
         try:
             await self._stopping.wait()
         finally:

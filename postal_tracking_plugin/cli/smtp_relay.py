@@ -54,18 +54,23 @@ def run(ctx: Context) -> int:
         upstream=a.upstream,
     )
     relay.bind()
-    ctx.note(f"smtp-relay: {relay.describe()}")
+    warnings = []
     if not ctx.config.fast_server.enabled:
-        ctx.note(
-            "smtp-relay: warning: fast_server.enabled is false, so messages are relayed "
-            "without tracking"
+        warnings.append(
+            "fast_server.enabled is false, so messages are relayed without tracking"
         )
     elif not any(td.dns_ok for td in ctx.store.list_track_domains(relay.server.id)):
-        ctx.note(
-            f"smtp-relay: warning: server {relay.server.name!r} has no tracking domain with DNS "
-            f"OK, so messages are relayed without tracking (`postal-tracking track-domains`)"
+        warnings.append(
+            f"server {relay.server.name!r} has no tracking domain with DNS OK, so messages "
+            f"are relayed without tracking (`postal-tracking track-domains`)"
         )
-    ctx.err.flush()
-    relay.serve_forever()
+
+    def ready() -> None:
+        ctx.note(f"smtp-relay: {relay.describe()}")
+        for warning in warnings:
+            ctx.note(f"smtp-relay: warning: {warning}")
+        ctx.err.flush()
+
+    relay.serve_forever(ready)
     ctx.note("smtp-relay: stopped")
     return 0
