@@ -87,10 +87,13 @@ class Writer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = self.interval
-            if did:
-                continue  # more may be waiting: drain without sleeping
             if self.stopping.is_set():
-                return
+                return  # stop() flushed first; anything left is replayed at the next start
+            if did:
+                # More may be waiting: drain on, but let requests run between
+                # batches (a greenlet on SQLite would otherwise hold the hub).
+                time.sleep(0)
+                continue
             self.wake.wait(self.interval)
             self.wake.clear()
 
