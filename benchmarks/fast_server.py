@@ -575,7 +575,7 @@ def main() -> int:
             "TLS handshake/conn, ECDSA: nginx",
             lambda: Server(["nginx", "-c", str(workdir / "nginx.conf")], ports["ngxs"], log=log),
             f"https://127.0.0.1:{ports['ngxs']}",
-            None,
+            workdir / "my_paths.txt",
             {"close": True},
         ),
         "7b": (
@@ -585,8 +585,8 @@ def main() -> int:
                 ports["mys"],
                 log=log,
             ),
-            f"https://127.0.0.1:{ports['mys']}/",
-            None,
+            f"https://127.0.0.1:{ports['mys']}",
+            workdir / "my_paths.txt",
             {"close": True},
         ),
     }
@@ -642,17 +642,21 @@ def memory_after_all_links(
             "--",
             str(workdir / "my_paths.txt"),
         ]
-        # one connection walks the list in order; stop once every link has been requested
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 600
         from postal_tracking_plugin.config import load_config
         from postal_tracking_plugin.store import open_store
 
         store = open_store(load_config(cfg))
+        with store.messages(1, readonly=True) as db:
+            start = db.one("SELECT COALESCE(MAX(id), 0) AS n FROM clicks")["n"]
+        # one connection walks the list in order; stop once every link has been clicked here
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             time.sleep(2)
             with store.messages(1, readonly=True) as db:
-                done = db.one("SELECT COUNT(DISTINCT link_id) AS n FROM clicks")["n"]
+                done = db.one(
+                    "SELECT COUNT(DISTINCT link_id) AS n FROM clicks WHERE id > %s", (start,)
+                )["n"]
             if done >= count:
                 break
         proc.send_signal(signal.SIGINT)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 from postal_tracking_plugin.errors import StoreError
@@ -30,40 +29,52 @@ _MISS = object()
 
 
 class _Lru:
-    """A bounded mapping that forgets the least recently used key first."""
+    """A bounded mapping that keeps recently used keys: two generations of plain dicts.
 
-    __slots__ = ("_data", "_size")
+    New and recently read keys live in ``young``; when it holds ``size`` keys
+    it becomes ``old`` (the previous old generation is dropped), and a key read
+    from ``old`` moves back to ``young``. So the ``size`` most recently used keys
+    are always kept (and at most twice as many), at about half the memory of an
+    ``OrderedDict`` (no per-entry list node): the cache is what a worker's
+    memory grows with.
+    """
+
+    __slots__ = ("_young", "_old", "_size")
 
     def __init__(self, size: int) -> None:
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._size = size
+        self._young: dict[Any, Any] = {}
+        self._old: dict[Any, Any] = {}
+        self._size = max(1, size)
 
     def get(self, key: Any) -> Any:
-        data = self._data
-        value = data.get(key, _MISS)
-        if value is not _MISS:
-            data.move_to_end(key)
+        value = self._young.get(key, _MISS)
+        if value is _MISS:
+            value = self._old.pop(key, _MISS)
+            if value is not _MISS:
+                self.put(key, value)
         return value
 
     def put(self, key: Any, value: Any) -> None:
-        data = self._data
-        data[key] = value
-        data.move_to_end(key)
-        if len(data) > self._size:
-            data.popitem(last=False)
+        young = self._young
+        young[key] = value
+        if len(young) >= self._size:
+            self._old = young
+            self._young = {}
 
     def clear(self) -> None:
-        self._data.clear()
+        self._young = {}
+        self._old = {}
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._young) + len(self._old)
 
 
 class Lookup:
     """Cached answers to the three questions the hot path asks the store.
 
     :param store: the :class:`~postal_tracking_plugin.store.Store`.
-    :param links: how many links to remember (each about 400 bytes).
+    :param links: how many of the most recently used links are kept (at most twice as
+        many are held; each about 250 bytes).
     :param server_ttl: seconds a known server token is trusted before it is
         checked again (so a deleted server stops answering); if the store fails
         then, the old answer is kept.
@@ -110,12 +121,16 @@ class Lookup:
     ) -> None:
         """Put a link read ahead of its first click (see :mod:`._prefetch`)."""
         location = location_value(url)
+        # One string per link, keyed by its token alone: a third of the memory
+        # of tuples. The server id inside scopes it (tokens are per server).
         self._links.put(
-            (server_id, token), (link_id, message_id, location, None if location == url else url)
+            token,
+            f"{server_id}\t{link_id}\t{'' if message_id is None else message_id}\t{location}"
+            f"\t{'' if location == url else url}",
         )
 
     def remember_message(self, server_id: int, token: str, message_id: int) -> None:
-        self._messages.put((server_id, token), message_id)
+        self._messages.put(token, f"{server_id}\t{message_id}")
 
     def server_id(self, token: str) -> int | None:
         """The id of the server with ``token`` (case-insensitive, as Postal), or None."""
@@ -140,10 +155,16 @@ class Lookup:
 
     def link(self, server_id: int, token: str) -> LinkEntry | None:
         """``(link id, message id, Location, URL)`` of the server's link ``token``, or None."""
-        key = (server_id, token)
-        entry = self._links.get(key)
+        entry = self._links.get(token)
         if entry is not _MISS:
-            return entry
+            sid, link_id, message_id, location, url = entry.split("\t", 4)
+            if int(sid) == server_id:
+                return (
+                    int(link_id),
+                    int(message_id) if message_id else None,
+                    location,
+                    url or None,
+                )
         if self._recent_miss(("l", server_id, token)):
             return None
         row = self.store.find_link(server_id, token)
@@ -158,14 +179,21 @@ class Lookup:
             int(message_id) if message_id is not None else None,
             str(row["url"]),
         )
-        return self._links.get(key)
+        location = location_value(str(row["url"]))
+        return (
+            int(row["id"]),
+            int(message_id) if message_id is not None else None,
+            location,
+            None if location == row["url"] else str(row["url"]),
+        )
 
     def message_id(self, server_id: int, token: str) -> int | None:
         """The id of the server's message with ``token``, or None."""
-        key = (server_id, token)
-        found = self._messages.get(key)
+        found = self._messages.get(token)
         if found is not _MISS:
-            return found
+            sid, message_id = found.split("\t", 1)
+            if int(sid) == server_id:
+                return int(message_id)
         if self._recent_miss(("m", server_id, token)):
             return None
         row = self.store.find_message(server_id, token)
@@ -173,7 +201,7 @@ class Lookup:
             self._misses.put(("m", server_id, token), time.monotonic() + self.negative_ttl)
             return None
         message_id = int(row["id"])
-        self._messages.put(key, message_id)
+        self.remember_message(server_id, token, message_id)
         return message_id
 
     def _recent_miss(self, key: tuple[Any, ...]) -> bool:
