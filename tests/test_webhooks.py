@@ -19,6 +19,7 @@ from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.events import EventRecorder
 from postal_tracking_plugin.events._webhooks import SIGNATURE_HEADER
 from postal_tracking_plugin.events._webhooks import Refused
+from postal_tracking_plugin.events._webhooks import WebhookQueue
 from postal_tracking_plugin.events._webhooks import check_address
 from postal_tracking_plugin.events._webhooks import rails_yaml
 from postal_tracking_plugin.events._webhooks import verify
@@ -383,3 +384,33 @@ def test_postal_mode_queues_webhook_requests_for_subscribed_webhooks(
     assert rec.stop()
     with store.main(readonly=True) as db:
         assert len(db.query("SELECT id FROM webhook_requests")) == 2
+
+
+def test_finished_deliveries_are_pruned_after_a_week(
+    store: Store, backend_config: Config, tmp_path: Path, sent: dict[str, Any], receiver: Any
+) -> None:
+    hooks = receiver([])
+    config = _config(
+        backend_config, tmp_path, urls=(hooks.url,), secret=SECRET, allow_private_addresses=True
+    )
+    rec = EventRecorder(config, store)
+    rec.start()
+    _click(rec, sent)
+    _click(rec, sent, timestamp=time.time())
+    hooks.wait_for(2)
+    rec.stop()
+    with store.main() as db:
+        first = db.query("SELECT id FROM tracking_webhook_deliveries ORDER BY id")[0]["id"]
+        db.execute(
+            "UPDATE tracking_webhook_deliveries SET created_at = %s WHERE id = %s",
+            (time.time() - 8 * 86400, first),
+        )
+        db.execute(
+            "INSERT INTO tracking_webhook_deliveries (uuid, url, event, payload, attempts, "
+            "retry_after, status, created_at) VALUES ('old-pending', 'http://x/', "
+            "'MessageLoaded', '{}', 0, %s, 'pending', %s)",
+            (time.time() + 60, time.time() - 8 * 86400),
+        )
+    assert WebhookQueue(config, store).prune() == 1
+    left = [(d["uuid"], d["status"]) for d in _deliveries(store)]
+    assert len(left) == 2 and ("old-pending", "pending") in left

@@ -57,6 +57,8 @@ RETRIES = {1: 120, 2: 180, 3: 360, 4: 600, 5: 900}
 SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
 _NAMESPACE = uuid.UUID("5d0c1c44-7a8e-4f0e-9f5e-3a6f2f7b9c21")
 _LOCK_SECONDS = 60.0
+#: Finished standalone deliveries are kept this long (for inspection), then deleted.
+KEEP_SECONDS = 7 * 86400
 _TIMEOUT = 5.0
 
 
@@ -430,8 +432,24 @@ class WebhookQueue:
         if runner is not None:
             runner.join(timeout)
 
+    def prune(self, older_than: float = KEEP_SECONDS) -> int:
+        """Delete finished deliveries (delivered, failed, refused) older than ``older_than`` s."""
+        with self.store.main() as db:
+            return db.execute(
+                "DELETE FROM tracking_webhook_deliveries WHERE status <> 'pending' "
+                "AND created_at < %s",
+                (time.time() - older_than,),
+            )
+
     def _run(self) -> None:
+        next_prune = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 3600
+                try:
+                    self.prune()
+                except Exception as exc:  # noqa: BLE001 - tried again in an hour
+                    log.warning("could not prune old webhook deliveries: %s", exc)
             try:
                 sent = self.deliver_due()
             except Exception as exc:  # noqa: BLE001 - the store may be down; try again later
