@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from ._plan import Tracker
+from ._urls import C0_SPACE
 from ._urls import clean_url
 from ._urls import decode_attribute
 from ._urls import escape_attribute
@@ -35,6 +36,9 @@ _RAW = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "nof
 _TRACKED = ("a", "area")
 # Comment text up to "-->" or "--!>", unrolled so the engine runs without backtracking.
 _COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
+# A conditional comment's text that holds no "href": those are copied through
+# inside the regex; only the others stop the scan.
+_NO_HREF_BODY = r"(?:[^-hH]++|-(?!-!?>)|[hH](?![rR][eE][fF]))*+"
 
 
 def _ci(word: str) -> str:
@@ -75,6 +79,7 @@ def _scanner(vml: bool) -> re.Pattern[str]:
         rf"|<(?!{not_text})[a-zA-Z]{_TAG_REST}>"  # any other start tag
         rf"|</(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # end tag
         rf"|<!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
+        + rf"|<!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
         r"|<!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
         r"|<\?[^>]*+>?"
         r"|</>|</[^a-zA-Z>][^>]*+>?"
@@ -93,6 +98,10 @@ def _scanner(vml: bool) -> re.Pattern[str]:
 
 
 _SCAN = _scanner(vml=False)
+# Group numbers, the same in both scanners (the loop has no groups of its own).
+_TAG, _NAME, _ATTRS, _ENDBODY, _CONDBODY = (
+    _SCAN.groupindex[n] for n in ("tag", "name", "attrs", "endbody", "condbody")
+)
 _SCAN_VML = _scanner(vml=True)
 
 # One attribute: (1) name, (2) "=", then the value (3) double-, (4) single- or (5) un-quoted.
@@ -173,17 +182,17 @@ def _walk(
     body_close: int | None = None
     clicks = tracker.clicks
     for m in scan.finditer(text, start, stop):
-        kind = m.lastgroup  # the outermost group of the token that matched
-        if kind == "tag":
-            if not vml and text[m.start("name")] in "bB":
+        kind = m.lastindex  # the outermost group of the token that matched
+        if kind == _TAG:
+            if not vml and text[m.start(_NAME)] in "bB":
                 if body_open is None:
                     body_open = m.end()
             elif clicks:
-                _link(text, m.start("attrs"), m.end("attrs"), tracker, edits)
-        elif kind == "endbody":
-            body_close = m.start("endbody")
-        elif kind == "condbody" and clicks:
-            body_start, body_end = m.span("condbody")
+                _link(text, m.start(_ATTRS), m.end(_ATTRS), tracker, edits)
+        elif kind == _ENDBODY:
+            body_close = m.start(_ENDBODY)
+        elif kind == _CONDBODY and clicks:
+            body_start, body_end = m.span(_CONDBODY)
             if _HREF.search(text, body_start, body_end) is not None:
                 _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
     if vml or not tracker.loads or tracker.images:
@@ -242,6 +251,8 @@ def _href(
 ) -> None:
     """Track one href value, group ``group`` of ``m``; ``quoted[group]`` is its quote."""
     raw = m.group(group)
+    if "&" not in raw and raw.lstrip(C0_SPACE)[:1] not in ("h", "H"):
+        return  # mailto:, #top, {{url}}, a relative link: the common cases, decided at once
     url = clean_url(decode_attribute(raw)) if "&" in raw else clean_url(raw)
     host = trackable_host(url)
     if host is None:

@@ -17,7 +17,7 @@ from html.entities import html5 as _HTML5
 _CHARREF = re.compile(r"&(#[xX][0-9a-fA-F]+;?|#[0-9]+;?|[a-zA-Z][a-zA-Z0-9]*;?)")
 
 # URL standard: strip leading/trailing C0 controls and space, drop every tab/CR/LF.
-_C0_SPACE = "".join(chr(c) for c in range(0x21))
+C0_SPACE = "".join(chr(c) for c in range(0x21))
 _TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
 
 # Scheme, optional user info (up to the authority's last "@"), host, optional port.
@@ -62,7 +62,7 @@ def decode_attribute(raw: str) -> str:
 
 def clean_url(value: str) -> str:
     """What the URL parser sees: outer spaces and controls stripped, tabs/newlines gone."""
-    value = value.strip(_C0_SPACE)
+    value = value.strip(C0_SPACE)
     if "\n" in value or "\t" in value or "\r" in value:
         value = value.translate(_TAB_NEWLINE)
     return value
