@@ -271,3 +271,20 @@ def test_message_times_follow_postal_rules_across_batches(
     row = _rows(store, server.id, "SELECT clicked, loaded FROM messages")[0]
     assert float(row["clicked"]) == 2_000_000_300.5
     assert float(row["loaded"]) == 2_000_000_150.0
+
+
+def test_a_message_database_postal_made_gets_our_table_on_first_write(
+    store: Store, config: Config, message: dict[str, Any]
+) -> None:
+    """Postal creates a new server's message database itself, without our tables."""
+    server_id = message["server"].id
+    with store.messages(server_id) as db:
+        db.execute("DROP TABLE tracking_events")
+        db.execute("DROP TABLE tracking_migrations")
+    rec = EventRecorder(config, store)  # webhooks on where they apply: the catch-up copes too
+    rec.start()
+    event_id = _click(rec, message)
+    assert rec.stop(10)
+    (row,) = _rows(store, server_id, "SELECT event_id FROM tracking_events")
+    assert row["event_id"] == event_id
+    assert len(_rows(store, server_id, "SELECT id FROM clicks")) == 1

@@ -78,6 +78,9 @@ def run(ctx: Context) -> int:
     for server in servers:
         if not store.message_database_exists(server.id):
             continue
+        # A message database Postal created lacks our tables until events are
+        # written to it; add what is missing (never altering anything).
+        store.create_message_schema(server.id)
         message_id = None
         if args.message:
             row = store.find_message(server.id, args.message)

@@ -360,11 +360,17 @@ class WebhookQueue:
             if not self.store.message_database_exists(server.id):
                 continue
             while True:
-                with self.store.messages(server.id, readonly=True) as db:
-                    rows = db.query(
-                        "SELECT * FROM tracking_events WHERE webhooks_queued = 0 "
-                        "ORDER BY timestamp LIMIT 500"
-                    )
+                try:
+                    with self.store.messages(server.id, readonly=True) as db:
+                        rows = db.query(
+                            "SELECT * FROM tracking_events WHERE webhooks_queued = 0 "
+                            "ORDER BY timestamp LIMIT 500"
+                        )
+                except Exception as exc:  # noqa: BLE001 - e.g. a database Postal made, without our table
+                    if self._has_events_table(server.id):
+                        raise
+                    log.debug("server %s has no tracking_events yet: %s", server.id, exc)
+                    break
                 if not rows:
                     break
                 events = []
@@ -393,6 +399,14 @@ class WebhookQueue:
         if total:
             log.info("queued %d webhooks of events recorded before a restart", total)
         return total
+
+    def _has_events_table(self, server_id: int) -> bool:
+        try:
+            with self.store.messages(server_id, readonly=True) as db:
+                db.query("SELECT event_id FROM tracking_events LIMIT 1")
+        except Exception:  # noqa: BLE001 - missing table (or database)
+            return False
+        return True
 
     def _link_urls(self, server_id: int, events: list[dict[str, Any]]) -> dict[Any, str]:
         ids = sorted({int(e["link_id"]) for e in events if e.get("link_id") is not None})

@@ -64,6 +64,7 @@ class Writer:
         self.written = 0  # events this writer committed (new or already present)
         self._bad_attempts = 0
         self._next_adopt = 0.0
+        self._schema_checked: set[int] = set()
 
     def run(self) -> None:
         backoff = self.interval
@@ -127,6 +128,8 @@ class Writer:
         for event in events:
             by_server.setdefault(int(event["server_id"]), []).append(event)
         for server_id, batch in by_server.items():
+            if server_id not in self._schema_checked:
+                self._ensure_schema(server_id)
             try:
                 fresh = self.store.record_events(
                     server_id, batch, self.flag, webhooks_pending=self.webhooks_pending
@@ -144,6 +147,18 @@ class Writer:
                     continue
                 raise
             self._announce(server_id, fresh)
+
+    def _ensure_schema(self, server_id: int) -> None:
+        """Add our tables to a server's message database the first time it is written to.
+
+        Postal creates a new server's message database itself, without our
+        ``tracking_events``; creating what is missing (never altering) makes it
+        usable. A database that does not exist is left alone: its events fail
+        and are eventually set aside.
+        """
+        if self.store.message_database_exists(server_id):
+            self.store.create_message_schema(server_id)
+            self._schema_checked.add(server_id)
 
     def _store_answers(self) -> bool:
         try:
