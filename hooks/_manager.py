@@ -102,6 +102,10 @@ def run_send_pipeline(
     than bytes or None is logged and skipped, and the message carries on as it
     was before that plugin, so nothing is lost.
 
+    The implementations are called one by one (pluggy calls them all with
+    the same arguments, which cannot chain), so pluggy's tracing and
+    ``add_hookcall_monitoring`` do not see these calls.
+
     :param message: the message as bytes, or an :class:`email.message.Message`
         (serialised with its own policy).
     :param rcpt_to: one recipient address or several.
