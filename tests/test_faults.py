@@ -130,9 +130,10 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMariaDB
 class FastServer:
     """``postal-tracking fast-server --workers 1`` as a subprocess."""
 
-    def __init__(self, config_path: Path, port: int) -> None:
+    def __init__(self, config_path: Path, port: int, workers: int = 1) -> None:
         self.config_path = config_path
         self.port = port
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config_path.parent / "fast-server.log"
 
@@ -147,7 +148,7 @@ class FastServer:
                 str(self.config_path),
                 "fast-server",
                 "--workers",
-                "1",
+                str(self.workers),
             ],
             stdout=log,
             stderr=log,
@@ -179,6 +180,11 @@ class FastServer:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self.proc = None
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -496,3 +502,47 @@ def test_malformed_requests_leave_memory_flat_and_good_requests_answered(
         f"RSS {before} kB -> {after} kB after the last 4000"
     )
     assert after - before < 8 * 1024
+
+
+def test_a_killed_worker_is_replaced_and_its_spool_replayed(
+    setup: dict[str, Any], mariadb: PrivateMariaDB
+) -> None:
+    """With two workers, ``kill -9`` of one: the master starts another, which (or the
+    surviving worker) adopts the dead worker's spool stream and replays it."""
+    store, server = setup["store"], setup["server"]
+    fast = setup["fast"]
+    fast.workers = 2
+    fast.start()
+    for path in setup["paths"]:
+        assert _get(setup["port"], path, "fault-load/warm").status == 307
+    deadline = time.monotonic() + 10
+    while len(fast.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = fast.children()[0]
+    load = Load(setup["port"], setup["paths"], threads=4, pause=0.0).start()
+    time.sleep(1.5)
+    mariadb.stop()
+    try:
+        time.sleep(1.5)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.5)
+    finally:
+        mariadb.start()
+    load.stop()
+    acked = set(load.acknowledged())
+    _wait_for_rows(store, server.id, acked)
+    replaced = [pid for pid in fast.children() if pid != victim]
+    assert fast.terminate() == 0
+    counts = _click_agents(store, server.id)
+    lost = acked - set(counts)
+    duplicated = {a for a, n in counts.items() if n > 1 and a != "fault-load/warm"}
+    print(
+        f"\nkill -9 of one of two workers: requests {len(load.results)}, acknowledged "
+        f"{len(acked)}, connection errors {load.errors}; clicks rows {sum(counts.values())}, "
+        f"lost {len(lost)}, duplicated {len(duplicated)}"
+    )
+    assert len(replaced) == 2  # the master replaced the dead worker
+    assert len(acked) > 100
+    assert lost == set()
+    assert duplicated == set()
+    assert list((setup["data_dir"] / "spool").glob("*.jsonl")) == []
