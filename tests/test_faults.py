@@ -538,7 +538,8 @@ def test_a_killed_worker_is_replaced_and_its_spool_replayed(
     duplicated = {a for a, n in counts.items() if n > 1 and a != "fault-load/warm"}
     print(
         f"\nkill -9 of one of two workers: requests {len(load.results)}, acknowledged "
-        f"{len(acked)}, connection errors {load.errors}; clicks rows {sum(counts.values())}, "
+        f"{len(acked)}, statuses {dict(collections.Counter(st for _a, st in load.results))}, "
+        f"connection errors {load.errors}; clicks rows {sum(counts.values())}, "
         f"lost {len(lost)}, duplicated {len(duplicated)}"
     )
     assert len(replaced) == 2  # the master replaced the dead worker
