@@ -289,7 +289,8 @@ def test_rails_yaml_loads_back_to_the_payload() -> None:
         "message": {
             "id": 7,
             "token": "AbC",
-            "subject": "a: b # 'c' \"d\"\nnew line ☀ 😀",
+            # Line breaks YAML 1.1 would fold (NEL, U+2028) and spaces around them.
+            "subject": "a: b # 'c' \"d\"\nnew line ☀ 😀 \u2028 x \x85 y \ufeff z  ",
             "tag": None,
         },
         "url": "https://example.com/?q=1&r=%20",

@@ -142,13 +142,15 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, dict):
         return "{}"
     text = json.dumps(str(value), ensure_ascii=False)
-    # Characters YAML does not allow unescaped in a stream.
-    return "".join(
-        f"\\u{ord(c):04x}"
-        if (0x7F <= ord(c) <= 0x9F and ord(c) != 0x85) or ord(c) in (0xFFFE, 0xFFFF)
-        else c
-        for c in text
-    )
+    # Escape what YAML does not allow unescaped in a stream (DEL, C1 controls,
+    # U+FFFE/FFFF, a BOM) and what YAML 1.1 folds as a line break inside a
+    # double-quoted scalar (NEL, U+2028, U+2029), which would change the text.
+    return "".join(f"\\u{ord(c):04x}" if c in _YAML_ESCAPE else c for c in text)
+
+
+_YAML_ESCAPE = frozenset(
+    [chr(c) for c in range(0x7F, 0xA0)] + ["\u2028", "\u2029", "\ufeff", "\ufffe", "\uffff"]
+)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
