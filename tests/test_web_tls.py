@@ -159,3 +159,17 @@ def test_old_tls_is_refused_and_counted_in_one_line(
     lines = [r for r in caplog.records if "TLS" in r.getMessage()]
     assert len(lines) <= 1
     assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "fast_server",
+    [{}, {"default_tls_certificate_path": "tls/c.pem", "default_private_key_path": "/etc/k.pem"}],
+)
+def test_the_server_finds_the_default_certificate_where_init_puts_it(
+    write_config: Any, fast_server: dict[str, str]
+) -> None:
+    from postal_tracking_plugin.default_certificate import default_certificate_paths
+    from postal_tracking_plugin.web import tls
+
+    config = write_config({"fast_server": fast_server, "tracking": {"data_dir": "d"}})
+    assert tls.default_certificate_paths(config) == default_certificate_paths(config)

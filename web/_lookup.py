@@ -86,7 +86,7 @@ class Lookup:
         store: Any,
         *,
         links: int = 100_000,
-        messages: int = 50_000,
+        messages: int = 25_000,
         server_ttl: float = 60.0,
         negative_ttl: float = 10.0,
     ) -> None:
