@@ -31,7 +31,6 @@ only the address and agent are the proxy's.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import ipaddress
 import logging
@@ -228,67 +227,79 @@ class Flagger:
         earliest = min(float(e["timestamp"]) for e in clicks) - window
         ids = sorted({e["message_id"] for e in clicks})
         ips = sorted({ip for _m, ip in wanted})
-        earlier = [
-            r
-            for r in _in_query(
-                db,
-                "SELECT event_id, message_id, link_id, ip_address, timestamp, bot "
-                "FROM tracking_events WHERE kind = 'click' AND message_id IN ({}) "
-                f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(ips))})",
-                ids,
-                (earliest, *ips),
-            )
-            if (int(r["message_id"]), r["ip_address"] or "") in wanted
-        ]
-        groups: dict[
-            tuple[int, str], list[tuple[float, int, str, bool, dict[str, Any] | None]]
-        ] = {}
+        # One row per (message, address, link) already recorded, with its last
+        # time: bounded by the links of a message, however hard one address
+        # hammers them (which is what this check is for).
+        earlier = _in_query(
+            db,
+            "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last, MIN(bot) AS min_bot "
+            "FROM tracking_events WHERE kind = 'click' AND message_id IN ({}) "
+            f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(ips))}) "
+            "GROUP BY message_id, ip_address, link_id",
+            ids,
+            (earliest, *ips),
+        )
+        # Items: (time, link id, event of this batch or None, an earlier row unflagged).
+        groups: dict[tuple[int, str], list[tuple[float, int, dict[str, Any] | None, bool]]] = {}
         for r in earlier:
             key = (int(r["message_id"]), r["ip_address"] or "")
-            groups.setdefault(key, []).append(
-                (
-                    float(r["timestamp"]),
-                    int(r["link_id"] or 0),
-                    str(r["event_id"]),
-                    bool(r["bot"]),
-                    None,
+            if key in wanted:
+                groups.setdefault(key, []).append(
+                    (float(r["last"]), int(r["link_id"] or 0), None, not int(r["min_bot"]))
                 )
-            )
         for e in clicks:
             key = (int(e["message_id"]), e.get("ip_address") or "")
-            groups.setdefault(key, []).append(
-                (float(e["timestamp"]), int(e["link_id"]), e["event_id"], False, e)
-            )
-        reflag: list[str] = []
-        for (message_id, _ip), items in groups.items():
-            if not any(item[4] is not None for item in items):
-                continue
+            groups.setdefault(key, []).append((float(e["timestamp"]), int(e["link_id"]), e, False))
+        for (message_id, ip), items in groups.items():
             message = messages.get(message_id)
             tracked = int(message["tracked_links"] or 0) if message else 0
             need = self.all_links_count if tracked < 2 else min(self.all_links_count, tracked)
             items.sort(key=lambda item: item[0])
-            times = [item[0] for item in items]
-            flagged: set[int] = set()
-            for i, (ts, *_rest) in enumerate(items):
-                j = bisect.bisect_right(times, ts + window)
-                burst = items[i:j]
-                if len({item[1] for item in burst}) >= need:
-                    flagged.update(range(i, j))
+            flagged = _in_bursts([(t, link) for t, link, _e, _u in items], window, need)
+            reflag_from: float | None = None
+            reflag_to = 0.0
             for k in flagged:
-                _ts, _link, event_id, was_bot, event = items[k]
+                ts, _link, event, unflagged = items[k]
                 if event is not None:
                     if not event["bot"]:
                         _set(event, "all-links-at-once", force=True)
-                elif not was_bot:
-                    reflag.append(event_id)
-        if reflag:
-            for start in range(0, len(reflag), 500):
-                chunk = reflag[start : start + 500]
+                elif unflagged:
+                    reflag_from = ts if reflag_from is None else min(reflag_from, ts)
+                    reflag_to = max(reflag_to, ts)
+            if reflag_from is not None:
                 db.execute(
                     "UPDATE tracking_events SET bot = 1, reason = 'all-links-at-once' "
-                    f"WHERE bot = 0 AND event_id IN ({', '.join(['%s'] * len(chunk))})",
-                    chunk,
+                    "WHERE kind = 'click' AND message_id = %s AND ip_address = %s AND bot = 0 "
+                    "AND timestamp >= %s AND timestamp <= %s",
+                    (message_id, ip, reflag_from - window, reflag_to),
                 )
+
+
+def _in_bursts(items: list[tuple[float, int]], window: float, need: int) -> set[int]:
+    """Indexes of ``(time, link)`` items (sorted by time) inside any span of ``window``
+    seconds that holds ``need`` different links; one pass with a sliding window."""
+    count = len(items)
+    links: dict[int, int] = {}
+    cover = [0] * (count + 1)
+    j = 0
+    for i in range(count):
+        while j < count and items[j][0] <= items[i][0] + window:
+            links[items[j][1]] = links.get(items[j][1], 0) + 1
+            j += 1
+        if len(links) >= need:
+            cover[i] += 1
+            cover[j] -= 1
+        link = items[i][1]
+        links[link] -= 1
+        if not links[link]:
+            del links[link]
+    flagged = set()
+    running = 0
+    for i in range(count):
+        running += cover[i]
+        if running > 0:
+            flagged.add(i)
+    return flagged
 
 
 def _set(event: dict[str, Any], reason: str | None, *, force: bool = False) -> None:

@@ -65,6 +65,7 @@ class Writer:
         self._bad_attempts = 0
         self._next_adopt = 0.0
         self._schema_checked: set[int] = set()
+        self._offload: bool | None = None
 
     def run(self) -> None:
         backoff = self.interval
@@ -131,8 +132,12 @@ class Writer:
             if server_id not in self._schema_checked:
                 self._ensure_schema(server_id)
             try:
-                fresh = self.store.record_events(
-                    server_id, batch, self.flag, webhooks_pending=self.webhooks_pending
+                fresh = self._run_blocking(
+                    self.store.record_events,
+                    server_id,
+                    batch,
+                    self.flag,
+                    webhooks_pending=self.webhooks_pending,
                 )
             except Exception as exc:
                 # Only failures while the store answers count towards setting a
@@ -147,6 +152,24 @@ class Writer:
                     continue
                 raise
             self._announce(server_id, fresh)
+
+    def _run_blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a store write; under gevent on SQLite, in gevent's thread pool.
+
+        SQLite calls block the whole process (no socket to yield on), so a
+        batch written from the writer greenlet would stall every request for
+        its duration; in a native thread (sqlite3 releases the GIL) requests go
+        on. PyMySQL yields to the hub by itself and needs none of this.
+        """
+        if self._offload is None:
+            from ._recorder import gevent_patched
+
+            self._offload = bool(gevent_patched() and self.store.dialect == "sqlite")
+        if self._offload:
+            import gevent
+
+            return gevent.get_hub().threadpool.apply(func, args, kwargs)
+        return func(*args, **kwargs)
 
     def _ensure_schema(self, server_id: int) -> None:
         """Add our tables to a server's message database the first time it is written to.
