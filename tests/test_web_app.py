@@ -318,3 +318,33 @@ def test_links_written_after_start_are_read_ahead_of_their_first_click(write_con
         real.close()
     assert len(rows(real, server.id, "SELECT id FROM clicks")) == 1
     assert len(rows(real, server.id, "SELECT id FROM loads")) == 1
+
+
+def test_wsgi_entry_for_gunicorn(write_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from postal_tracking_plugin.web import wsgi
+    from postal_tracking_plugin.web.app import tracking_state
+
+    config = write_config({"tracking": {"data_dir": "data"}})
+    store = open_store(config)
+    store.create_schema()
+    server = store.add_server("Main")
+    _, links = add_message(store, server.id, ["https://example.com/gunicorn"])
+    monkeypatch.setenv("POSTAL_TRACKING_CONFIG", str(config.source))
+    monkeypatch.setattr(wsgi, "_app", None)
+    app = wsgi.app
+    try:
+        client = app.test_client()
+        response = client.get(
+            f"/{server.token}/{links[0]}", environ_base={"REMOTE_ADDR": "192.0.2.8"}
+        )
+        assert response.status_code == 307
+        assert response.headers["Location"] == "https://example.com/gunicorn"
+        assert client.get("/").data == b"Hello."
+        assert tracking_state(app).recorder.flush(10)
+    finally:
+        tracking_state(app).recorder.stop()
+        tracking_state(app).store.close()
+        monkeypatch.setattr(wsgi, "_app", None)
+    clicks = rows(store, server.id, "SELECT ip_address FROM clicks")
+    store.close()
+    assert [c["ip_address"] for c in clicks] == ["192.0.2.8"]
