@@ -267,6 +267,22 @@ TRACKING_LOCKS = Table(
     primary_key="name",
 )
 
+#: Certificate issuance state per tracking domain, which Postal's
+#: ``track_certificates`` has no columns for: the last attempt's outcome, its
+#: error in words, and when to try again (failures back off).
+TRACKING_CERTIFICATE_STATUS = Table(
+    "tracking_certificate_status",
+    {
+        "domain": "varchar(191) NOT NULL",
+        "status": "varchar(16) DEFAULT NULL",
+        "last_error": "text",
+        "attempts": "int(11) DEFAULT 0",
+        "next_attempt_at": _DT,
+        "updated_at": _DT,
+    },
+    primary_key="domain",
+)
+
 #: Postal's webhook tables (db/schema.rb), created only where they are missing:
 #: in Postal mode Postal's own workers deliver the rows queued in
 #: ``webhook_requests``.
@@ -374,6 +390,7 @@ TRACKING_EVENTS = Table(
 #: schema; existing databases get exactly the versions they lack.
 MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (SERVERS, DOMAINS, TRACK_DOMAINS, TRACK_CERTIFICATES, TRACKING_LOCKS),
+    2: (TRACKING_CERTIFICATE_STATUS,),
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
 }
 MESSAGE_MIGRATIONS: dict[int, tuple[Table, ...]] = {
