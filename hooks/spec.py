@@ -70,7 +70,11 @@ class TrackingEvent(TypedDict):
     #: True when the event looks automated (a link scanner, an image proxy
     #: prefetch, a click within seconds of sending); it is recorded either way.
     bot: bool
-    #: Why it was flagged as a bot, in a few words; None when ``bot`` is false.
+    #: Why it was flagged, as a short code (``scanner-user-agent``,
+    #: ``apple-privacy-proxy``, ``head-request``, ...). Usually None when ``bot``
+    #: is false, except for image proxies that fetch on a person's behalf
+    #: (``google-image-proxy``): a real open, so ``bot`` is false, with the
+    #: reason saying how it arrived.
     bot_reason: str | None
 
 
