@@ -393,11 +393,19 @@ class Worker:
         self.pool.kill(block=True, timeout=1)
         for greenlet in self._background:
             greenlet.kill(block=False)
+        flushed = True
         if self.owns_recorder:
             try:
-                self.recorder.stop(timeout=5.0)
+                flushed = bool(self.recorder.stop(timeout=5.0))
             except Exception:  # noqa: BLE001 - report, and still exit
                 log.exception("events could not all be flushed")
+                flushed = False
+        log.info(
+            "stopped; %s",
+            "events flushed"
+            if flushed
+            else "some events stay in the spool and are written at the next start",
+        )
         self.stats.report()
         if self.access_log is not None:
             self.access_log.close()
