@@ -229,3 +229,29 @@ def test_draining_finishes_requests_and_flushes_events(sqlite_store: tuple[Confi
     assert len(rows(store, server.id, "SELECT id FROM clicks")) == 1
     with pytest.raises(OSError):
         socket.create_connection((live.host, live.http_port), timeout=2).close()
+
+
+def test_connections_beyond_max_connections_wait_their_turn(
+    sqlite_store: tuple[Config, Store],
+) -> None:
+    config, store = sqlite_store
+    live = start(with_settings(config, tracking={"max_connections": 2}), store)
+    try:
+        holders = [
+            socket.create_connection((live.host, live.http_port), timeout=10) for _ in range(2)
+        ]
+        for sock in holders:  # two kept-alive connections fill the worker
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+        third = socket.create_connection((live.host, live.http_port), timeout=10)
+        third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(1000)  # accepted by the kernel, not served yet
+        holders[0].close()  # a slot frees up: the waiting request is answered
+        third.settimeout(10)
+        assert third.recv(1000).startswith(b"HTTP/1.1 200")
+        third.close()
+        holders[1].close()
+    finally:
+        live.stop()
