@@ -18,6 +18,7 @@ from web_live import raw_exchange
 from web_live import rows
 from web_live import with_settings
 
+from conftest import need
 from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import open_store
@@ -225,8 +226,10 @@ def test_ipv6_loopback(store: Store, backend_config: Any) -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+        reason = None
+    except OSError as exc:
+        reason = f"no IPv6 loopback on this machine: {exc}"
+    need(reason is None, reason or "")
     server = store.add_server("Main")
     _, links = add_message(store, server.id, ["https://example.com/v6"])
     live = LiveServer(backend_config, store, host="::1").start()

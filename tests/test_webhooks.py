@@ -311,11 +311,11 @@ def test_rails_yaml_loads_back_to_the_payload() -> None:
     assert strip(loaded) == payload
 
 
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)  # Postal mode is MySQL only
 def test_postal_mode_queues_webhook_requests_for_subscribed_webhooks(
     store: Store, backend_config: Config, tmp_path: Path, sent: dict[str, Any]
 ) -> None:
-    if backend_config.tracking.store != "mysql":
-        pytest.skip("Postal mode is the MySQL store on Postal's database")
+    assert backend_config.tracking.store == "mysql"
     server_id = sent["server"].id
     with store.main() as db:
         wanted = db.insert(
