@@ -281,35 +281,12 @@ def _ms(text: str) -> float:
 
 
 def make_certificate(workdir: Path) -> None:
-    import datetime as dt
+    """The ECDSA P-256 pair both servers use (the same maker as ``init``'s default)."""
+    from postal_tracking_plugin.default_certificate import self_signed_certificate
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.example")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    (workdir / "ecdsa.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (workdir / "ecdsa.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_pem, key_pem = self_signed_certificate("bench.example", days=30)
+    (workdir / "ecdsa.crt").write_bytes(cert_pem)
+    (workdir / "ecdsa.key").write_bytes(key_pem)
 
 
 def write_config(
