@@ -15,8 +15,8 @@ from ._models import Link as Link
 from ._models import Server as Server
 from ._models import TrackDomain as TrackDomain
 from ._store import Store as Store
-from ._store import random_token as random_token
-from ._store import url_hash as url_hash
+from ._tokens import random_token as random_token
+from ._tokens import url_hash as url_hash
 
 
 def open_store(config: Config) -> Store:
