@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from postal_tracking_plugin.config import load_config
     from postal_tracking_plugin.errors import Error
 
-    from .server import serve
+    from ._supervisor import serve
 
     try:
         config = load_config(args.config, required=args.config is not None)

@@ -5,9 +5,10 @@ One *worker* (:class:`Worker`) is one process: a gevent hub running a
 (``tracking.max_connections``), one link cache and one event recorder. With
 ``--workers N`` the parent binds every socket N times with ``SO_REUSEPORT`` (so
 the kernel spreads connections evenly), forks N workers and supervises them
-(:func:`serve`): SIGTERM stops accepting, lets requests in flight finish
-(bounded), flushes the recorder and exits 0; SIGHUP re-reads ``postal.yml`` and
-the certificates; a worker that dies is replaced.
+(:func:`~._supervisor.serve`): SIGTERM stops accepting, lets requests in
+flight finish (bounded), flushes the recorder and exits 0; SIGHUP re-reads
+``postal.yml`` and the certificates; a worker that dies is replaced. Binding is
+in :mod:`._sockets`.
 
 This module does not monkey-patch: ``python -m postal_tracking_plugin.web``
 (what ``postal-tracking fast-server`` runs) does that first thing, and tests
@@ -16,11 +17,8 @@ run a :class:`Worker` in a thread of an unpatched process.
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
-import os
-import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -41,6 +39,10 @@ from ._handler import TrackingHandler
 from ._handler import tune_socket
 from ._lookup import Lookup
 from ._prefetch import Prefetcher
+from ._sockets import ListenSpec
+from ._sockets import ServerError
+from ._sockets import bind
+from ._sockets import listen_specs
 from .app import create_app
 from .app import tracking_state
 from .proxy_protocol import read_header
@@ -57,10 +59,6 @@ PREFETCH_EVERY = 1.0
 #: Scheduled renewal: first run soon after start, then hourly.
 RENEWAL_FIRST = 60.0
 RENEWAL_EVERY = 3600.0
-
-
-class ServerError(Error):
-    """The fast server cannot start (disabled, no address, a port in use)."""
 
 
 @dataclass
@@ -99,72 +97,6 @@ class Stats:
         if parts:
             tail = f" (last TLS error: {self.last_tls_error})" if self.last_tls_error else ""
             log.info("in the last minute: %s%s", ", ".join(parts), tail)
-
-
-# -- listening sockets -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ListenSpec:
-    address: str
-    port: int
-    tls: bool
-
-
-def listen_specs(config: Config) -> list[ListenSpec]:
-    """What to bind, or a :class:`ServerError` naming the key to set."""
-    fs = config.fast_server
-    where = config.source or "postal.yml"
-    if not fs.enabled:
-        raise ServerError(
-            f"the fast server is disabled: set fast_server.enabled: true and "
-            f"fast_server.bind_address in {where}"
-        )
-    if not fs.bind_address:
-        raise ServerError(
-            f"fast_server.bind_address is not set in {where}: set it to the IP address(es) "
-            f"the tracking domains point at"
-        )
-    specs = []
-    for address in fs.bind_address:
-        specs.append(ListenSpec(address, fs.port, False))
-        specs.append(ListenSpec(address, fs.ssl_port, True))
-    return specs
-
-
-def bind(spec: ListenSpec, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
-    """A listening socket for ``spec``, or one clear :class:`ServerError`."""
-    family = socket.AF_INET6 if ":" in spec.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((spec.address, spec.port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{spec.address}]" if family == socket.AF_INET6 else spec.address
-        key = "fast_server.ssl_port" if spec.tls else "fast_server.port"
-        if exc.errno == errno.EADDRINUSE:
-            raise ServerError(
-                f"port {spec.port} on {shown} is in use by another program: stop that program "
-                f"or set another {key}"
-            ) from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ServerError(
-                f"{spec.address} is not an address of this machine: fix fast_server.bind_address"
-            ) from None
-        if exc.errno == errno.EACCES:
-            raise ServerError(
-                f"no permission to listen on port {spec.port} of {shown}: use a port above 1023 "
-                f"({key}) or run with the capability to bind low ports"
-            ) from None
-        raise ServerError(f"cannot listen on {shown}:{spec.port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 # -- one worker --------------------------------------------------------------------
@@ -435,154 +367,4 @@ def run_scheduled_renewal(config: Config) -> None:
         log.exception("scheduled certificate renewal failed")
 
 
-# -- the process tree --------------------------------------------------------------
-
-
-def plugin_hook() -> Callable[[dict[str, Any]], None]:
-    """The installed plugins' ``postal_tracking_event``, as the recorder's hook."""
-    from functools import partial
-
-    from postal_tracking_plugin.hooks import get_plugin_manager
-    from postal_tracking_plugin.hooks import notify_tracking_event
-
-    return partial(notify_tracking_event, get_plugin_manager())
-
-
-def default_workers(config: Config) -> int:
-    return config.tracking.workers or os.cpu_count() or 1
-
-
-def serve(
-    config: Config, *, workers: int | None = None, hook: Any = None, resumption: bool = True
-) -> int:
-    """Bind, fork ``workers`` processes (one: serve in this one), run until SIGTERM.
-
-    Must run in a gevent-patched process (``python -m postal_tracking_plugin.web``).
-    """
-    from postal_tracking_plugin.config import load_config
-    from postal_tracking_plugin.store import open_store
-
-    from .tls import context_from_files
-
-    count = workers or default_workers(config)
-    specs = listen_specs(config)
-    context_from_files(*default_certificate_paths(config))  # fail now, with one line
-    if hook is None:
-        hook = plugin_hook()
-    sets = [[(bind(s, reuse_port=count > 1), s.tls) for s in specs] for _ in range(count)]
-    shown = ", ".join(
-        f"{'https' if s.tls else 'http'}://{_host(s.address)}:{s.port}" for s in specs
-    )
-    log.info("fast server listening on %s with %d worker(s)", shown, count)
-
-    def reload_config() -> Config | None:
-        if not config.source:
-            return config
-        try:
-            return load_config(config.source)
-        except Error as exc:
-            log.error("configuration not reloaded: %s", exc)
-            return None
-
-    if count == 1:
-        return _run_worker(config, sets[0], 0, hook, reload_config, open_store, resumption)
-
-    children: dict[int, int] = {}
-    stopping = gevent.event.Event()
-    handlers: list[Any] = []
-
-    def spawn_child(index: int) -> None:
-        pid = gevent.fork()
-        if pid == 0:
-            for handler in handlers:  # the parent's, inherited by a replacement worker
-                handler.cancel()
-            for i, other in enumerate(sets):
-                if i != index:
-                    for sock, _ in other:
-                        sock.close()
-            code = 1
-            try:
-                code = _run_worker(
-                    config, sets[index], index, hook, reload_config, open_store, resumption
-                )
-            except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
-                log.exception("worker %d failed", index)
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    for i in range(count):
-        spawn_child(i)
-
-    def forward(signum: int) -> None:
-        for pid in list(children):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def on_term() -> None:
-        stopping.set()
-        forward(signal.SIGTERM)
-
-    handlers.append(gevent.signal_handler(signal.SIGTERM, on_term))
-    handlers.append(gevent.signal_handler(signal.SIGINT, on_term))
-    handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: forward(signal.SIGHUP)))
-    for listening in sets:
-        for sock, _ in listening:
-            sock.close()  # the children hold their own
-    status = 0
-    while children:
-        try:
-            pid, code = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        if not stopping.is_set():
-            log.error(
-                "worker %d (pid %d) exited with status %d; starting another", index, pid, code
-            )
-            # The listening sockets were closed here: a replacement binds its own.
-            sets[index] = [(bind(s, reuse_port=True), s.tls) for s in specs]
-            gevent.sleep(0.5)
-            spawn_child(index)
-            for sock, _ in sets[index]:
-                sock.close()
-        elif code:
-            status = 1
-    return status
-
-
-def _run_worker(
-    config: Config,
-    sockets: list[tuple[socket.socket, bool]],
-    index: int,
-    hook: Any,
-    reload_config: Callable[[], Config | None],
-    open_store: Callable[[Config], Any],
-    resumption: bool = True,
-) -> int:
-    store = open_store(config)
-    worker = Worker(config, store, sockets, hook=hook, index=index, resumption=resumption)
-
-    def on_hup() -> None:
-        new = reload_config()
-        if new is not None:
-            worker.reload(new)
-
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(worker.stop))
-    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(worker.stop))
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
-    worker.start()
-    worker.wait()
-    store.close()
-    return 0
-
-
-def _host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
-__all__ = ["Limits", "Listener", "ServerError", "Worker", "bind", "listen_specs", "serve"]
+__all__ = ["Limits", "ListenSpec", "Listener", "ServerError", "Worker", "bind", "listen_specs"]

@@ -28,8 +28,8 @@ def build_app() -> Any:
     from postal_tracking_plugin.config import resolve_path
     from postal_tracking_plugin.store import open_store
 
+    from ._supervisor import plugin_hook
     from .app import create_app
-    from .server import plugin_hook
 
     path, required = resolve_path(None, os.environ)
     config = load_config(path, required=required)

@@ -1,0 +1,176 @@
+"""The fast server's process tree: bind, fork the workers, supervise them.
+
+:func:`serve` binds every socket once per worker (``SO_REUSEPORT``), forks the
+workers (or serves in this process when there is one), forwards SIGTERM and
+SIGHUP to them and replaces a worker that dies. Must run in a gevent-patched
+process: ``python -m postal_tracking_plugin.web`` patches first thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+
+from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.errors import Error
+
+from ._sockets import bind
+from ._sockets import listen_specs
+from .server import Worker
+from .tls import default_certificate_paths
+
+log = logging.getLogger("postal_tracking_plugin.web")
+
+
+def plugin_hook() -> Callable[[dict[str, Any]], None]:
+    """The installed plugins' ``postal_tracking_event``, as the recorder's hook."""
+    from functools import partial
+
+    from postal_tracking_plugin.hooks import get_plugin_manager
+    from postal_tracking_plugin.hooks import notify_tracking_event
+
+    return partial(notify_tracking_event, get_plugin_manager())
+
+
+def default_workers(config: Config) -> int:
+    return config.tracking.workers or os.cpu_count() or 1
+
+
+def serve(
+    config: Config, *, workers: int | None = None, hook: Any = None, resumption: bool = True
+) -> int:
+    """Bind, fork ``workers`` processes (one: serve in this one), run until SIGTERM.
+
+    Must run in a gevent-patched process (``python -m postal_tracking_plugin.web``).
+    """
+    from postal_tracking_plugin.config import load_config
+    from postal_tracking_plugin.store import open_store
+
+    from .tls import context_from_files
+
+    count = workers or default_workers(config)
+    specs = listen_specs(config)
+    context_from_files(*default_certificate_paths(config))  # fail now, with one line
+    if hook is None:
+        hook = plugin_hook()
+    sets = [[(bind(s, reuse_port=count > 1), s.tls) for s in specs] for _ in range(count)]
+    shown = ", ".join(
+        f"{'https' if s.tls else 'http'}://{_host(s.address)}:{s.port}" for s in specs
+    )
+    log.info("fast server listening on %s with %d worker(s)", shown, count)
+
+    def reload_config() -> Config | None:
+        if not config.source:
+            return config
+        try:
+            return load_config(config.source)
+        except Error as exc:
+            log.error("configuration not reloaded: %s", exc)
+            return None
+
+    if count == 1:
+        return _run_worker(config, sets[0], 0, hook, reload_config, open_store, resumption)
+
+    children: dict[int, int] = {}
+    stopping = gevent.event.Event()
+    handlers: list[Any] = []
+
+    def spawn_child(index: int) -> None:
+        pid = gevent.fork()
+        if pid == 0:
+            for handler in handlers:  # the parent's, inherited by a replacement worker
+                handler.cancel()
+            for i, other in enumerate(sets):
+                if i != index:
+                    for sock, _ in other:
+                        sock.close()
+            code = 1
+            try:
+                code = _run_worker(
+                    config, sets[index], index, hook, reload_config, open_store, resumption
+                )
+            except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    for i in range(count):
+        spawn_child(i)
+
+    def forward(signum: int) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_term() -> None:
+        stopping.set()
+        forward(signal.SIGTERM)
+
+    handlers.append(gevent.signal_handler(signal.SIGTERM, on_term))
+    handlers.append(gevent.signal_handler(signal.SIGINT, on_term))
+    handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: forward(signal.SIGHUP)))
+    for listening in sets:
+        for sock, _ in listening:
+            sock.close()  # the children hold their own
+    status = 0
+    while children:
+        try:
+            pid, code = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        if not stopping.is_set():
+            log.error(
+                "worker %d (pid %d) exited with status %d; starting another", index, pid, code
+            )
+            # The listening sockets were closed here: a replacement binds its own.
+            sets[index] = [(bind(s, reuse_port=True), s.tls) for s in specs]
+            gevent.sleep(0.5)
+            spawn_child(index)
+            for sock, _ in sets[index]:
+                sock.close()
+        elif code:
+            status = 1
+    return status
+
+
+def _run_worker(
+    config: Config,
+    sockets: list[tuple[socket.socket, bool]],
+    index: int,
+    hook: Any,
+    reload_config: Callable[[], Config | None],
+    open_store: Callable[[Config], Any],
+    resumption: bool = True,
+) -> int:
+    store = open_store(config)
+    worker = Worker(config, store, sockets, hook=hook, index=index, resumption=resumption)
+
+    def on_hup() -> None:
+        new = reload_config()
+        if new is not None:
+            worker.reload(new)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(worker.stop))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(worker.stop))
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
+    worker.start()
+    worker.wait()
+    store.close()
+    return 0
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
