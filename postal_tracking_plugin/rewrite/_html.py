@@ -74,10 +74,15 @@ def _scanner(vml: bool) -> re.Pattern[str]:
         rf"|<{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+"
         for name in _RAW
     )
+    # Only tags whose first letter starts a name in ``not_text`` need the look-ahead.
+    firsts = "".join(sorted({w[0] for w in (*_TRACKED, *_RAW, "body", "plaintext")}
+                            | ({"v"} if vml else set())))
+    plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in firsts)
+    plain += plain.upper()
     boring = (
         "(?:[^<]++"
-        rf"|<(?!{not_text})[a-zA-Z]{_TAG_REST}>"  # any other start tag
         rf"|</(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # end tag
+        rf"|<(?:[{plain}]|(?!{not_text})[a-zA-Z]){_TAG_REST}>"  # any other start tag
         rf"|<!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
         + rf"|<!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
         r"|<!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
