@@ -17,12 +17,12 @@ import yaml
 
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.events import EventRecorder
-from postal_tracking_plugin.events._webhooks import SIGNATURE_HEADER
-from postal_tracking_plugin.events._webhooks import Refused
+from postal_tracking_plugin.events._webhook_http import Refused
+from postal_tracking_plugin.events._webhook_http import check_address
+from postal_tracking_plugin.events._webhook_payloads import SIGNATURE_HEADER
+from postal_tracking_plugin.events._webhook_payloads import rails_yaml
+from postal_tracking_plugin.events._webhook_payloads import verify
 from postal_tracking_plugin.events._webhooks import WebhookQueue
-from postal_tracking_plugin.events._webhooks import check_address
-from postal_tracking_plugin.events._webhooks import rails_yaml
-from postal_tracking_plugin.events._webhooks import verify
 from postal_tracking_plugin.store import Link
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import random_token

@@ -30,196 +30,35 @@ the next one (``tracking_events.webhooks_queued``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import hmac
 import http.client
-import ipaddress
 import json
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..config import Config
 from ..store import Store
+from ._webhook_http import Refused
+from ._webhook_http import post
+from ._webhook_payloads import SIGNATURE_HEADER
+from ._webhook_payloads import payload_for
+from ._webhook_payloads import rails_yaml
+from ._webhook_payloads import sign
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
 EVENT_NAMES = {"click": "MessageLinkClicked", "open": "MessageLoaded"}
 #: Postal's retry schedule: attempt number -> seconds until the next one.
 RETRIES = {1: 120, 2: 180, 3: 360, 4: 600, 5: 900}
-SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
 _NAMESPACE = uuid.UUID("5d0c1c44-7a8e-4f0e-9f5e-3a6f2f7b9c21")
 _LOCK_SECONDS = 60.0
 #: Finished standalone deliveries are kept this long (for inspection), then deleted.
 KEEP_SECONDS = 7 * 86400
-_TIMEOUT = 5.0
-
-
-class Refused(Exception):
-    """A webhook URL that must not be called (bad scheme, non-global address)."""
-
-
-# -- payloads -------------------------------------------------------------------
-
-
-def spam_status(message: dict[str, Any]) -> str:
-    """Postal's ``spam_status`` of a message row."""
-    if not message.get("inspected"):
-        return "NotChecked"
-    return "Spam" if message.get("spam") else "NotSpam"
-
-
-def message_hash(message: dict[str, Any]) -> dict[str, Any]:
-    """Postal's ``Message#webhook_hash``."""
-    ts = message.get("timestamp")
-    return {
-        "id": int(message["id"]),
-        "token": message.get("token"),
-        "direction": message.get("scope"),
-        "message_id": message.get("message_id"),
-        "to": message.get("rcpt_to"),
-        "from": message.get("mail_from"),
-        "subject": message.get("subject"),
-        "timestamp": float(ts) if ts is not None else None,
-        "spam_status": spam_status(message),
-        "tag": message.get("tag"),
-    }
-
-
-def payload_for(
-    event: dict[str, Any], message: dict[str, Any], link_token: str | None
-) -> dict[str, Any]:
-    """The webhook payload of one event, Postal's keys first."""
-    payload: dict[str, Any] = {"message": message_hash(message)}
-    if event["kind"] == "click":
-        payload["url"] = event.get("url")
-        payload["token"] = link_token
-    payload["ip_address"] = event.get("ip_address")
-    payload["user_agent"] = event.get("user_agent")
-    payload["bot"] = bool(event.get("bot"))
-    payload["bot_reason"] = event.get("bot_reason")
-    return payload
-
-
-def rails_yaml(payload: dict[str, Any]) -> str:
-    """``payload`` as Rails' YAML column coder writes a Ruby Hash with Symbol keys.
-
-    Postal declares ``serialize :payload, Hash`` on ``webhook_requests`` (YAML,
-    Rails 6 defaults), so its workers load this back into the same Hash its own
-    tracking code would have queued.
-    """
-    lines = ["---"]
-    _yaml_lines(payload, 0, lines)
-    return "\n".join(lines) + "\n"
-
-
-def _yaml_lines(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
-    pad = " " * indent
-    for key, value in mapping.items():
-        if isinstance(value, dict) and value:
-            lines.append(f"{pad}:{key}:")
-            _yaml_lines(value, indent + 2, lines)
-        else:
-            lines.append(f"{pad}:{key}: {_yaml_scalar(value)}")
-
-
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "~"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    if isinstance(value, dict):
-        return "{}"
-    text = json.dumps(str(value), ensure_ascii=False)
-    # Escape what YAML does not allow unescaped in a stream (DEL, C1 controls,
-    # U+FFFE/FFFF, a BOM) and what YAML 1.1 folds as a line break inside a
-    # double-quoted scalar (NEL, U+2028, U+2029), which would change the text.
-    return "".join(f"\\u{ord(c):04x}" if c in _YAML_ESCAPE else c for c in text)
-
-
-_YAML_ESCAPE = frozenset(
-    [chr(c) for c in range(0x7F, 0xA0)] + ["\u2028", "\u2029", "\ufeff", "\ufffe", "\uffff"]
-)
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """HMAC-SHA256 hex of ``<timestamp>.<body>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return mac.hexdigest()
-
-
-def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -> bool:
-    """Check a signature header as a receiver would (also a reference for receivers)."""
-    try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        ts = int(fields["t"])
-    except (ValueError, KeyError):
-        return False
-    if abs(time.time() - ts) > tolerance:
-        return False
-    return hmac.compare_digest(sign(secret, ts, body), fields.get("v1", ""))
-
-
-# -- address checks -----------------------------------------------------------
-
-
-def check_address(address: str, allow_private: bool) -> None:
-    """Raise :class:`Refused` for a non-global address unless ``allow_private``."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not allow_private and not ip.is_global:
-        raise Refused(
-            f"{address} is a loopback, link-local or private address; webhooks go there only "
-            f"with tracking.webhooks.allow_private_addresses: true"
-        )
-    if ip.is_multicast or ip.is_unspecified:
-        raise Refused(f"{address} is not a unicast address")
-
-
-def post(url: str, body: bytes, headers: dict[str, str], *, allow_private: bool) -> int:
-    """POST ``body`` to ``url``; return the status code.
-
-    The host is resolved once, every address is checked, and the connection
-    goes to a checked address (so a DNS answer cannot change in between).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Refused(f"{url!r} is not an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve {parts.hostname}: {exc}") from None
-    addresses = [info[4][0] for info in infos]
-    for address in addresses:
-        check_address(address, allow_private)
-    sock = socket.create_connection((addresses[0], port), timeout=_TIMEOUT)
-    try:
-        if parts.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=_TIMEOUT)
-        conn.sock = sock
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read(65536)
-        return int(response.status)
-    finally:
-        sock.close()
 
 
 # -- queueing --------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Webhook payloads as Postal builds them, Rails' YAML for its queue, and our signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
+
+
+def spam_status(message: dict[str, Any]) -> str:
+    """Postal's ``spam_status`` of a message row."""
+    if not message.get("inspected"):
+        return "NotChecked"
+    return "Spam" if message.get("spam") else "NotSpam"
+
+
+def message_hash(message: dict[str, Any]) -> dict[str, Any]:
+    """Postal's ``Message#webhook_hash``."""
+    ts = message.get("timestamp")
+    return {
+        "id": int(message["id"]),
+        "token": message.get("token"),
+        "direction": message.get("scope"),
+        "message_id": message.get("message_id"),
+        "to": message.get("rcpt_to"),
+        "from": message.get("mail_from"),
+        "subject": message.get("subject"),
+        "timestamp": float(ts) if ts is not None else None,
+        "spam_status": spam_status(message),
+        "tag": message.get("tag"),
+    }
+
+
+def payload_for(
+    event: dict[str, Any], message: dict[str, Any], link_token: str | None
+) -> dict[str, Any]:
+    """The webhook payload of one event, Postal's keys first."""
+    payload: dict[str, Any] = {"message": message_hash(message)}
+    if event["kind"] == "click":
+        payload["url"] = event.get("url")
+        payload["token"] = link_token
+    payload["ip_address"] = event.get("ip_address")
+    payload["user_agent"] = event.get("user_agent")
+    payload["bot"] = bool(event.get("bot"))
+    payload["bot_reason"] = event.get("bot_reason")
+    return payload
+
+
+def rails_yaml(payload: dict[str, Any]) -> str:
+    """``payload`` as Rails' YAML column coder writes a Ruby Hash with Symbol keys.
+
+    Postal declares ``serialize :payload, Hash`` on ``webhook_requests`` (YAML,
+    Rails 6 defaults), so its workers load this back into the same Hash its own
+    tracking code would have queued.
+    """
+    lines = ["---"]
+    _yaml_lines(payload, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_lines(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{pad}:{key}:")
+            _yaml_lines(value, indent + 2, lines)
+        else:
+            lines.append(f"{pad}:{key}: {_yaml_scalar(value)}")
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "~"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if isinstance(value, dict):
+        return "{}"
+    text = json.dumps(str(value), ensure_ascii=False)
+    # Escape what YAML does not allow unescaped in a stream (DEL, C1 controls,
+    # U+FFFE/FFFF, a BOM) and what YAML 1.1 folds as a line break inside a
+    # double-quoted scalar (NEL, U+2028, U+2029), which would change the text.
+    return "".join(f"\\u{ord(c):04x}" if c in _YAML_ESCAPE else c for c in text)
+
+
+_YAML_ESCAPE = frozenset(
+    [chr(c) for c in range(0x7F, 0xA0)] + ["\u2028", "\u2029", "\ufeff", "\ufffe", "\uffff"]
+)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 hex of ``<timestamp>.<body>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return mac.hexdigest()
+
+
+def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -> bool:
+    """Check a signature header as a receiver would (also a reference for receivers)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        ts = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(time.time() - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), fields.get("v1", ""))
