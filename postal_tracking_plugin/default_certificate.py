@@ -12,12 +12,6 @@ import datetime as _dt
 import os
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from .config import Config
 
 
@@ -49,7 +43,18 @@ def ensure_default_certificate(config: Config) -> tuple[Path, Path, bool]:
 
 
 def self_signed_certificate(common_name: str, *, days: int = 3650) -> tuple[bytes, bytes]:
-    """A self-signed ECDSA P-256 certificate and its key, as PEM."""
+    """A self-signed ECDSA P-256 certificate and its key, as PEM.
+
+    ``cryptography`` is imported here, not at module level: the fast server's
+    workers read :func:`default_certificate_paths` and should not carry its
+    ~10 MB for a certificate only ``init`` makes.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _dt.datetime.now(_dt.UTC)

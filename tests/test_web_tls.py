@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -161,15 +163,11 @@ def test_old_tls_is_refused_and_counted_in_one_line(
     assert not [r for r in caplog.records if r.exc_info]
 
 
-@pytest.mark.parametrize(
-    "fast_server",
-    [{}, {"default_tls_certificate_path": "tls/c.pem", "default_private_key_path": "/etc/k.pem"}],
-)
-def test_the_server_finds_the_default_certificate_where_init_puts_it(
-    write_config: Any, fast_server: dict[str, str]
-) -> None:
-    from postal_tracking_plugin.default_certificate import default_certificate_paths
-    from postal_tracking_plugin.web import tls
-
-    config = write_config({"fast_server": fast_server, "tracking": {"data_dir": "d"}})
-    assert tls.default_certificate_paths(config) == default_certificate_paths(config)
+def test_fast_server_workers_do_not_import_cryptography() -> None:
+    """The default certificate's paths come from the core without its ~10 MB import."""
+    code = (
+        "import sys, postal_tracking_plugin.web.server, postal_tracking_plugin.web._supervisor;"
+        "assert 'cryptography' not in sys.modules, 'cryptography imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -19,12 +19,12 @@ import gevent
 import gevent.event
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.default_certificate import default_certificate_paths
 from postal_tracking_plugin.errors import Error
 
 from ._sockets import bind
 from ._sockets import listen_specs
 from .server import Worker
-from .tls import default_certificate_paths
 
 log = logging.getLogger("postal_tracking_plugin.web")
 

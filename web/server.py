@@ -32,6 +32,7 @@ import gevent.pool
 from gevent.pywsgi import WSGIServer
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.default_certificate import default_certificate_paths
 from postal_tracking_plugin.errors import Error
 
 from ._handler import AccessLog
@@ -47,7 +48,6 @@ from .app import create_app
 from .app import tracking_state
 from .proxy_protocol import read_header
 from .tls import CertificateContexts
-from .tls import default_certificate_paths
 from .tls import run_every
 
 log = logging.getLogger("postal_tracking_plugin.web")

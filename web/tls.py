@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.errors import Error
 from postal_tracking_plugin.errors import StoreError
 
@@ -33,21 +32,6 @@ log = logging.getLogger(__name__)
 
 #: TLS 1.2 suites: ECDHE key exchange with AES-GCM or ChaCha20 (TLS 1.3 has its own, all modern).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
-
-
-def default_certificate_paths(config: Config) -> tuple[Path, Path]:
-    """(certificate, key) of the default certificate: configured, else ``init``'s pair.
-
-    The same answer as :func:`postal_tracking_plugin.default_certificate.default_certificate_paths`
-    (a test holds them together) without importing that module, whose
-    ``cryptography`` import would cost every worker about 10 MB of memory.
-    """
-    fs = config.fast_server
-    if fs.default_tls_certificate_path and fs.default_private_key_path:
-        return config.path(fs.default_tls_certificate_path), config.path(
-            fs.default_private_key_path
-        )
-    return config.data_dir / "default-cert.pem", config.data_dir / "default-key.pem"
 
 
 class TlsError(Error):
