@@ -63,7 +63,7 @@ class Store(MessageOperations):
     def create_schema(self) -> None:
         """Create the main database's missing tables, and every server's message tables.
 
-        Idempotent; never drops or alters an existing table.
+        Idempotent; never drops or alters Postal's tables (our own may gain an index).
         """
         with self.main(create=True) as db:
             _migrate(db, _schema.MAIN_MIGRATIONS)
@@ -172,7 +172,9 @@ class Store(MessageOperations):
             )
         now = utcnow()
         with self.main() as db:
-            if db.one(_TRACK_DOMAIN_SQL + "WHERE td.name = %s AND d.name = %s", (label, domain_name)):
+            if db.one(
+                _TRACK_DOMAIN_SQL + "WHERE td.name = %s AND d.name = %s", (label, domain_name)
+            ):
                 raise AlreadyExists(f"tracking domain {full_name} exists already")
             domain_id = self.ensure_domain(db, server.id, domain_name)
             db.insert(
@@ -308,7 +310,7 @@ class Store(MessageOperations):
         return found
 
 
-def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table, ...]]) -> None:
+def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, ...]]) -> None:
     for statement in _schema.create_statements(_schema.TRACKING_MIGRATIONS, db.dialect):
         db.execute(statement)
     done = {int(r["version"]) for r in db.query("SELECT version FROM tracking_migrations")}
@@ -316,9 +318,23 @@ def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table, ...]]) -> None:
         if version in done:
             continue
         for table in migrations[version]:
+            if isinstance(table, _schema.Index) and _index_exists(db, table):
+                continue  # made by a run that stopped before recording its version
             for statement in _schema.create_statements(table, db.dialect):
                 db.execute(statement)
         db.execute(
             "INSERT INTO tracking_migrations (version, applied_at) VALUES (%s, %s)",
             (version, utcnow()),
         )
+
+
+def _index_exists(db: Db, index: _schema.Index) -> bool:
+    if db.dialect != "mysql":
+        return False  # SQLite's statement says IF NOT EXISTS
+    return bool(
+        db.query(
+            "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "AND table_name = %s AND index_name = %s LIMIT 1",
+            (index.table, f"{index.table}_{index.name}"),
+        )
+    )
