@@ -125,6 +125,27 @@ def test_create_schema_is_idempotent(store: Store) -> None:
     assert versions and len({v["version"] for v in versions}) == len(versions)
 
 
+def test_bot_check_reads_clicks_through_the_address_and_time_index(store: Store) -> None:
+    server = store.add_server("Main")
+    name = "tracking_events_on_message_kind_ip_time"
+    sql = (
+        "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last FROM tracking_events "
+        "WHERE kind = 'click' AND message_id IN (1, 2) AND timestamp >= 5 "
+        "AND ip_address IN ('192.0.2.1') GROUP BY message_id, ip_address, link_id"
+    )
+    with store.messages(server.id) as db:
+        if db.dialect == "mysql":
+            plan = " ".join(str(r.get("possible_keys")) for r in db.query("EXPLAIN " + sql))
+        else:
+            plan = " ".join(str(r["detail"]) for r in db.query("EXPLAIN QUERY PLAN " + sql))
+        assert name in plan
+        # A run that made the index but stopped before recording its version.
+        db.execute("DELETE FROM tracking_migrations WHERE version = 3")
+    store.create_message_schema(server.id)
+    with store.messages(server.id) as db:
+        assert db.one("SELECT version FROM tracking_migrations WHERE version = 3")
+
+
 def test_transaction_rolls_back_on_error(store: Store) -> None:
     store.add_server("Main")
     with pytest.raises(RuntimeError):
@@ -149,3 +170,12 @@ def test_mysql_reconnects_after_losing_its_connections(store: Store) -> None:
     with pytest.raises(StoreError, match="Lost connection|gone away"):
         store.list_servers()
     assert store.list_servers() == [server]  # a fresh connection
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_mysql_connections_share_one_tls_context(store: Store) -> None:
+    # PyMySQL builds a TLS context (loading the CA store) per connection unless
+    # told otherwise; a stall of the whole event loop on every new connection.
+    with store.main() as main_db, store.messages(store.add_server("Main").id) as message_db:
+        contexts = [db._cursor.connection.ctx for db in (main_db, message_db)]
+    assert contexts[0] is not None and contexts[0] is contexts[1]
