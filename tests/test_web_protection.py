@@ -140,6 +140,22 @@ def test_slow_clients_are_dropped(sqlite_store: tuple[Config, Store]) -> None:
         live.stop()
 
 
+def test_a_body_that_never_arrives_is_cut_off_by_the_io_timeout(
+    sqlite_store: tuple[Config, Store],
+) -> None:
+    live = start(*sqlite_store, io_timeout=0.5)
+    try:
+        with socket.create_connection((live.host, live.http_port), timeout=10) as slow:
+            slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+            data = b""
+            while chunk := slow.recv(4096):  # the server closes it; the client's 10 s do not pass
+                data += chunk
+            assert data == b"" or data.startswith(b"HTTP/1.1 ")
+        assert live.request("GET", "/")[0].status == 200
+    finally:
+        live.stop()
+
+
 def test_proxy_protocol_gives_the_client_address(
     sqlite_store: tuple[Config, Store],
 ) -> None:

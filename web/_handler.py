@@ -17,6 +17,7 @@ server does, so this subclass adds what is missing:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -74,6 +75,10 @@ class IdleTimeout(OSError):
 
 class HeadTimeout(OSError):
     """The request line and headers did not arrive in time."""
+
+
+class ResponseTimeout(OSError):
+    """Reading the request body, the application and sending took too long (closed quietly)."""
 
 
 def _response(status: str, body: bytes = b"") -> bytes:
@@ -160,15 +165,31 @@ class TrackingHandler(WSGIHandler):
     _head_timer: Any = None
     head_length = 0
 
+    ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
+
     def handle(self) -> None:
+        """Serve the connection, every phase under a timer of its own.
+
+        The socket itself has no timeout: gevent would make a new ``Timeout``
+        for every wait on it (4% of a click's CPU). Instead three timers per
+        connection, started and cancelled around each phase, bound the wait
+        for the next request (``idle_timeout``), the request head
+        (``header_timeout``) and everything after it (``io_timeout``: the
+        body, the application, the response).
+        """
         limits = self.server.limits
+        self.socket.settimeout(None)
         self._idle_timer = gevent.Timeout(limits.idle_timeout, IdleTimeout)
         self._head_timer = gevent.Timeout(limits.header_timeout, HeadTimeout)
+        self._io_timer = gevent.Timeout(
+            limits.io_timeout, ResponseTimeout(errno.ETIMEDOUT, "response timed out")
+        )
         try:
             super().handle()
         finally:
             self._idle_timer.close()
             self._head_timer.close()
+            self._io_timer.close()
 
     # -- reading the request ----------------------------------------------------
 
@@ -205,7 +226,19 @@ class TrackingHandler(WSGIHandler):
             self._head_timer.cancel()
         if self.server.draining and result is True:
             return None
+        if isinstance(result, tuple):
+            self._io_timer.start()  # gevent's handle() sends this error answer, then closes
         return result
+
+    def handle_one_response(self) -> None:
+        timer = self._io_timer
+        timer.start()
+        try:
+            super().handle_one_response()
+        finally:
+            if not timer.pending:  # it fired (gevent swallows errors while discarding a body)
+                self.close_connection = True
+            timer.cancel()
 
     def read_request(self, raw_requestline: str) -> bool:
         """gevent's parse for HTTP/1.x requests, without its generic branches.
@@ -421,10 +454,9 @@ class AccessLog:
             pass
 
 
-def tune_socket(sock: socket.socket, io_timeout: float) -> None:
-    """``TCP_NODELAY`` (see the module docstring) and a timeout for every send and receive."""
+def tune_socket(sock: socket.socket) -> None:
+    """``TCP_NODELAY`` (see the module docstring)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
-    sock.settimeout(io_timeout)

@@ -68,7 +68,7 @@ class Limits:
     idle_timeout: float = 15.0  # between keep-alive requests
     header_timeout: float = 10.0  # for the whole request line and headers
     handshake_timeout: float = 10.0  # TLS handshake, PROXY line
-    io_timeout: float = 30.0  # any single send or receive
+    io_timeout: float = 30.0  # request body, application and response, per request
     drain_timeout: float = 10.0  # requests in flight at SIGTERM
 
 
@@ -131,7 +131,7 @@ class Listener(WSGIServer):
     def handle(self, sock: Any, address: Any) -> None:
         worker = self.worker
         self.access_log = worker.access_log
-        tune_socket(sock, self.limits.io_timeout)
+        tune_socket(sock)
         if worker.proxy_protocol:
             header = read_header(sock, self.limits.handshake_timeout)
             if not header:
