@@ -29,9 +29,7 @@ _WS = r"\t\n\f\r "
 _END = rf"(?=[{_WS}/>])"
 # The rest of a tag after its name, up to the ">" that ends it: a quote only
 # opens a value right after "=" (so "it's" in an unquoted value is no quote).
-_TAG_REST = (
-    rf"""[^>"'=]*+(?:(?:=[{_WS}]*+(?:"[^"]*+"|'[^']*+'|[^{_WS}>]*+)|["'])[^>"'=]*+)*+"""
-)
+_TAG_REST = rf"""[^>"'=]*+(?:(?:=[{_WS}]*+(?:"[^"]*+"|'[^']*+'|[^{_WS}>]*+)|["'])[^>"'=]*+)*+"""
 _RAW = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
 _TRACKED = ("a", "area")
 # Comment text up to "-->" or "--!>", unrolled so the engine runs without backtracking.
@@ -58,41 +56,74 @@ def _names(words: tuple[str, ...]) -> str:
     return "(?:" + "|".join(alternatives) + ")"
 
 
+def _not_followed_by(rests: list[str]) -> str:
+    """A look-ahead: none of ``rests`` (the rest of a name; ":" as itself) follows."""
+    alternatives = [
+        ":" if r == ":" else f"{_ci(r)}{_END}" for r in sorted(rests, key=len, reverse=True)
+    ]
+    return "(?!" + "|".join(alternatives) + ")"
+
+
 def _scanner(vml: bool) -> re.Pattern[str]:
     """The tokenizer: a possessive loop over what is copied through, then one token that matters.
 
-    No capture groups inside the loop (CPython 3.11's re mishandles them under
-    possessive repeats), so raw-text elements get one alternative each.
+    Each turn of the loop takes the text up to a "<" and the token it starts.
+    The regex engine pays per turn, per alternative it enters and per
+    look-around, far more than per character, so the common tokens come first,
+    each behind a first character that lets the engine skip it without entering
+    it: end tags and start tags whose attributes are all double-quoted (99% of
+    the corpus) are read without any look-ahead; a start tag's first letter
+    only needs one when it starts a special name (``<a``, ``<body``,
+    ``<style``, ...) and the second letter continues that name, or when the
+    tag is not in the common shape; the general alternatives behind the
+    fast ones keep the rules exact. No capture groups inside the loop (CPython
+    3.11's re mishandles them under possessive repeats), so raw-text elements
+    get one alternative each.
     """
     tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
     stops = tracked if vml else _names((*_TRACKED, "body"))
-    not_text = f"{_names((*_TRACKED, *_RAW, 'body', 'plaintext'))}{_END}"
-    if vml:
-        not_text = f"(?:{not_text}|[vV]:)"
     body_end = "" if vml else f"|/{_ci('body')}{_END}"
-    raw_text = "".join(
-        rf"|<{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+"
-        for name in _RAW
-    )
-    # Only tags whose first letter starts a name in ``not_text`` need the look-ahead.
-    firsts = "".join(sorted({w[0] for w in (*_TRACKED, *_RAW, "body", "plaintext")}
-                            | ({"v"} if vml else set())))
-    plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in firsts)
+    # Names that are not plain start tags, by first letter (VML: "v:" starts one).
+    special: dict[str, list[str]] = {}
+    for word in (*_TRACKED, *_RAW, "body", "plaintext"):
+        special.setdefault(word[0], []).append(word[1:])
+    if vml:
+        special.setdefault("v", []).append(":")
+    plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in special)
     plain += plain.upper()
-    boring = (
-        "(?:[^<]++"
-        rf"|</(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # end tag
-        rf"|<(?:[{plain}]|(?!{not_text})[a-zA-Z]){_TAG_REST}>"  # any other start tag
-        rf"|<!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
-        + rf"|<!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
-        r"|<!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
-        r"|<\?[^>]*+>?"
-        r"|</>|</[^a-zA-Z>][^>]*+>?"
-        + raw_text
-        + rf"|<{_ci('plaintext')}{_END}[\s\S]*+"
-        + rf"|<(?!{stops}{_END}{body_end}|!--\[if)"  # a "<" that is text
-        + ")*+"
+    # A start tag whose attributes are all double-quoted; the general rule is _TAG_REST.
+    fast_rest = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+>"""
+    fast = [rf"[{plain}]{fast_rest}"]
+    general = [f"[{plain}]"]
+    for first, rests in sorted(special.items()):
+        letter = f"[{first}{first.upper()}]"
+        seconds = {r[0] for r in rests if r}
+        seconds = "".join(sorted(seconds | {c.upper() for c in seconds}))
+        if "" in rests:  # the letter is a name itself ("a"): what ends a name ends it too
+            fast.append(rf"""{letter}[^{seconds}{_WS}/>"'=]{fast_rest}""")
+        else:
+            fast.append(rf"""{letter}(?:[^{seconds}>"'=]{fast_rest}|>)""")
+        general.append(letter + _not_followed_by(rests))
+    raw_text = "".join(
+        rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+" for name in _RAW
     )
+    after_lt = (  # what may follow a "<" that is copied through, the common first
+        r"""/[ac-zAC-Z][^>"']*+>|"""  # end tag without quotes (not </b...)
+        + "|".join(fast)
+        + rf"|!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
+        + rf"|!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
+        + r"|!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
+        + "|(?:"
+        + "|".join(general)
+        + rf"){_TAG_REST}>"  # any other start tag
+        + rf"|/(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # any other end tag
+        + r"|\?[^>]*+>?"
+        + r"|/>|/[^a-zA-Z>][^>]*+>?"
+        + raw_text
+        + rf"|{_ci('plaintext')}{_END}[\s\S]*+"
+        + rf"|(?!{stops}{_END}{body_end}|!--\[if)"  # a "<" that is text
+    )
+    boring = rf"(?:[^<]*+<(?:{after_lt}))*+[^<]*+"
     interesting = (
         rf"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
         rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{_TAG_REST})>)"
@@ -127,7 +158,6 @@ _FIRST_HREF = re.compile(
 )
 
 
-
 def rewrite_html(text: str, tracker: Tracker, *, pixel_position: str = "bottom") -> str:
     """``text`` with its tracked links replaced, the pixel inserted if the tracker
     still owes one, and ``http(s)+notrack://`` markers turned back into ``http(s)://``.
@@ -147,7 +177,7 @@ def html_edits(
         pixel = tracker.take_pixel()
         if pixel is not None:
             edits.append((pixel_at, pixel_at, pixel))
-    if _NOTRACK_FIND.search(text) is not None:
+    if _has_notrack(text):
         taken = [(s, e) for s, e, _ in edits if e > s]
         for m in _NOTRACK_ANY.finditer(text):
             marker = (m.end(1), m.end() - 3)  # the "+notrack" between scheme and "://"
@@ -155,6 +185,16 @@ def html_edits(
                 edits.append((*marker, ""))
     edits.sort(key=lambda e: (e[0], e[1]))
     return edits
+
+
+def _has_notrack(text: str) -> bool:
+    """Whether ``text`` holds a ``+notrack://`` marker: str.find runs far faster than re's search."""
+    at = text.find("+")
+    while at != -1:
+        if _NOTRACK_FIND.match(text, at) is not None:
+            return True
+        at = text.find("+", at + 1)
+    return False
 
 
 def apply_text_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
