@@ -27,11 +27,16 @@ class Table:
 
 @dataclass(frozen=True)
 class Index:
-    """An index added to a table that earlier migrations created."""
+    """An index added to a table that earlier migrations created (or, with ``drop``, removed)."""
 
     table: str
     name: str
-    columns: str
+    columns: str = ""
+    drop: bool = False
+
+    def name_in(self, dialect: str) -> str:
+        """Its name in the database: MySQL names indexes per table, SQLite per schema."""
+        return self.name if dialect == "mysql" else f"{self.table}_{self.name}"
 
 
 _V = "varchar(255) DEFAULT NULL"
@@ -407,13 +412,15 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
     2: (TRACKING_EVENTS,),
     # The all-links-at-once check reads one address's clicks on a message in the
     # last few seconds: without the address and the time in the index it read
-    # every click the message ever had, a cost that grew with the table.
+    # every click the message ever had, a cost that grew with the table. The
+    # new index starts with (message_id, kind), so that one goes.
     3: (
         Index(
             "tracking_events",
             "on_message_kind_ip_time",
             "`message_id`, `kind`, `ip_address`, `timestamp`",
         ),
+        Index("tracking_events", "on_message_kind", drop=True),
     ),
 }
 
@@ -421,8 +428,8 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
 def create_statements(table: Table | Index, dialect: str) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``.
 
-    An :class:`Index` on MySQL is created by :func:`create_index_statement`
-    only when missing (MySQL 8 has no ``CREATE INDEX IF NOT EXISTS``).
+    On MySQL, which has no ``CREATE INDEX IF NOT EXISTS``, the migration
+    checks whether an :class:`Index` is there before running its statement.
     """
     if isinstance(table, Index):
         return [create_index_statement(table, dialect)]
@@ -455,9 +462,13 @@ def create_statements(table: Table | Index, dialect: str) -> list[str]:
 
 
 def create_index_statement(index: Index, dialect: str) -> str:
-    name = f"{index.table}_{index.name}"
+    name = index.name_in(dialect)
     if dialect == "mysql":
+        if index.drop:
+            return f"DROP INDEX `{name}` ON `{index.table}`"
         return f"CREATE INDEX `{name}` ON `{index.table}` ({index.columns})"
+    if index.drop:
+        return f"DROP INDEX IF EXISTS `{name}`"
     columns = ", ".join(_strip_prefix_length(c) for c in index.columns.split(","))
     return f"CREATE INDEX IF NOT EXISTS `{name}` ON `{index.table}` ({columns})"
 

@@ -318,8 +318,8 @@ def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, 
         if version in done:
             continue
         for table in migrations[version]:
-            if isinstance(table, _schema.Index) and _index_exists(db, table):
-                continue  # made by a run that stopped before recording its version
+            if isinstance(table, _schema.Index) and _index_done(db, table):
+                continue  # done by a run that stopped before recording its version
             for statement in _schema.create_statements(table, db.dialect):
                 db.execute(statement)
         db.execute(
@@ -328,13 +328,15 @@ def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, 
         )
 
 
-def _index_exists(db: Db, index: _schema.Index) -> bool:
+def _index_done(db: Db, index: _schema.Index) -> bool:
+    """Whether the index is already made (or dropped); SQLite's statements check themselves."""
     if db.dialect != "mysql":
-        return False  # SQLite's statement says IF NOT EXISTS
-    return bool(
+        return False
+    exists = bool(
         db.query(
             "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
             "AND table_name = %s AND index_name = %s LIMIT 1",
-            (index.table, f"{index.table}_{index.name}"),
+            (index.table, index.name_in(db.dialect)),
         )
     )
+    return exists != index.drop
