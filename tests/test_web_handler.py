@@ -23,7 +23,33 @@ from postal_tracking_plugin.web.server import Stats
 VARYING = {"REMOTE_PORT", "SERVER_PORT", "wsgi.input", "wsgi.errors", "wsgi.file_wrapper"}
 
 
+RESPONSES: dict[str, tuple[str, list[tuple[str, str]], bytes]] = {
+    "/plain": ("200 OK", [("Content-Type", "text/plain"), ("X-A", "1")], b"ok"),
+    "/sized": (
+        "307 Temporary Redirect",
+        [("Location", "https://e.example/x"), ("Content-Length", "0")],
+        b"",
+    ),
+    "/dated": ("200 OK", [("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("X-Len", "2")], b"ok"),
+    "/closing": ("200 OK", [("Connection", "close"), ("X-Len", "2")], b"ok"),
+    "/latin": ("200 OK", [("X-Name", "caf\u00e9")], b"ok"),
+    "/bad-value": ("200 OK", [("X-Bad", "a\r\nSet-Cookie: x=1")], b"ok"),
+    "/bad-name": ("200 OK", [("X-Bad\n", "a")], b"ok"),
+    "/not-latin": ("200 OK", [("X-Name", "\u20ac")], b"ok"),
+    "/bad-status": ("20x OK", [], b"ok"),
+    "/no-content": ("204 No Content", [("Content-Length", "5")], b""),
+}
+
+
+def respond(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    status, headers, body = RESPONSES[environ["PATH_INFO"]]
+    start_response(status, list(headers))
+    return [body] if body else []
+
+
 def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    if environ["PATH_INFO"] in RESPONSES:
+        return respond(environ, start_response)
     has_body = environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
     body = environ["wsgi.input"].read() if has_body else b""  # an upgrade's input never ends
     seen = {
@@ -131,3 +157,29 @@ def test_keep_alive_requests_each_get_their_own_environ(servers: Any) -> None:
     assert answers[0]["HTTP_X_FORWARDED_FOR"] == "192.0.2.9"
     assert answers[1]["PATH_INFO"] == "/two" and answers[1]["QUERY_STRING"] == ""
     assert "HTTP_X_FORWARDED_FOR" not in answers[1]
+
+
+def response_of(port: int, path: str, version: str = "HTTP/1.1") -> tuple[str, list[str], bytes]:
+    """Status line, header lines (without Date and Connection) and body of one request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} {version}\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    kept = sorted(
+        line for line in lines if line.split(":")[0].lower() not in ("date", "connection")
+    )
+    return status, kept, body
+
+
+@pytest.mark.parametrize("path", sorted(RESPONSES))
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_responses_are_the_ones_gevent_sends(servers: Any, path: str, version: str) -> None:
+    stock = response_of(servers.stock, path, version)
+    ours = response_of(servers.ours, path, version)
+    assert ours == stock
+    bad = path.startswith(("/bad", "/not-latin", "/no-content"))
+    expected = "500" if bad else "307" if path == "/sized" else "200"
+    assert stock[0].split(" ")[1] == expected  # the oracle did what the case is about

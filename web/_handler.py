@@ -343,7 +343,10 @@ class TrackingHandler(WSGIHandler):
     # -- writing the response ---------------------------------------------------
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
-        write = super().start_response(status, headers, exc_info)
+        if exc_info is None and type(status) is str and self._start(status, headers):
+            write = self.write
+        else:  # gevent's, which raises the right error for a bad status or header
+            write = super().start_response(status, headers, exc_info)
         if self.close_connection or self.server.draining:
             if self.request_version == "HTTP/1.1" and not any(
                 k.lower() == b"connection" for k, _ in self.response_headers
@@ -351,6 +354,53 @@ class TrackingHandler(WSGIHandler):
                 self.response_headers.append((b"Connection", b"close"))
             self.close_connection = True
         return write
+
+    def _start(self, status: str, headers: Any) -> bool:
+        """gevent's ``start_response`` in one pass over the headers, with the same checks.
+
+        Returns False, having changed nothing, when a check fails: gevent's
+        own code then raises its error.
+        """
+        encoded = []
+        connection = date = length = None
+        try:
+            for name, value in headers:
+                if (
+                    type(name) is not str
+                    or type(value) is not str
+                    or "\r" in name
+                    or "\n" in name
+                    or "\r" in value
+                    or "\n" in value
+                ):
+                    return False
+                encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+                lower = name.lower()
+                if lower == "connection":
+                    connection = value
+                elif lower == "date":
+                    date = value
+                elif lower == "content-length":
+                    length = value
+            if "\r" in status or "\n" in status:
+                return False
+            code = int(status.split(" ", 1)[0])
+            status_bytes = status.encode("latin-1")
+        except (UnicodeEncodeError, ValueError):
+            return False
+        if code in (304, 204) and length is not None and length != "0":
+            return False
+        self.status = status_bytes
+        self._orig_status = status
+        self.response_headers = encoded
+        self.code = code
+        self.provided_date = date
+        self.provided_content_length = length
+        if self.request_version == "HTTP/1.0" and connection is None:
+            encoded.append((b"Connection", b"close" if self.close_connection else b"keep-alive"))
+        elif connection == "close":
+            self.close_connection = True
+        return True
 
     def finalize_headers(self) -> None:
         if self.provided_date is None:
