@@ -239,3 +239,38 @@ def test_all_links_at_once_flags_the_burst_even_across_batches(
     # Flags, never filters: every click is in Postal's table.
     with store.messages(msg["server"].id, readonly=True) as db:
         assert db.one("SELECT COUNT(*) AS n FROM clicks")["n"] == 6
+
+
+def test_a_burst_of_clicks_flagged_otherwise_still_reflags_the_earlier_ones(
+    store: Store, recorder_for: Any
+) -> None:
+    t0 = time.time()
+    msg = _message(store, sent_at=t0 - 86400, links=4)
+    rec = recorder_for(all_links_window=3.0, all_links_count=3)
+    first = _click(rec, msg, 0, "192.0.2.9", t0)
+    assert rec.flush(10)
+    # The rest of the burst comes with a scanner's agent: flagged by that rule
+    # already, the batch must still re-flag the earlier, unflagged click.
+    rest = [
+        rec.click(
+            server_id=msg["server"].id,
+            server_token=msg["server"].token,
+            message_id=msg["id"],
+            link_id=msg["links"][i]["id"],
+            url=msg["links"][i]["url"],
+            ip_address="192.0.2.9",
+            user_agent="curl/8.5.0",
+            timestamp=t0 + 0.5 + i * 0.1,
+        )
+        for i in (1, 2)
+    ]
+    assert rec.flush(10)
+    flags = _flags(store, msg["server"].id)
+    assert flags[first] == (1, "all-links-at-once")
+    assert [flags[e] for e in rest] == [(1, "scanner-user-agent")] * 2
+    # Another address clicking two links only: no burst, nothing flagged.
+    person = [_click(rec, msg, i, "203.0.113.5", t0 + 1 + i) for i in (0, 1)]
+    assert rec.flush(10)
+    flags = _flags(store, msg["server"].id)
+    assert [flags[e] for e in person] == [(0, None)] * 2
+    assert flags[first] == (1, "all-links-at-once")

@@ -184,36 +184,41 @@ class Flagger:
         )
 
     def __call__(self, db: Any, events: list[dict[str, Any]]) -> None:
+        classify = self.rules.classify
         for event in events:
-            reason = self.rules.classify(
-                event.get("method"), event.get("ip_address"), event.get("user_agent")
+            _set(
+                event,
+                classify(event.get("method"), event.get("ip_address"), event.get("user_agent")),
             )
-            _set(event, reason)
-        message_ids = sorted({e["message_id"] for e in events if e.get("message_id") is not None})
-        if not message_ids:
-            return
-        messages = {
-            int(r["id"]): r
-            for r in _in_query(
-                db,
-                "SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({})",
-                message_ids,
-            )
-        }
+        # ``messages`` rows are read only for the events whose flag depends on them:
+        # the unflagged ones (too fast?) and the bursts that could change something.
+        messages: dict[int, Any] = {}
+        fetched: set[Any] = set()
         if self.too_fast_seconds > 0:
-            for event in events:
-                if event["bot_reason"] is not None:
-                    continue
+            pending = [
+                e for e in events if e["bot_reason"] is None and e.get("message_id") is not None
+            ]
+            _load_messages(db, messages, fetched, [e["message_id"] for e in pending])
+            for event in pending:
                 message = messages.get(event.get("message_id") or -1)
                 if message is None or message["timestamp"] is None:
                     continue
                 age = float(event["timestamp"]) - float(message["timestamp"])
                 if age < self.too_fast_seconds:
                     _set(event, "too-fast-after-send")
-        self._all_links_at_once(db, events, messages)
+        self._all_links_at_once(db, events, messages, fetched)
+
+    def _need(self, message: Any) -> int:
+        """Different links that make a burst: ``all_links_count``, or all of a smaller message's."""
+        tracked = int(message["tracked_links"] or 0) if message else 0
+        return self.all_links_count if tracked < 2 else min(self.all_links_count, tracked)
 
     def _all_links_at_once(
-        self, db: Any, events: list[dict[str, Any]], messages: dict[int, Any]
+        self,
+        db: Any,
+        events: list[dict[str, Any]],
+        messages: dict[int, Any],
+        fetched: set[Any],
     ) -> None:
         clicks = [
             e
@@ -223,10 +228,39 @@ class Flagger:
         if not clicks:
             return
         window = self.all_links_window
-        wanted = {(int(e["message_id"]), e.get("ip_address") or "") for e in clicks}
+        batch: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for e in clicks:
+            batch.setdefault((int(e["message_id"]), e.get("ip_address") or ""), []).append(e)
         earliest = min(float(e["timestamp"]) for e in clicks) - window
-        ids = sorted({e["message_id"] for e in clicks})
-        ips = sorted({ip for _m, ip in wanted})
+        ips = sorted({ip for _m, ip in batch})
+        ip_list = ", ".join(["%s"] * len(ips))
+        # First a summary per message of what is already recorded: one row a
+        # message, not one per (message, address, link). A (message, address)
+        # whose burst can change nothing is left out of the detailed query: no
+        # unflagged click of this batch and none recorded before, or fewer
+        # different links in all than a burst needs.
+        summary = {
+            int(r["message_id"]): (int(r["links"]), not int(r["min_bot"] or 0))
+            for r in _in_query(
+                db,
+                "SELECT message_id, COUNT(DISTINCT COALESCE(link_id, 0)) AS links, "
+                "MIN(bot) AS min_bot FROM tracking_events WHERE kind = 'click' "
+                f"AND message_id IN ({{}}) AND timestamp >= %s AND ip_address IN ({ip_list}) "
+                "GROUP BY message_id",
+                sorted({e["message_id"] for e in clicks}),
+                (earliest, *ips),
+            )
+        }
+        open_keys = []
+        for key, mine in batch.items():
+            links_before, unflagged_before = summary.get(key[0], (0, False))
+            if unflagged_before or not all(e["bot"] for e in mine):
+                open_keys.append((key, links_before + len({int(e["link_id"]) for e in mine})))
+        _load_messages(db, messages, fetched, sorted({key[0] for key, _n in open_keys}))
+        wanted = {key for key, most in open_keys if most >= self._need(messages.get(key[0]))}
+        if not wanted:
+            return
+        wanted_ips = sorted({ip for _m, ip in wanted})
         # One row per (message, address, link) already recorded, with its last
         # time: bounded by the links of a message, however hard one address
         # hammers them (which is what this check is for).
@@ -234,10 +268,10 @@ class Flagger:
             db,
             "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last, MIN(bot) AS min_bot "
             "FROM tracking_events WHERE kind = 'click' AND message_id IN ({}) "
-            f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(ips))}) "
+            f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(wanted_ips))}) "
             "GROUP BY message_id, ip_address, link_id",
-            ids,
-            (earliest, *ips),
+            sorted({m for m, _ip in wanted}),
+            (earliest, *wanted_ips),
         )
         # Items: (time, link id, event of this batch or None, an earlier row unflagged).
         groups: dict[tuple[int, str], list[tuple[float, int, dict[str, Any] | None, bool]]] = {}
@@ -249,11 +283,12 @@ class Flagger:
                 )
         for e in clicks:
             key = (int(e["message_id"]), e.get("ip_address") or "")
-            groups.setdefault(key, []).append((float(e["timestamp"]), int(e["link_id"]), e, False))
+            if key in wanted:
+                groups.setdefault(key, []).append(
+                    (float(e["timestamp"]), int(e["link_id"]), e, False)
+                )
         for (message_id, ip), items in groups.items():
-            message = messages.get(message_id)
-            tracked = int(message["tracked_links"] or 0) if message else 0
-            need = self.all_links_count if tracked < 2 else min(self.all_links_count, tracked)
+            need = self._need(messages.get(message_id))
             items.sort(key=lambda item: item[0])
             flagged = _in_bursts([(t, link) for t, link, _e, _u in items], window, need)
             reflag_from: float | None = None
@@ -310,6 +345,20 @@ def _set(event: dict[str, Any], reason: str | None, *, force: bool = False) -> N
     if force or not event.get("bot_reason"):
         event["bot_reason"] = reason
         event["bot"] = is_bot_reason(reason)
+
+
+def _load_messages(
+    db: Any, messages: dict[int, Any], fetched: set[Any], ids: Iterable[Any]
+) -> None:
+    """Add the ``messages`` rows (id, timestamp, tracked_links) of ``ids`` not read yet."""
+    missing = sorted({m for m in ids if m not in fetched})
+    if not missing:
+        return
+    fetched.update(missing)
+    for r in _in_query(
+        db, "SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({})", missing
+    ):
+        messages[int(r["id"])] = r
 
 
 def _in_query(db: Any, sql: str, values: Sequence[Any], extra: Iterable[Any] = ()) -> list[Any]:
