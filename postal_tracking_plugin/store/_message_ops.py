@@ -6,6 +6,7 @@ A mixin of :class:`~postal_tracking_plugin.store._store.Store`: it needs only
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -16,6 +17,25 @@ from ._db import Db
 from ._db import Row
 from ._models import Link
 from ._tokens import url_hash
+
+#: Rows per INSERT and messages per UPDATE statement. Building, escaping and
+#: sending a statement (PyMySQL is pure Python) runs in one stretch of the
+#: gevent hub's thread, between two waits on the socket: smaller statements
+#: keep that stretch, and so the requests' wait, short.
+ROWS_PER_STATEMENT = 100
+
+
+def cooperate() -> None:
+    """Let other greenlets run for a moment, between two steps of the event writer.
+
+    Under gevent's monkey-patching ``time.sleep(0)`` yields to the hub; in a
+    native thread without a hub (gevent's thread pool, where SQLite writes
+    run) it is skipped, since the interpreter switches threads by itself.
+    """
+    hub_local = sys.modules.get("gevent._hub_local")
+    if hub_local is not None and hub_local.get_hub_if_exists() is None:
+        return
+    time.sleep(0)
 
 
 class MessageOperations:
@@ -43,7 +63,10 @@ class MessageOperations:
             db.executemany(
                 "INSERT INTO links (message_id, token, hash, url, timestamp) "
                 "VALUES (%s, %s, %s, %s, %s)",
-                [(message_id, link.token, url_hash(link.url), link.url, timestamp) for link in links],
+                [
+                    (message_id, link.token, url_hash(link.url), link.url, timestamp)
+                    for link in links
+                ],
             )
         return message_id
 
@@ -127,33 +150,34 @@ class MessageOperations:
                 event.setdefault("bot_reason", None)
             if flag is not None:
                 flag(db, fresh)
-            counted = [e for e in fresh if (e.get("method") or "GET").upper() != "HEAD"]
-            _insert_clicks(
-                db,
-                [
-                    (e["message_id"], e["link_id"], e["ip_address"], e["user_agent"], e["timestamp"])
-                    for e in counted
-                    if e["kind"] == "click"
-                ],
-            )
-            _insert_loads(
-                db,
-                [
-                    (e["message_id"], e["ip_address"], e["user_agent"], e["timestamp"])
-                    for e in counted
-                    if e["kind"] == "open" and e["message_id"] is not None
-                ],
-            )
+                cooperate()
+            clicks = []
+            loads = []
+            tracked = []
             now = time.time()
-            db.executemany(
-                "INSERT INTO tracking_events (event_id, kind, method, message_id, link_id, "
-                "ip_address, user_agent, timestamp, bot, reason, counted, webhooks_queued, "
-                "recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
+            for e in fresh:
+                method = (e.get("method") or "GET").upper()
+                counted = method != "HEAD"
+                if counted:
+                    if e["kind"] == "click":
+                        clicks.append(
+                            (
+                                e["message_id"],
+                                e["link_id"],
+                                e["ip_address"],
+                                e["user_agent"],
+                                e["timestamp"],
+                            )
+                        )
+                    elif e["kind"] == "open" and e["message_id"] is not None:
+                        loads.append(
+                            (e["message_id"], e["ip_address"], e["user_agent"], e["timestamp"])
+                        )
+                tracked.append(
                     (
                         e["event_id"],
                         e["kind"],
-                        (e.get("method") or "GET").upper()[:8],
+                        method[:8],
                         e["message_id"],
                         e.get("link_id"),
                         e["ip_address"],
@@ -161,12 +185,19 @@ class MessageOperations:
                         e["timestamp"],
                         int(bool(e["bot"])),
                         e["bot_reason"],
-                        int((e.get("method") or "GET").upper() != "HEAD"),
-                        int(not webhooks_pending or (e.get("method") or "GET").upper() == "HEAD"),
+                        int(counted),
+                        int(not webhooks_pending or not counted),
                         now,
                     )
-                    for e in fresh
-                ],
+                )
+            _insert_clicks(db, clicks)
+            _insert_loads(db, loads)
+            _insert_rows(
+                db,
+                "INSERT INTO tracking_events (event_id, kind, method, message_id, link_id, "
+                "ip_address, user_agent, timestamp, bot, reason, counted, webhooks_queued, "
+                "recorded_at) VALUES",
+                tracked,
             )
         return fresh
 
@@ -179,9 +210,9 @@ def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
     for message_id, _link, _ip, _ua, ts in clicks:
         if message_id is not None:
             latest[message_id] = max(ts, latest.get(message_id, ts))
-    db.executemany(
-        "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) "
-        "VALUES (%s, %s, %s, %s, %s)",
+    _insert_rows(
+        db,
+        "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) VALUES",
         [(m, li, ip, (ua or "")[:255], ts) for m, li, ip, ua, ts in clicks],
     )
     _set_message_times(db, "clicked", latest, only_if="`clicked` IS NULL OR `clicked` < {new}")
@@ -194,28 +225,98 @@ def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
     first: dict[int, float] = {}
     for message_id, _ip, _ua, ts in loads:
         first[message_id] = min(ts, first.get(message_id, ts))
-    db.executemany(
-        "INSERT INTO loads (message_id, ip_address, user_agent, timestamp) "
-        "VALUES (%s, %s, %s, %s)",
+    _insert_rows(
+        db,
+        "INSERT INTO loads (message_id, ip_address, user_agent, timestamp) VALUES",
         [(m, ip, (ua or "")[:255], ts) for m, ip, ua, ts in loads],
     )
     _set_message_times(db, "loaded", first, only_if="`loaded` IS NULL")
 
 
 def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if: str) -> None:
-    """``messages.<column>`` of many messages in one statement per 500, not one per message.
+    """``messages.<column>`` of many messages in one statement per 100, not one per message.
 
     ``only_if`` is the condition (``{new}`` stands for the new value) under
     which a row's value is replaced, as Postal's rules say.
     """
     items = sorted(times.items())
-    for start in range(0, len(items), 500):
-        chunk = items[start : start + 500]
-        new = "(CASE `id` " + "WHEN %s THEN %s " * len(chunk) + "END)"
-        params: list[Any] = [v for pair in chunk for v in pair]
+    inline = db.dialect == "mysql"
+    for start in range(0, len(items), ROWS_PER_STATEMENT):
+        chunk = items[start : start + ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        new = (
+            "(CASE `id` "
+            + "".join(
+                f"WHEN {_value(m, params, inline)} THEN {_value(t, params, inline)} "
+                for m, t in chunk
+            )
+            + "END)"
+        )
+        id_params: list[Any] = []
+        id_list = ", ".join([_value(m, id_params, inline) for m, _ in chunk])
         condition = only_if.format(new=new)
         db.execute(
             f"UPDATE messages SET `{column}` = CASE WHEN {condition} THEN {new} "
-            f"ELSE `{column}` END WHERE `id` IN ({', '.join(['%s'] * len(chunk))})",
-            [*(params * condition.count("CASE")), *params, *(m for m, _ in chunk)],
+            f"ELSE `{column}` END WHERE `id` IN ({id_list})",
+            [*(params * condition.count("CASE")), *params, *id_params],
         )
+        cooperate()
+
+
+def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head`` (``INSERT INTO t (columns) VALUES``) for ``rows``, 100 rows a statement.
+
+    On MySQL numbers and NULLs are written into the statement as PyMySQL
+    writes them, and only the other values go through its escaping: its
+    dispatch per value was most of the cost of a batch. SQLite binds them all.
+    """
+    if not rows:
+        return
+    if db.dialect != "mysql":
+        db.executemany(f"{head} ({', '.join(['%s'] * len(rows[0]))})", rows)
+        return
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        params: list[Any] = []
+        bind = params.append
+        values = []
+        for row in rows[start : start + ROWS_PER_STATEMENT]:
+            texts = []
+            put = texts.append
+            for value in row:
+                kind = type(value)
+                if kind is int:
+                    put(str(value))
+                elif kind is float and (text := _float_repr(value)) not in _NOT_FINITE:
+                    put(text if "e" in text else text + "e0")
+                elif value is None:
+                    put("NULL")
+                else:
+                    bind(value)
+                    put("%s")
+            values.append("(" + ", ".join(texts) + ")")
+        db.execute(f"{head} {', '.join(values)}", params)
+        cooperate()
+
+
+_float_repr = float.__repr__
+_NOT_FINITE = frozenset(("inf", "-inf", "nan"))
+
+
+def _value(value: Any, params: list[Any], inline: bool) -> str:
+    """``value`` written into the statement (an int, a finite float or None, on
+    MySQL: the text PyMySQL would send), or ``%s`` with ``value`` added to ``params``.
+
+    :func:`_insert_rows` has the same rules written out in its loop.
+    """
+    if inline:
+        kind = type(value)
+        if kind is int:
+            return str(value)
+        if kind is float:
+            text = _float_repr(value)
+            if text not in _NOT_FINITE:
+                return text if "e" in text else text + "e0"
+        elif value is None:
+            return "NULL"
+    params.append(value)
+    return "%s"
