@@ -45,10 +45,13 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
+from ..store._message_ops import cooperate
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Events classified, and values in an ``IN`` list, between two yields to the hub.
+_STEP = 100
 
 
 def is_bot_reason(reason: str | None) -> bool:
@@ -63,6 +66,7 @@ class Rules:
     user_agents: tuple[tuple[str, re.Pattern[str]], ...]
     networks: tuple[tuple[_Net, str], ...]
     _ua_cache: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+    _ip_cache: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(
@@ -109,6 +113,16 @@ class Rules:
     def network_reason(self, ip: str | None) -> str | None:
         if not ip:
             return None
+        cache = self._ip_cache
+        if ip in cache:
+            return cache[ip]
+        found = self._network_reason(ip)
+        if len(cache) >= 4096:  # a batch's events come from far fewer addresses
+            cache.clear()
+        cache[ip] = found
+        return found
+
+    def _network_reason(self, ip: str) -> str | None:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
@@ -185,11 +199,14 @@ class Flagger:
 
     def __call__(self, db: Any, events: list[dict[str, Any]]) -> None:
         classify = self.rules.classify
-        for event in events:
+        for i, event in enumerate(events):
+            if i and not i % _STEP:
+                cooperate()
             _set(
                 event,
                 classify(event.get("method"), event.get("ip_address"), event.get("user_agent")),
             )
+        cooperate()
         # ``messages`` rows are read only for the events whose flag depends on them:
         # the unflagged ones (too fast?) and the bursts that could change something.
         messages: dict[int, Any] = {}
@@ -206,6 +223,7 @@ class Flagger:
                 age = float(event["timestamp"]) - float(message["timestamp"])
                 if age < self.too_fast_seconds:
                     _set(event, "too-fast-after-send")
+            cooperate()
         self._all_links_at_once(db, events, messages, fetched)
 
     def _need(self, message: Any) -> int:
@@ -362,10 +380,17 @@ def _load_messages(
 
 
 def _in_query(db: Any, sql: str, values: Sequence[Any], extra: Iterable[Any] = ()) -> list[Any]:
+    """Rows of ``sql`` for ``values`` in its ``IN ({})``, 100 values a query.
+
+    PyMySQL parses a result in one stretch of the hub's thread: smaller
+    results, with a yield between them, keep the requests going.
+    """
     rows: list[Any] = []
     extra = tuple(extra)
-    for start in range(0, len(values), 500):
-        chunk = list(values[start : start + 500])
+    for start in range(0, len(values), _STEP):
+        if start:
+            cooperate()
+        chunk = list(values[start : start + _STEP])
         rows += db.query(sql.format(", ".join(["%s"] * len(chunk))), (*chunk, *extra))
     return rows
 
