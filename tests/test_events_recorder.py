@@ -193,6 +193,31 @@ def test_many_events_are_batched_in_order(
     assert rec.writer.written == 1200
 
 
+def test_a_batch_is_read_in_steps_and_written_whole(
+    store: Store, config: Config, message: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer parses the spool 100 lines at a time (yielding between), but
+    writes up to ``batch_size`` events in one transaction, in order, once."""
+    rec = EventRecorder(config, store, webhooks=False)
+    assert rec.writer.batch_size == 500
+    for i in range(1234):
+        _click(rec, message, i=i % 3, timestamp=1e9 + i)
+    sizes: list[int] = []
+    real = store.record_events
+
+    def spy(server_id: int, batch: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(batch))
+        return real(server_id, batch, *args, **kwargs)
+
+    monkeypatch.setattr(store, "record_events", spy)
+    rec.start()
+    assert rec.flush(30)
+    assert sizes == [500, 500, 234]
+    assert rec.stop(10)
+    rows = _rows(store, message["server"].id, "SELECT timestamp FROM tracking_events")
+    assert sorted(float(r["timestamp"]) for r in rows) == [1e9 + i for i in range(1234)]
+
+
 def test_click_never_raises_and_spool_bound_drops_loudly(
     store: Store, backend_config: Config, tmp_path: Path, message: dict[str, Any], caplog: Any
 ) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import Config
 from ..store import Store
+from ..store._message_ops import cooperate
 from ._bots import Flagger
 from ._spool import Spool
 from ._spool import fork_generation
@@ -52,6 +53,8 @@ EVENT_KEYS = (
 )
 
 _WARN_FRACTION = 0.8
+#: Events queued for webhooks, and messages read, at a time.
+_ANNOUNCE_CHUNK = 100
 _LOG_EVERY = 10.0
 
 
@@ -325,8 +328,15 @@ class EventRecorder:
             if event.get("message_token") is None and message is not None:
                 event["message_token"] = message.get("token")
         if self._webhooks is not None:
+            # A hundred events at a time, with a yield between: building the
+            # payloads of a whole batch would hold gevent's hub for milliseconds.
             try:
-                self._webhooks.queue(server_id, events, messages)
+                for start in range(0, len(events), _ANNOUNCE_CHUNK):
+                    if start:
+                        cooperate()
+                    self._webhooks.queue(
+                        server_id, events[start : start + _ANNOUNCE_CHUNK], messages
+                    )
             except Exception as exc:  # noqa: BLE001 - queued later by the catch-up
                 self._webhooks_behind = True
                 log.warning("could not queue webhooks now (%s); they are queued later", exc)
@@ -363,8 +373,9 @@ def load_messages(store: Store, server_id: int, events: list[dict[str, Any]]) ->
     if not ids:
         return rows
     with store.messages(server_id, readonly=True) as db:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        # 100 rows a query: PyMySQL parses a result in one stretch of the hub's thread.
+        for start in range(0, len(ids), _ANNOUNCE_CHUNK):
+            chunk = ids[start : start + _ANNOUNCE_CHUNK]
             for row in db.query(
                 "SELECT id, token, scope, rcpt_to, mail_from, subject, message_id, timestamp, "
                 "inspected, spam, spam_score, tag FROM messages "

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..store import Store
+from ..store._message_ops import cooperate
 from ._spool import Spool
 from ._spool import Stream
 
@@ -30,6 +31,8 @@ log = logging.getLogger("postal_tracking_plugin.events")
 
 #: Attempts of a batch, while the store answers pings, before it is set aside.
 POISON_ATTEMPTS = 5
+#: Events read from the spool at a time, with a yield between the reads.
+READ_STEP = 100
 
 Recorded = Callable[[int, list[dict[str, Any]]], None]
 
@@ -102,13 +105,14 @@ class Writer:
     def _drain_once(self) -> bool:
         """Write one batch from the first stream that has events; False when all are idle."""
         for stream in list(self.spool.streams()):
-            events, pos, nbytes = stream.read(self.batch_size)
+            events, pos, nbytes = self._read(stream)
             if not events:
                 if nbytes:
                     stream.commit(pos, nbytes)  # only a torn tail was skipped
                 if not stream.owned and stream.exhausted():
                     self.spool.retire(stream)
                 continue
+            cooperate()
             try:
                 self._write(events)
             except Exception:
@@ -118,6 +122,23 @@ class Writer:
             self._succeeded(stream, len(events))
             return True
         return False
+
+    def _read(self, stream: Stream) -> tuple[list[dict[str, Any]], Any, int]:
+        """Up to ``batch_size`` events of ``stream``, read (and parsed) 100 at a time.
+
+        A yield between the reads lets requests run: parsing a whole batch's
+        JSON lines at once would hold gevent's hub for milliseconds.
+        """
+        step = min(self.batch_size, READ_STEP)
+        events, pos, nbytes = stream.read(step)
+        while len(events) < self.batch_size and events and len(events) % step == 0:
+            cooperate()
+            more, pos, more_bytes = stream.read(min(step, self.batch_size - len(events)))
+            events += more
+            nbytes += more_bytes
+            if not more:
+                break
+        return events, pos, nbytes
 
     def _write(self, events: list[dict[str, Any]]) -> None:
         """Record each server's events; announce each server's as soon as it is committed.
@@ -151,6 +172,7 @@ class Writer:
                     self._set_aside(server_id, batch, exc)
                     continue
                 raise
+            cooperate()
             self._announce(server_id, fresh)
 
     def _run_blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

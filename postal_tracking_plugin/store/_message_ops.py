@@ -138,6 +138,7 @@ class MessageOperations:
                     chunk,
                 )
                 seen.update(str(r["event_id"]) for r in rows)
+            cooperate()
             fresh = []
             for event in events:
                 if event["event_id"] not in seen:
@@ -190,6 +191,7 @@ class MessageOperations:
                         now,
                     )
                 )
+            cooperate()
             _insert_clicks(db, clicks)
             _insert_loads(db, loads)
             _insert_rows(
