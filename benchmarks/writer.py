@@ -15,7 +15,13 @@ times, webhook queueing (Postal mode on MariaDB). Figures, each the median over
   event, over the events. A run of its own, without the lateness probe.
 - lateness p50/p99/max: a greenlet sleeps 1 ms in a loop and records how late
   it wakes, while the writer drains (a second run): the longest stretch the
-  writer holds the hub shows as the max. ``>=5ms`` counts such wake-ups.
+  writer holds the hub shows as the max. ``>=5ms`` counts such wake-ups. The
+  same probe with nothing to write (``idle``) shows the machine's own noise.
+- hold p99/max: the writer greenlet's CPU time (``time.thread_time``) in each
+  stretch between two greenlet switches, from a ``greenlet.settrace`` hook in
+  the same run: what it holds the hub for, not lengthened when the OS runs
+  another process (on SQLite the writes run in gevent's thread pool and take
+  the GIL instead: there the lateness tells).
 
 Scenarios, over 1,000 messages of 100 links each (as ``fast_server.py``):
 ``one-address``, one address and no User-Agent clicking random links at 4,000
@@ -221,8 +227,6 @@ def child(args: list[str]) -> None:
     rec.start()
     if not rec.flush(600):
         raise SystemExit("the writer did not finish the warm-up in 600 s")
-    spool(rec, events[WARMUP:])
-    assert rec.spool.appended == WARMUP + count_n
     late: list[float] = []
     done = [False]
 
@@ -233,7 +237,33 @@ def child(args: list[str]) -> None:
             late.append(time.perf_counter() - t0 - 0.001)
 
     probe_on = probe == "probe"
+    idle: list[float] = []
+    holds: list[float] = []
     if probe_on:
+        # The noise floor: the same probe for 0.5 s while the writer has nothing to do.
+        tick = gevent.spawn(ticker)
+        gevent.sleep(0.5)
+        done[0] = True
+        tick.join()
+        idle, late, done[0] = sorted(late), [], False
+    spool(rec, events[WARMUP:])
+    assert rec.spool.appended == WARMUP + count_n
+    if probe_on:
+        # The writer's CPU time in each stretch it runs between two switches:
+        # unlike the probe's lateness, not lengthened by the OS running others.
+        import greenlet
+
+        writer_greenlet = rec._runner
+        last = [time.thread_time()]
+
+        def trace(event: str, args: Any) -> None:
+            if event in ("switch", "throw"):
+                now = time.thread_time()
+                if args[0] is writer_greenlet:
+                    holds.append(now - last[0])
+                last[0] = now
+
+        greenlet.settrace(trace)
         tick = gevent.spawn(ticker)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if not rec.flush(600):
@@ -242,6 +272,7 @@ def child(args: list[str]) -> None:
     done[0] = True
     if probe_on:
         tick.join()
+        greenlet.settrace(None)
     rec.stop(10)
     with store.messages(1, readonly=True) as db:
         stored = db.one("SELECT COUNT(*) AS n, SUM(bot) AS bots FROM tracking_events")
@@ -254,11 +285,16 @@ def child(args: list[str]) -> None:
         "bots": int(stored["bots"] or 0),
     }
     if late:
+        holds.sort()
         result.update(
             p50=late[len(late) // 2] * 1e3,
             p99=late[int(len(late) * 0.99)] * 1e3,
             max=late[-1] * 1e3,
             over5=sum(1 for x in late if x >= 0.005),
+            idle_p99=idle[int(len(idle) * 0.99)] * 1e3,
+            idle_max=idle[-1] * 1e3,
+            hold_p99=holds[int(len(holds) * 0.99)] * 1e3,
+            hold_max=holds[-1] * 1e3,
         )
     print(json.dumps(result))
 
@@ -425,7 +461,8 @@ def main() -> int:
                         results.setdefault((backend, scenario, name), []).append(merged)
                         print(
                             f"round {rnd + 1} {backend:6} {scenario:11} {name:16} "
-                            f"{merged['cpu_us']:6.1f} us/event  max stall {merged['max']:6.2f} ms",
+                            f"{merged['cpu_us']:6.1f} us/event  late max {merged['max']:6.2f} ms  "
+                            f"hold max {merged['hold_max']:6.2f} ms",
                             flush=True,
                         )
     finally:
@@ -434,12 +471,15 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"\n{args.events:,} events per run, medians of {args.rounds} rounds "
-        "(lateness of a 1 ms sleep loop, ms)"
+        f"\n{args.events:,} events per run, medians of {args.rounds} rounds. CPU: process CPU "
+        "time per event. late: how late a 1 ms sleep loop woke while the writer drained "
+        "(idle: the same before, with nothing to write), ms. hold: the writer greenlet's CPU "
+        "time in one stretch between two switches, ms."
     )
     print(
-        f"{'backend':7} {'scenario':11} {'variant':16} {'CPU us/ev':>9} {'events/s':>9} "
-        f"{'p50':>6} {'p99':>6} {'max':>6} {'>=5ms':>5} {'bots':>6}"
+        f"{'backend':7} {'scenario':11} {'variant':16} {'CPU us/ev':>9} {'events/s':>8} "
+        f"{'late p50':>8} {'p99':>6} {'max':>6} {'>=5ms':>5} {'idle p99':>8} {'max':>5} "
+        f"{'hold p99':>8} {'max':>6}"
     )
     for (backend, scenario, name), runs in results.items():
 
@@ -448,9 +488,16 @@ def main() -> int:
 
         print(
             f"{backend:7} {scenario:11} {name:16} {med('cpu_us'):9.1f} "
-            f"{args.events / med('wall_s'):9.0f} {med('p50'):6.2f} {med('p99'):6.2f} "
-            f"{med('max'):6.2f} {med('over5'):5.0f} {med('bots'):6.0f}"
+            f"{args.events / med('wall_s'):8.0f} {med('p50'):8.2f} {med('p99'):6.2f} "
+            f"{med('max'):6.2f} {med('over5'):5.0f} {med('idle_p99'):8.2f} {med('idle_max'):5.1f} "
+            f"{med('hold_p99'):8.2f} {med('hold_max'):6.2f}"
         )
+    print("bots flagged per run (must match across variants):", end="")
+    for (backend, scenario, name), runs in results.items():
+        print(
+            f" {backend}/{scenario}/{name.split()[0]}={sorted({r['bots'] for r in runs})}", end=""
+        )
+    print()
     return 0
 
 
