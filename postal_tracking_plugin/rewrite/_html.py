@@ -93,23 +93,28 @@ def _scanner(vml: bool) -> re.Pattern[str]:
     plain += plain.upper()
     # A start tag whose attributes are all double-quoted; the general rule is _TAG_REST.
     fast_rest = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+>"""
-    fast = [rf"[{plain}]{fast_rest}"]
+    fast = {"": rf"[{plain}]{fast_rest}"}
     general = [f"[{plain}]"]
-    for first, rests in sorted(special.items()):
+    for first, rests in special.items():
         letter = f"[{first}{first.upper()}]"
         seconds = {r[0] for r in rests if r}
         seconds = "".join(sorted(seconds | {c.upper() for c in seconds}))
-        if "" in rests:  # the letter is a name itself ("a"): what ends a name ends it too
-            fast.append(rf"""{letter}[^{seconds}{_WS}/>"'=]{fast_rest}""")
-        else:
-            fast.append(rf"""{letter}(?:[^{seconds}>"'=]{fast_rest}|>)""")
+        # "a" is a name itself: what ends a name cannot follow it
+        ends = f"{_WS}/" if "" in rests else ""
+        fast[first] = rf"""{letter}[^{seconds}{ends}>"'=]{fast_rest}"""
         general.append(letter + _not_followed_by(rests))
+    # The most common first (td, tr, table; div, center; span; p; br; img), one level
+    # deep: a nested alternative costs the engine as much as a whole token.
+    order = {c: i for i, c in enumerate(("t", "", "s", "p", "b", "i"))}
+    fast_first = "|".join(v for k, v in sorted(fast.items(), key=lambda kv: order.get(kv[0], 9)))
+    bare = "".join(sorted(c + c.upper() for c in special if "" not in special[c]))
     raw_text = "".join(
         rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+" for name in _RAW
     )
     after_lt = (  # what may follow a "<" that is copied through, the common first
         r"""/[ac-zAC-Z][^>"']*+>|"""  # end tag without quotes (not </b...)
-        + "|".join(fast)
+        + fast_first
+        + f"|[{bare}]>"  # <p>, <b>, <i>, <s>, ...
         + rf"|!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
         + rf"|!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
         + r"|!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
@@ -156,6 +161,9 @@ _FIRST_HREF = re.compile(
     rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
     rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
 )
+# The quote around each value group of _FIRST_HREF and of _ATTR (None: unquoted).
+_FIRST_HREF_QUOTES = (None, '"', "'", None)
+_ATTR_QUOTES = (None, None, None, '"', "'", None)
 
 
 def rewrite_html(text: str, tracker: Tracker, *, pixel_position: str = "bottom") -> str:
@@ -233,7 +241,8 @@ def _walk(
                 if body_open is None:
                     body_open = m.end()
             elif clicks:
-                _link(text, m.start(_ATTRS), m.end(_ATTRS), tracker, edits)
+                attrs_start, attrs_end = m.span(_ATTRS)
+                _link(text, attrs_start, attrs_end, tracker, edits)
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
         elif kind == _CONDBODY and clicks:
@@ -252,12 +261,15 @@ def _link(
 ) -> None:
     """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes."""
     attrs = text[start:end].lower()
-    if "no-track" in attrs or "clicktracking" in attrs:
+    if "href" not in attrs:
+        return  # no href: nothing to track, and opt-out attributes stay (as without one)
+    if "track" in attrs and ("no-track" in attrs or "clicktracking" in attrs):
         _link_slowly(text, start, end, tracker, edits)
         return
     m = _FIRST_HREF.match(text, start, end)
     if m is not None:
-        _href(m, m.lastindex or 1, tracker, edits, quoted=(None, '"', "'", None))
+        group = m.lastindex or 1
+        _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group])
 
 
 def _link_slowly(
@@ -283,7 +295,8 @@ def _link_slowly(
         for a in opt_out:
             edits.append((a.start(), a.end(), ""))
         return
-    _href(href, href.lastindex or 1, tracker, edits, quoted=(None, None, None, '"', "'", None))
+    group = href.lastindex or 1
+    _href(href, group, tracker, edits, _ATTR_QUOTES[group])
 
 
 def _href(
@@ -291,10 +304,9 @@ def _href(
     group: int,
     tracker: Tracker,
     edits: list[tuple[int, int, str]],
-    *,
-    quoted: tuple[str | None, ...],
+    quote: str | None,
 ) -> None:
-    """Track one href value, group ``group`` of ``m``; ``quoted[group]`` is its quote."""
+    """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted)."""
     raw = m.group(group)
     if "&" not in raw and raw.lstrip(C0_SPACE)[:1] not in ("h", "H"):
         return  # mailto:, #top, {{url}}, a relative link: the common cases, decided at once
@@ -304,7 +316,6 @@ def _href(
         plain = strip_notrack(url)
         if plain is not None and "+notrack:" not in raw.lower():
             # The marker was written with character references: rewrite the value.
-            quote = quoted[group]
             new = escape_attribute(plain, quote or '"')
             edits.append((*m.span(group), new if quote else f'"{new}"'))
         return
