@@ -8,6 +8,7 @@ collects the links to store. Neither does any I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -51,6 +52,23 @@ class TrackingPlan:
         return f"{self.scheme}://{self.host}/"
 
 
+@functools.lru_cache(maxsize=256)
+def _plan_parts(plan: TrackingPlan) -> tuple[str, str, frozenset[str], tuple[str, ...], str]:
+    """What every tracker of ``plan`` derives from it: made once per plan, not per message.
+
+    The click URL prefix, the tracking host, the excluded hosts (exact names and
+    ``.suffix`` endings, as :class:`Exclusions` reads them) and the pixel URL prefix.
+    """
+    excluded = Exclusions(plan.excluded_hosts)
+    return (
+        f"{plan.base}{plan.server_token}/",
+        plan.host.lower().rstrip("."),
+        excluded.exact,
+        excluded.suffixes,
+        f"{plan.base}img/{plan.server_token}/",
+    )
+
+
 class Tracker:
     """Per-message state: links handed out, the pixel, the link limit."""
 
@@ -72,13 +90,17 @@ class Tracker:
         self._max_links = max_links
         self._limited = False
         if plan is not None:
-            self._prefix = f"{plan.base}{plan.server_token}/"
-            self._own_host = plan.host.lower().rstrip(".")
-            self._excluded = Exclusions(plan.excluded_hosts)
+            try:
+                parts = _plan_parts(plan)
+            except TypeError:  # a plan built with a list of excluded hosts: not hashable
+                parts = _plan_parts.__wrapped__(plan)
+            self._prefix, self._own_host, self._exact, self._suffixes, self._pixel = parts
 
     def click_url(self, url: str, host: str) -> str | None:
         """The click URL that replaces ``url``, or None to leave it alone."""
-        if host == self._own_host or host in self._excluded:
+        if host == self._own_host or host in self._exact:
+            return None
+        if self._suffixes and host.endswith(self._suffixes):
             return None
         if len(self.links) >= self._max_links:
             if not self._limited:
@@ -97,5 +119,4 @@ class Tracker:
             return None
         assert self.plan is not None and self.message_token is not None
         self.images = 1
-        src = f"{self.plan.base}img/{self.plan.server_token}/{self.message_token}"
-        return PIXEL_HTML.format(src=src)
+        return PIXEL_HTML.format(src=self._pixel + self.message_token)

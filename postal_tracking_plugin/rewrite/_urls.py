@@ -21,8 +21,11 @@ C0_SPACE = "".join(chr(c) for c in range(0x21))
 _TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
 
 # Scheme, optional user info (up to the authority's last "@"), host, optional port.
+# A host holding a character no host name has (_BAD_HOST) does not match at all.
+_BAD_HOST = r"\s\"'<>^`{|}%"
 _AUTHORITY = re.compile(
-    r"[hH][tT][tT][pP][sS]?://(?:[^/?#\\]*@)?(\[[^\]/?#\\@]*\]|[^/?#\\:@]*)(?::[0-9]*)?(?=[/?#\\]|\Z)"
+    r"[hH][tT][tT][pP][sS]?://(?:[^/?#\\]*@)?"
+    rf"(\[[^\]/?#\\@{_BAD_HOST}]*\]|[^/?#\\:@{_BAD_HOST}]*)(?::[0-9]*)?(?=[/?#\\]|\Z)"
 )
 _NOTRACK = re.compile(r"(?i)(https?)\+notrack://")
 
@@ -33,7 +36,6 @@ _PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{%|%\}|\*\||\|\*|\$\{|<%|%>|%(?![0-9A-Fa-f]{2})[A-Za-z_][\w.\-]*%"
 )
 _MAY_HOLD_PLACEHOLDER = re.compile(r"[{}|%$<>]")  # one cheap pass before the full check
-_BAD_HOST_CHARS = re.compile(r"[\s\"'<>\\^`{|}%]")
 _PORT = re.compile(r":\d*\Z")  # on exclusion entries
 
 
@@ -92,7 +94,7 @@ def trackable_host(url: str) -> str | None:
         return None
     host = m.group(1)
     host = host.rstrip(".").lower()
-    if not host or host.startswith(".") or _BAD_HOST_CHARS.search(host):
+    if not host or host.startswith("."):
         return None
     if _MAY_HOLD_PLACEHOLDER.search(url) and _PLACEHOLDER.search(url):
         return None
@@ -106,7 +108,7 @@ class Exclusions:
     every subdomain. Case-insensitive; a port on either side is ignored.
     """
 
-    __slots__ = ("_exact", "_suffixes")
+    __slots__ = ("exact", "suffixes")
 
     def __init__(self, entries: Iterable[str] = ()) -> None:
         exact: set[str] = set()
@@ -118,11 +120,12 @@ class Exclusions:
                 suffixes.append(entry[1:])
             elif entry:
                 exact.add(entry)
-        self._exact = frozenset(exact)
-        self._suffixes = tuple(suffixes)
+        #: Hosts matched exactly, and the ``.example.com`` endings of ``*.`` entries.
+        self.exact = frozenset(exact)
+        self.suffixes = tuple(suffixes)
 
     def __contains__(self, host: str) -> bool:
-        return host in self._exact or (bool(self._suffixes) and host.endswith(self._suffixes))
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
 
     def __bool__(self) -> bool:
-        return bool(self._exact)
+        return bool(self.exact)
