@@ -378,7 +378,7 @@ def load_messages(store: Store, server_id: int, events: list[dict[str, Any]]) ->
             chunk = ids[start : start + _ANNOUNCE_CHUNK]
             for row in db.query(
                 "SELECT id, token, scope, rcpt_to, mail_from, subject, message_id, timestamp, "
-                "inspected, spam, spam_score, tag FROM messages "
+                "inspected, spam, tag FROM messages "
                 f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
                 chunk,
             ):
