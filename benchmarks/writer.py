@@ -47,9 +47,11 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--child":
     monkey.patch_all()
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -236,7 +238,7 @@ def child(args: list[str]) -> None:
             gevent.sleep(0.001)
             late.append(time.perf_counter() - t0 - 0.001)
 
-    probe_on = probe == "probe"
+    probe_on = probe in ("probe", "load")
     idle: list[float] = []
     holds: list[float] = []
     if probe_on:
@@ -248,6 +250,10 @@ def child(args: list[str]) -> None:
         idle, late, done[0] = sorted(late), [], False
     spool(rec, events[WARMUP:])
     assert rec.spool.appended == WARMUP + count_n
+    # As the server does after start-up: what lives on (here the synthetic
+    # events) stays out of the collector's full scans.
+    gc.collect()
+    gc.freeze()
     if probe_on:
         # The writer's CPU time in each stretch it runs between two switches:
         # unlike the probe's lateness, not lengthened by the OS running others.
@@ -265,14 +271,35 @@ def child(args: list[str]) -> None:
 
         greenlet.settrace(trace)
         tick = gevent.spawn(ticker)
+    if probe == "load":
+        # Request-like load: 64 greenlets that each work 100 us then sleep 8 ms
+        # (about 80% of a core), so the writer competes with them for the hub.
+        def request_like() -> None:
+            while not done[0]:
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < 0.0001:
+                    pass
+                gevent.sleep(0.008)
+
+        loaders = [gevent.spawn(request_like) for _ in range(64)]
+    toggle = None
+    if probe == "cg":
+        import ctypes
+
+        toggle = ctypes.CDLL(os.environ["PTP_CALLGRIND_TOGGLE"])
+        toggle.ptp_start()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if not rec.flush(600):
         raise SystemExit("the writer did not finish in 600 s")
     cpu1, wall1 = time.process_time(), time.perf_counter()
+    if toggle is not None:
+        toggle.ptp_stop()
     done[0] = True
     if probe_on:
         tick.join()
         greenlet.settrace(None)
+    if probe == "load":
+        gevent.joinall(loaders)
     rec.stop(10)
     with store.messages(1, readonly=True) as db:
         stored = db.one("SELECT COUNT(*) AS n, SUM(bot) AS bots FROM tracking_events")
@@ -393,6 +420,42 @@ def export(ref: str, into: Path) -> Path:
     return into
 
 
+CALLGRIND_TOGGLE = """
+#include <valgrind/callgrind.h>
+void ptp_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void ptp_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+def callgrind_toggle(work: Path) -> Path:
+    """A tiny library that switches callgrind's counting on and off (gcc, valgrind's headers)."""
+    source, lib = work / "toggle.c", work / "toggle.so"
+    source.write_text(CALLGRIND_TOGGLE)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
+def run_child(cmd: list[str], mode: str, toggle: Path | None) -> dict[str, Any]:
+    env = None
+    if mode == "cg":
+        assert toggle is not None
+        env = {**os.environ, "PTP_CALLGRIND_TOGGLE": str(toggle)}
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--callgrind-out-file=/dev/null",
+            *cmd,
+        ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode == "cg":
+        got["instructions"] = int(
+            re.search(r"Collected : (\d+)", out.stderr).group(1)  # type: ignore[union-attr]
+        )
+    return got
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -400,6 +463,17 @@ def main() -> int:
     parser.add_argument("--baseline", help="a git revision to compare with")
     parser.add_argument("--backends", default="sqlite,mysql")
     parser.add_argument("--scenarios", default="one-address,mix")
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="also a run beside 64 request-like greenlets (100 us of work every 8 ms each)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="also count the writer's instructions under valgrind (first round only)",
+    )
+    parser.add_argument("--callgrind-events", type=int, default=3000)
     args = parser.parse_args()
     backends = args.backends.split(",")
     scenarios = args.scenarios.split(",")
@@ -410,6 +484,7 @@ def main() -> int:
         variants = {f"base {args.baseline}": export(args.baseline, work / "base"), **variants}
     database = f"ptp_wbench_{secrets.token_hex(3)}"
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    toggle = callgrind_toggle(work) if args.callgrind else None
     try:
         templates = {}
         for backend in backends:
@@ -428,11 +503,14 @@ def main() -> int:
                         names.reverse()
                     for name in names:
                         merged: dict[str, Any] = {}
-                        for probe in ("cpu", "probe"):
+                        modes = ["cpu", "probe"] + (["load"] if args.load else [])
+                        if args.callgrind and rnd == 0:
+                            modes.append("cg")
+                        for mode in modes:
                             run += 1
                             rundir = work / f"run{run}"
                             rundir.mkdir()
-                            out = subprocess.run(
+                            got = run_child(
                                 [
                                     sys.executable,
                                     __file__,
@@ -444,20 +522,28 @@ def main() -> int:
                                     str(templates[backend]),
                                     str(rundir),
                                     scenario,
-                                    str(args.events),
-                                    probe,
+                                    str(args.callgrind_events if mode == "cg" else args.events),
+                                    mode,
                                 ],
-                                check=True,
-                                capture_output=True,
-                                text=True,
+                                mode,
+                                toggle,
                             )
-                            got = json.loads(out.stdout.strip().splitlines()[-1])
-                            if probe == "cpu":
-                                merged.update(got)
-                            else:
-                                merged.update({k: v for k, v in got.items() if k != "cpu_us"})
-                                merged["cpu_us_probe"] = got["cpu_us"]
                             shutil.rmtree(rundir)
+                            if mode == "cpu":
+                                merged.update(got)
+                            elif mode == "probe":
+                                merged.update({k: v for k, v in got.items() if k != "cpu_us"})
+                            elif mode == "load":
+                                merged.update(
+                                    {
+                                        "load_rate": args.events / got["wall_s"],
+                                        "load_p99": got["p99"],
+                                        "load_max": got["max"],
+                                        "load_hold_max": got["hold_max"],
+                                    }
+                                )
+                            else:
+                                merged["instr"] = got["instructions"] / args.callgrind_events
                         results.setdefault((backend, scenario, name), []).append(merged)
                         print(
                             f"round {rnd + 1} {backend:6} {scenario:11} {name:16} "
@@ -492,6 +578,28 @@ def main() -> int:
             f"{med('max'):6.2f} {med('over5'):5.0f} {med('idle_p99'):8.2f} {med('idle_max'):5.1f} "
             f"{med('hold_p99'):8.2f} {med('hold_max'):6.2f}"
         )
+    if args.load or args.callgrind:
+        print(
+            "\nload: the writer beside 64 request-like greenlets (~80% of a core): its "
+            "events/s, the 1 ms probe's lateness (ms), its longest stretch (CPU ms). "
+            "instr: instructions per event counted by callgrind (first round)."
+        )
+        print(
+            f"{'backend':7} {'scenario':11} {'variant':16} {'load ev/s':>9} {'late p99':>8} "
+            f"{'max':>6} {'hold max':>8} {'instr/ev':>9}"
+        )
+        for (backend, scenario, name), runs in results.items():
+            loaded = [r for r in runs if "load_rate" in r]
+            counted = [r["instr"] for r in runs if "instr" in r]
+
+            def lmed(key: str, loaded: list[dict[str, Any]] = loaded) -> float:
+                return statistics.median(r[key] for r in loaded) if loaded else float("nan")
+
+            print(
+                f"{backend:7} {scenario:11} {name:16} {lmed('load_rate'):9.0f} "
+                f"{lmed('load_p99'):8.2f} {lmed('load_max'):6.2f} {lmed('load_hold_max'):8.2f} "
+                f"{(counted[0] if counted else float('nan')):9.0f}"
+            )
     print("bots flagged per run (must match across variants):", end="")
     for (backend, scenario, name), runs in results.items():
         print(
