@@ -3,8 +3,9 @@
 A small tokenizer, written as one regular expression, walks the document the
 way the HTML5 tokenizer splits it (text, tags with their attributes, comments,
 raw-text elements such as ``<style>`` and ``<script>``) without building a tree.
-Only the tags that matter stop the scan: ``<a>`` and ``<area>``, ``<body>`` and
-``</body>``, and Outlook's ``<!--[if ...]>`` conditional comments, inside which
+Only the tags that matter stop the scan: ``<a>`` and ``<area>``, ``</body>``
+(and ``<body>`` when the pixel goes at the top), and Outlook's
+``<!--[if ...]>`` conditional comments that mention ``href``, inside which
 VML elements (``<v:roundrect href=...>``) are tracked too. Everything else,
 including quoted attribute values that happen to contain ``<a href``, is
 consumed inside the regex engine and copied through untouched, so the output
@@ -36,7 +37,7 @@ _TRACKED = ("a", "area")
 _COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
 # A conditional comment's text that holds no "href": those are copied through
 # inside the regex; only the others stop the scan.
-_NO_HREF_BODY = r"(?:[^-hH]++|-(?!-!?>)|[hH](?![rR][eE][fF]))*+"
+_NO_HREF_BODY = r"[^-hH]*+(?:(?:-(?!-!?>)|[hH](?![rR][eE][fF]))[^-hH]*+)*+"
 
 
 def _ci(word: str) -> str:
@@ -64,8 +65,13 @@ def _not_followed_by(rests: list[str]) -> str:
     return "(?!" + "|".join(alternatives) + ")"
 
 
-def _scanner(vml: bool) -> re.Pattern[str]:
+def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     """The tokenizer: a possessive loop over what is copied through, then one token that matters.
+
+    ``vml``: inside a conditional comment, where ``<v:...>`` elements are tracked
+    too and ``<body>`` means nothing. ``body_start``: ``<body>`` stops the scan
+    (the pixel goes right after it); without it ``<body>`` is copied through.
+    All variants have the same groups, numbered alike.
 
     Each turn of the loop takes the text up to a "<" and the token it starts.
     The regex engine pays per turn, per alternative it enters and per
@@ -81,11 +87,12 @@ def _scanner(vml: bool) -> re.Pattern[str]:
     get one alternative each.
     """
     tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
-    stops = tracked if vml else _names((*_TRACKED, "body"))
+    body = ("body",) if body_start and not vml else ()
+    stops = tracked if vml else _names((*_TRACKED, *body))
     body_end = "" if vml else f"|/{_ci('body')}{_END}"
     # Names that are not plain start tags, by first letter (VML: "v:" starts one).
     special: dict[str, list[str]] = {}
-    for word in (*_TRACKED, *_RAW, "body", "plaintext"):
+    for word in (*_TRACKED, *_RAW, *body, "plaintext"):
         special.setdefault(word[0], []).append(word[1:])
     if vml:
         special.setdefault("v", []).append(":")
@@ -139,11 +146,12 @@ def _scanner(vml: bool) -> re.Pattern[str]:
 
 
 _SCAN = _scanner(vml=False)
-# Group numbers, the same in both scanners (the loop has no groups of its own).
+# Group numbers, the same in every scanner (the loop has no groups of its own).
 _TAG, _NAME, _ATTRS, _ENDBODY, _CONDBODY = (
     _SCAN.groupindex[n] for n in ("tag", "name", "attrs", "endbody", "condbody")
 )
 _SCAN_VML = _scanner(vml=True)
+_SCAN_BOTTOM = _scanner(vml=False, body_start=False)  # the pixel goes before </body>
 
 # One attribute: (1) name, (2) "=", then the value (3) double-, (4) single- or (5) un-quoted.
 _ATTR = re.compile(
@@ -153,7 +161,6 @@ _ATTR = re.compile(
 _OPT_OUT = frozenset({"data-pm-no-track", "data-no-track", "clicktracking"})
 _NOTRACK_ANY = re.compile(r"(?i)(https?)\+notrack://")
 _NOTRACK_FIND = re.compile(r"\+(?i:notrack)://")
-_HREF = re.compile(r"[hH][rR][eE][fF]")
 # The first href of a tag in one call: skip whole attributes until one named
 # href, then capture its value (1) double-, (2) single- or (3) un-quoted.
 _FIRST_HREF = re.compile(
@@ -230,10 +237,13 @@ def _walk(
     position: str,
 ) -> int | None:
     """Collect edits for text[start:stop]; return where the pixel belongs."""
-    scan = _SCAN_VML if vml else _SCAN
+    clicks = tracker.clicks
+    if vml:
+        scan = _SCAN_VML
+    else:
+        scan = _SCAN if position == "top" else _SCAN_BOTTOM
     body_open: int | None = None
     body_close: int | None = None
-    clicks = tracker.clicks
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
@@ -247,7 +257,7 @@ def _walk(
             body_close = m.start(_ENDBODY)
         elif kind == _CONDBODY and clicks:
             body_start, body_end = m.span(_CONDBODY)
-            if _HREF.search(text, body_start, body_end) is not None:
+            if "href" in text[body_start:body_end].lower():
                 _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
     if vml or not tracker.loads or tracker.images:
         return None
