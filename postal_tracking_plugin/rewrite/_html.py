@@ -242,12 +242,13 @@ def _walk(
         scan = _SCAN_VML
     else:
         scan = _SCAN if position == "top" else _SCAN_BOTTOM
+    body_tags = scan is _SCAN  # the only scanner that stops at <body>
     body_open: int | None = None
     body_close: int | None = None
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
-            if not vml and text[m.start(_NAME)] in "bB":
+            if body_tags and text[m.start(_NAME)] in "bB":
                 if body_open is None:
                     body_open = m.end()
             elif clicks:
@@ -276,6 +277,8 @@ def _link(
     if "track" in attrs and ("no-track" in attrs or "clicktracking" in attrs):
         _link_slowly(text, start, end, tracker, edits)
         return
+    if "http" not in attrs and "&" not in attrs:
+        return  # no href value can be an http(s) URL, even one with a +notrack marker
     m = _FIRST_HREF.match(text, start, end)
     if m is not None:
         group = m.lastindex or 1

@@ -23,10 +23,9 @@ _TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
 # Scheme, optional user info (up to the authority's last "@"), host, optional port.
 # A host holding a character no host name has (_BAD_HOST) does not match at all.
 _BAD_HOST = r"\s\"'<>^`{|}%"
-_AUTHORITY = re.compile(
-    r"[hH][tT][tT][pP][sS]?://(?:[^/?#\\]*@)?"
-    rf"(\[[^\]/?#\\@{_BAD_HOST}]*\]|[^/?#\\:@{_BAD_HOST}]*)(?::[0-9]*)?(?=[/?#\\]|\Z)"
-)
+_HOST_PORT = rf"(\[[^\]/?#\\@{_BAD_HOST}]*\]|[^/?#\\:@{_BAD_HOST}]*)(?::[0-9]*)?(?=[/?#\\]|\Z)"
+_AUTHORITY = re.compile(r"[hH][tT][tT][pP][sS]?://(?:[^/?#\\]*@)?" + _HOST_PORT)
+_AUTHORITY_NO_AT = re.compile(r"[hH][tT][tT][pP][sS]?://" + _HOST_PORT)  # the same without "@"
 _NOTRACK = re.compile(r"(?i)(https?)\+notrack://")
 
 # Template placeholders left for a later stage to fill in: tracking them would
@@ -35,7 +34,6 @@ _NOTRACK = re.compile(r"(?i)(https?)\+notrack://")
 _PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{%|%\}|\*\||\|\*|\$\{|<%|%>|%(?![0-9A-Fa-f]{2})[A-Za-z_][\w.\-]*%"
 )
-_MAY_HOLD_PLACEHOLDER = re.compile(r"[{}|%$<>]")  # one cheap pass before the full check
 _PORT = re.compile(r":\d*\Z")  # on exclusion entries
 
 
@@ -89,14 +87,23 @@ def trackable_host(url: str) -> str | None:
     (``http://`` alone is a common template placeholder), a host that cannot be
     a host name, or a URL carrying a template placeholder anywhere.
     """
-    m = _AUTHORITY.match(url)
+    m = (_AUTHORITY if "@" in url else _AUTHORITY_NO_AT).match(url)
     if m is None:
         return None
     host = m.group(1)
     host = host.rstrip(".").lower()
     if not host or host.startswith("."):
         return None
-    if _MAY_HOLD_PLACEHOLDER.search(url) and _PLACEHOLDER.search(url):
+    # Every placeholder holds one of these: str's "in" runs faster than any regex.
+    if (
+        "%" in url
+        or "{" in url
+        or "}" in url
+        or "|" in url
+        or "$" in url
+        or "<" in url
+        or ">" in url
+    ) and _PLACEHOLDER.search(url):
         return None
     return host
 
