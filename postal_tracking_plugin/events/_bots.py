@@ -250,8 +250,6 @@ class Flagger:
         for e in clicks:
             batch.setdefault((int(e["message_id"]), e.get("ip_address") or ""), []).append(e)
         earliest = min(float(e["timestamp"]) for e in clicks) - window
-        ips = sorted({ip for _m, ip in batch})
-        ip_list = ", ".join(["%s"] * len(ips))
         # First a summary per message of what is already recorded: one row a
         # message, not one per (message, address, link). A (message, address)
         # whose burst can change nothing is left out of the detailed query: no
@@ -259,14 +257,13 @@ class Flagger:
         # different links in all than a burst needs.
         summary = {
             int(r["message_id"]): (int(r["links"]), not int(r["min_bot"] or 0))
-            for r in _in_query(
+            for r in _pairs_query(
                 db,
                 "SELECT message_id, COUNT(DISTINCT COALESCE(link_id, 0)) AS links, "
-                "MIN(bot) AS min_bot FROM tracking_events WHERE kind = 'click' "
-                f"AND message_id IN ({{}}) AND timestamp >= %s AND ip_address IN ({ip_list}) "
+                "MIN(bot) AS min_bot FROM tracking_events",
                 "GROUP BY message_id",
-                sorted({e["message_id"] for e in clicks}),
-                (earliest, *ips),
+                batch,
+                earliest,
             )
         }
         open_keys = []
@@ -278,18 +275,16 @@ class Flagger:
         wanted = {key for key, most in open_keys if most >= self._need(messages.get(key[0]))}
         if not wanted:
             return
-        wanted_ips = sorted({ip for _m, ip in wanted})
         # One row per (message, address, link) already recorded, with its last
         # time: bounded by the links of a message, however hard one address
         # hammers them (which is what this check is for).
-        earlier = _in_query(
+        earlier = _pairs_query(
             db,
             "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last, MIN(bot) AS min_bot "
-            "FROM tracking_events WHERE kind = 'click' AND message_id IN ({}) "
-            f"AND timestamp >= %s AND ip_address IN ({', '.join(['%s'] * len(wanted_ips))}) "
+            "FROM tracking_events",
             "GROUP BY message_id, ip_address, link_id",
-            sorted({m for m, _ip in wanted}),
-            (earliest, *wanted_ips),
+            wanted,
+            earliest,
         )
         # Items: (time, link id, event of this batch or None, an earlier row unflagged).
         groups: dict[tuple[int, str], list[tuple[float, int, dict[str, Any] | None, bool]]] = {}
@@ -377,6 +372,42 @@ def _load_messages(
         db, "SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({})", missing
     ):
         messages[int(r["id"])] = r
+
+
+def _pairs_query(
+    db: Any, select: str, group_by: str, pairs: Iterable[tuple[int, str]], earliest: float
+) -> list[Any]:
+    """Rows of ``select ... group_by`` over the clicks since ``earliest`` of these
+    (message, address) pairs, whole messages of about 100 pairs a query.
+
+    Each pair is one ``message_id = %s AND ip_address = %s`` term of an OR,
+    which both databases answer from the (message, kind, address, time) index;
+    lists of messages and of addresses would also match every other pair of
+    the two lists: with many readers in a batch, a scan of the whole window.
+    """
+    by_message: dict[int, list[str]] = {}
+    for message_id, ip in pairs:
+        by_message.setdefault(message_id, []).append(ip)
+    rows: list[Any] = []
+    terms: list[str] = []
+    params: list[Any] = [earliest]
+    messages = sorted(by_message)
+    queried = False
+    for i, message_id in enumerate(messages):
+        for ip in sorted(by_message[message_id]):
+            terms.append("(message_id = %s AND ip_address = %s)")
+            params += (message_id, ip)
+        if len(terms) >= _STEP or i == len(messages) - 1:
+            if queried:
+                cooperate()
+            queried = True
+            rows += db.query(
+                f"{select} WHERE kind = 'click' AND timestamp >= %s AND ({' OR '.join(terms)}) "
+                f"{group_by}",
+                params,
+            )
+            terms, params = [], [earliest]
+    return rows
 
 
 def _in_query(db: Any, sql: str, values: Sequence[Any], extra: Iterable[Any] = ()) -> list[Any]:
