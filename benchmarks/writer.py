@@ -288,10 +288,10 @@ def child(args: list[str]) -> None:
 
         toggle = ctypes.CDLL(os.environ["PTP_CALLGRIND_TOGGLE"])
         toggle.ptp_start()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, times0 = time.process_time(), time.perf_counter(), os.times()
     if not rec.flush(600):
         raise SystemExit("the writer did not finish in 600 s")
-    cpu1, wall1 = time.process_time(), time.perf_counter()
+    cpu1, wall1, times1 = time.process_time(), time.perf_counter(), os.times()
     if toggle is not None:
         toggle.ptp_stop()
     done[0] = True
@@ -308,6 +308,7 @@ def child(args: list[str]) -> None:
     late.sort()
     result = {
         "cpu_us": (cpu1 - cpu0) / count_n * 1e6,
+        "sys_us": (times1.system - times0.system) / count_n * 1e6,
         "wall_s": wall1 - wall0,
         "bots": int(stored["bots"] or 0),
     }
