@@ -99,7 +99,8 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in special)
     plain += plain.upper()
     # A start tag whose attributes are all double-quoted; the general rule is _TAG_REST.
-    fast_rest = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+>"""
+    fast_attrs = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+"""
+    fast_rest = fast_attrs + ">"
     fast = {"": rf"[{plain}]{fast_rest}"}
     general = [f"[{plain}]"]
     for first, rests in special.items():
@@ -125,9 +126,7 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
         + rf"|!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
         + rf"|!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
         + r"|!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
-        + "|(?:"
-        + "|".join(general)
-        + rf"){_TAG_REST}>"  # any other start tag
+        + "".join(f"|{g}{_TAG_REST}>" for g in general)  # any other start tag
         + rf"|/(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # any other end tag
         + r"|\?[^>]*+>?"
         + r"|/>|/[^a-zA-Z>][^>]*+>?"
@@ -138,7 +137,7 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     boring = rf"(?:[^<]*+<(?:{after_lt}))*+[^<]*+"
     interesting = (
         rf"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
-        rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{_TAG_REST})>)"
+        rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{fast_attrs}|{_TAG_REST})>)"
         rf"|(?P<endbody></{_ci('body')}{_END}{_TAG_REST}>)"
         r"|<|\Z)"
     )
