@@ -197,7 +197,7 @@ def html_edits(
             marker = (m.end(1), m.end() - 3)  # the "+notrack" between scheme and "://"
             if not any(s < marker[1] and marker[0] < e for s, e in taken):
                 edits.append((*marker, ""))
-    edits.sort(key=lambda e: (e[0], e[1]))
+    edits.sort()  # by start, then end: no two edits share both
     return edits
 
 

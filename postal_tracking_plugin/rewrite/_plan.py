@@ -51,21 +51,33 @@ class TrackingPlan:
     def base(self) -> str:
         return f"{self.scheme}://{self.host}/"
 
+    @functools.cached_property
+    def _parts(self) -> _PlanParts:
+        """What every tracker of this plan derives from it, kept on the plan."""
+        try:
+            return _plan_parts(self)
+        except TypeError:  # a plan built with a list of excluded hosts: not hashable
+            return _plan_parts.__wrapped__(self)
+
+
+# The click URL prefix, the tracking host, the excluded hosts (exact names and
+# ``.suffix`` endings, as Exclusions reads them), the pixel container up to the
+# message token and after it.
+_PlanParts = tuple[str, str, frozenset[str], tuple[str, ...], str, str]
+_PIXEL_HEAD, _PIXEL_TAIL = PIXEL_HTML.split("{src}")
+
 
 @functools.lru_cache(maxsize=256)
-def _plan_parts(plan: TrackingPlan) -> tuple[str, str, frozenset[str], tuple[str, ...], str]:
-    """What every tracker of ``plan`` derives from it: made once per plan, not per message.
-
-    The click URL prefix, the tracking host, the excluded hosts (exact names and
-    ``.suffix`` endings, as :class:`Exclusions` reads them) and the pixel URL prefix.
-    """
+def _plan_parts(plan: TrackingPlan) -> _PlanParts:
+    """The parts of ``plan`` (equal plans, made per message, share them)."""
     excluded = Exclusions(plan.excluded_hosts)
     return (
         f"{plan.base}{plan.server_token}/",
         plan.host.lower().rstrip("."),
         excluded.exact,
         excluded.suffixes,
-        f"{plan.base}img/{plan.server_token}/",
+        f"{_PIXEL_HEAD}{plan.base}img/{plan.server_token}/",
+        _PIXEL_TAIL,
     )
 
 
@@ -90,11 +102,9 @@ class Tracker:
         self._max_links = max_links
         self._limited = False
         if plan is not None:
-            try:
-                parts = _plan_parts(plan)
-            except TypeError:  # a plan built with a list of excluded hosts: not hashable
-                parts = _plan_parts.__wrapped__(plan)
-            self._prefix, self._own_host, self._exact, self._suffixes, self._pixel = parts
+            parts = plan._parts  # noqa: SLF001 - the plan's own cache
+            self._prefix, self._own_host, self._exact, self._suffixes = parts[:4]
+            self._pixel_head, self._pixel_tail = parts[4:]
 
     def click_url(self, url: str, host: str) -> str | None:
         """The click URL that replaces ``url``, or None to leave it alone."""
@@ -119,4 +129,4 @@ class Tracker:
             return None
         assert self.plan is not None and self.message_token is not None
         self.images = 1
-        return PIXEL_HTML.format(src=self._pixel + self.message_token)
+        return self._pixel_head + self.message_token + self._pixel_tail
