@@ -167,6 +167,7 @@ _FIRST_HREF = re.compile(
     rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
     rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
 )
+_H = ("h", "H")  # what an http(s) URL starts with (not "": "" in "hH" holds)
 # The quote around each value group of _FIRST_HREF and of _ATTR (None: unquoted).
 _FIRST_HREF_QUOTES = (None, '"', "'", None)
 _ATTR_QUOTES = (None, None, None, '"', "'", None)
@@ -320,12 +321,15 @@ def _href(
 ) -> None:
     """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted)."""
     raw = m.group(group)
-    if "&" not in raw and raw.lstrip(C0_SPACE)[:1] not in ("h", "H"):
+    if "&" in raw:
+        url = clean_url(decode_attribute(raw))
+    elif raw[:1] in _H or raw.lstrip(C0_SPACE)[:1] in _H:
+        url = clean_url(raw)
+    else:
         return  # mailto:, #top, {{url}}, a relative link: the common cases, decided at once
-    url = clean_url(decode_attribute(raw)) if "&" in raw else clean_url(raw)
     host = trackable_host(url)
     if host is None:
-        plain = strip_notrack(url)
+        plain = strip_notrack(url) if "+" in url else None
         if plain is not None and "+notrack:" not in raw.lower():
             # The marker was written with character references: rewrite the value.
             new = escape_attribute(plain, quote or '"')
