@@ -257,9 +257,9 @@ def _walk(
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
         elif kind == _CONDBODY and clicks:
+            # Only a conditional comment whose text holds "href" stops the scan.
             body_start, body_end = m.span(_CONDBODY)
-            if "href" in text[body_start:body_end].lower():
-                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
+            _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
     if vml or not tracker.loads or tracker.images:
         return None
     if position == "top" and body_open is not None:
@@ -276,13 +276,11 @@ def _link(
         return  # no href: nothing to track, and opt-out attributes stay (as without one)
     if "track" in attrs and ("no-track" in attrs or "clicktracking" in attrs):
         _link_slowly(text, start, end, tracker, edits)
-        return
-    if "http" not in attrs and "&" not in attrs:
-        return  # no href value can be an http(s) URL, even one with a +notrack marker
-    m = _FIRST_HREF.match(text, start, end)
-    if m is not None:
-        group = m.lastindex or 1
-        _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group])
+    elif "http" in attrs or "&" in attrs:  # else no href value can be an http(s) URL
+        m = _FIRST_HREF.match(text, start, end)
+        if m is not None:
+            group = m.lastindex or 1
+            _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group])
 
 
 def _link_slowly(
