@@ -33,6 +33,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--serve-baseline":
 import argparse  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -255,7 +256,10 @@ def wrk(
         cmd += ["-s", str(workdir / script), url, "--", str(paths)]
     else:
         cmd.append(url)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped here
+    wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1])  # type: ignore[index]
     total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
@@ -268,6 +272,7 @@ def wrk(
         "requests": total,
         "non3xx": int(bad[1]) if bad else 0,
         "errors": err,
+        "wrk_us": wrk_cpu / max(total, 1) * 1e6,
     }
 
 
@@ -612,7 +617,7 @@ def main() -> int:
                 print(
                     f"round {r + 1} ({key}) {name}: {res['rps']:,.0f} req/s, p99 {res['p99']:.1f} ms, "
                     f"{res['cpu_us']:.0f} us CPU/req ({res['cpu_all_us']:.0f} with writing, "
-                    f"{res['drain_s']:.1f} s after the run), non-3xx {res['non3xx']}, "
+                    f"{res['drain_s']:.1f} s after the run), wrk {res['wrk_us']:.0f} us CPU/req, non-3xx {res['non3xx']}, "
                     f"errors {res['errors']}",
                     flush=True,
                 )
@@ -692,7 +697,7 @@ def report(
     )
     print(
         f"{'variant':40} {'req/s':>10} {'p99 ms':>8} {'CPU us/req':>11} {'+writing':>9} "
-        f"{'after s':>8} {'non-3xx':>8} {'errors':>7}"
+        f"{'after s':>8} {'wrk us':>7} {'non-3xx':>8} {'errors':>7}"
     )
     for key, runs in results.items():
         if not runs:
@@ -701,11 +706,14 @@ def report(
         med[key] = m
         print(
             f"{names[key]:40} {m['rps']:>10,.0f} {m['p99']:>8.1f} {m['cpu_us']:>11.0f} "
-            f"{m['cpu_all_us']:>9.0f} {m['drain_s']:>8.1f} {m['non3xx']:>8.0f} {m['errors']:>7.0f}"
+            f"{m['cpu_all_us']:>9.0f} {m['drain_s']:>8.1f} {m['wrk_us']:>7.0f} {m['non3xx']:>8.0f} {m['errors']:>7.0f}"
         )
     print(
         "\nCPU us/req: the server's CPU during the run; +writing: including the events it"
-        "\nwrote after the run ended ('after s' seconds until it was idle again)."
+        "\nwrote after the run ended ('after s' seconds until it was idle again); wrk us: the"
+        "\nload generator's CPU per request. Where wrk's core is the limit, req/s measures wrk:"
+        "\nwith TLS it also spins while it waits for a handshake (it polls a connecting socket"
+        "\nfor writability), so its CPU per connection grows with the server's handshake latency."
     )
     print()
 
