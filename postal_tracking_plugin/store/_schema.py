@@ -422,6 +422,18 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
         ),
         Index("tracking_events", "on_message_kind", drop=True),
     ),
+    # With the link and the flag in the index too, the same checks read the
+    # index alone. A burst from one address (a scanner, a benchmark) puts
+    # thousands of clicks in the window; looking each row up cost MariaDB
+    # 310-360 us of CPU per event written, 200-240 us without.
+    4: (
+        Index(
+            "tracking_events",
+            "on_message_kind_ip_time_link_bot",
+            "`message_id`, `kind`, `ip_address`, `timestamp`, `link_id`, `bot`",
+        ),
+        Index("tracking_events", "on_message_kind_ip_time", drop=True),
+    ),
 }
 
 
