@@ -733,6 +733,14 @@ def report(
             f"{med['7a']['cpu_us']:.0f} / {med['7b']['cpu_us']:.0f}"
         )
     ratio(8, 5, "(8) two workers / (5) one", ">= 1.7")
+    if 5 in med and 8 in med:
+        # In (8) wrk and MariaDB share the two cores with the workers, so req/s
+        # cannot double; the CPU per request says whether a worker got slower.
+        print(
+            f"{'(8) by CPU: us per request, one / two workers':44} "
+            f"{med[5]['cpu_us']:.0f} / {med[8]['cpu_us']:.0f} (wrk {med[8]['wrk_us']:.0f} us/req "
+            f"on the same cores)"
+        )
     if 5 in med and 9 in med:
         print(
             f"{'(9) access log (common, to a file) costs':44} "
