@@ -47,7 +47,13 @@ def respond(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body] if body else []
 
 
+#: Query strings of the requests ``echo`` answered, in the order it answered them.
+ANSWERED: list[str] = []
+
+
 def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    if environ["QUERY_STRING"]:
+        ANSWERED.append(environ["QUERY_STRING"])
     if environ["PATH_INFO"] in RESPONSES:
         return respond(environ, start_response)
     has_body = environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
@@ -69,10 +75,11 @@ def servers() -> Any:
     from gevent.pywsgi import WSGIHandler
     from gevent.pywsgi import WSGIServer
 
-    ports: dict[str, int] = {}
+    ports: dict[str, Any] = {}
     ready = threading.Event()
 
     def run() -> None:
+        ports["hub"] = gevent.get_hub()
         stock = WSGIServer(("127.0.0.1", 0), echo, handler_class=WSGIHandler, log=None)
         ours = WSGIServer(("127.0.0.1", 0), echo, handler_class=TrackingHandler, log=None)
         ours.limits, ours.stats, ours.idle = Limits(), Stats(), set()
@@ -183,3 +190,36 @@ def test_responses_are_the_ones_gevent_sends(servers: Any, path: str, version: s
     bad = path.startswith(("/bad", "/not-latin", "/no-content"))
     expected = "500" if bad else "307" if path == "/sized" else "200"
     assert stock[0].split(" ")[1] == expected  # the oracle did what the case is about
+
+
+def test_a_client_with_requests_queued_up_does_not_keep_the_others_waiting(servers: Any) -> None:
+    """Between keep-alive requests a connection yields, even when its next one is buffered.
+
+    Both connections' requests are waiting when the server's hub resumes; the
+    busy one has 300 pipelined. Without the yield all 300 were answered before
+    the other connection's single request.
+    """
+    import time
+
+    request = b"GET /sized?%s HTTP/1.1\r\nHost: a\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", servers.ours), timeout=5) as busy,
+        socket.create_connection(("127.0.0.1", servers.ours), timeout=5) as other,
+    ):
+        for sock in (busy, other):  # both accepted and waiting for their next request
+            sock.sendall(request % b"warm-up")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 307")
+        ANSWERED.clear()
+        servers.hub.loop.run_callback_threadsafe(time.sleep, 0.5)  # hold the server still
+        time.sleep(0.1)
+        # In this order libev hands the busy connection its turn first (its
+        # pending watchers run last-in, first-out).
+        other.sendall(request % b"other")
+        busy.sendall(b"".join(request % f"busy-{i}".encode() for i in range(300)))
+        assert other.recv(65536).startswith(b"HTTP/1.1 307")
+        received = b""
+        while received.count(b"HTTP/1.1 307") < 300:
+            received += busy.recv(65536)
+    assert sorted(ANSWERED) == sorted(["other", *(f"busy-{i}" for i in range(300))])
+    assert ANSWERED.index("other") < 5, ANSWERED.index("other")
+    assert [a for a in ANSWERED if a != "other"] == [f"busy-{i}" for i in range(300)]

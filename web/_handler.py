@@ -164,6 +164,7 @@ class TrackingHandler(WSGIHandler):
     _plain = False
     _head_timer: Any = None
     head_length = 0
+    _requests = 0
 
     ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
 
@@ -202,6 +203,14 @@ class TrackingHandler(WSGIHandler):
         try:
             if self.server.draining:
                 return ""
+            if self._requests:
+                # Let the other connections have their turn first. A keep-alive
+                # client whose next request is already buffered would otherwise
+                # be served again and again without a switch while the rest
+                # wait: under wrk (64 connections) p99 was 24-200 ms with the
+                # access log on, 9-11 ms with this yield, at the same CPU.
+                gevent.sleep(0)
+            self._requests += 1
             self.rfile.peek(1)
         finally:
             timer.cancel()
