@@ -206,3 +206,41 @@ def test_two_workers_answer_on_http_and_https(setup: dict[str, Any], tmp_path: P
             proc.wait()
     assert code == 0, log.read_text()
     assert len(rows(setup["store"], setup["server"].id, "SELECT id FROM clicks")) == 30
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # an exited orphan may wait unreaped
+
+
+def test_workers_stop_when_their_supervisor_is_killed(setup: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    http, _https = setup["ports"]
+    proc = launch(setup["path"], "--workers", "2", log=log)
+    workers: list[int] = []
+    try:
+        wait_for_port(http, proc, log)
+        deadline = time.monotonic() + 30
+        while len(workers := _children(proc.pid)) < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        path = f"/{setup['server'].token}/{setup['links'][0]}"
+        assert get(http, path).startswith(b"HTTP/1.1 307")
+        proc.kill()  # SIGKILL: no chance to pass anything on
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    assert text.count("is gone: worker") == 2, text
+    assert "events flushed" in text, text
+    # The click answered before the kill was written by its worker on the way out.
+    assert len(rows(setup["store"], setup["server"].id, "SELECT id FROM clicks")) == 1

@@ -26,6 +26,9 @@ from ._sockets import bind
 from ._sockets import listen_specs
 from .server import Worker
 
+#: Seconds between a worker's checks that its supervisor is still there.
+SUPERVISOR_CHECK = 1.0
+
 log = logging.getLogger("postal_tracking_plugin.web")
 
 
@@ -94,7 +97,14 @@ def serve(
             code = 1
             try:
                 code = _run_worker(
-                    config, sets[index], index, hook, reload_config, open_store, resumption
+                    config,
+                    sets[index],
+                    index,
+                    hook,
+                    reload_config,
+                    open_store,
+                    resumption,
+                    supervisor=os.getppid(),
                 )
             except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
                 log.exception("worker %d failed", index)
@@ -154,9 +164,21 @@ def _run_worker(
     reload_config: Callable[[], Config | None],
     open_store: Callable[[Config], Any],
     resumption: bool = True,
+    supervisor: int | None = None,
 ) -> int:
+    """Serve until stopped; a forked worker also stops when its ``supervisor`` is gone.
+
+    Without that, a supervisor killed with SIGKILL (the OOM killer, ``kill -9``)
+    left its workers serving for ever beside the next supervisor's.
+    """
     store = open_store(config)
     worker = Worker(config, store, sockets, hook=hook, index=index, resumption=resumption)
+
+    def watch_supervisor() -> None:
+        while os.getppid() == supervisor:
+            gevent.sleep(SUPERVISOR_CHECK)
+        log.warning("the supervisor (pid %s) is gone: worker %d stops", supervisor, index)
+        worker.stop()
 
     def on_hup() -> None:
         new = reload_config()
@@ -167,6 +189,8 @@ def _run_worker(
     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(worker.stop))
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
     worker.start()
+    if supervisor is not None:
+        gevent.spawn(watch_supervisor)
     worker.wait()
     store.close()
     return 0
