@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -199,8 +200,6 @@ def test_a_client_with_requests_queued_up_does_not_keep_the_others_waiting(serve
     busy one has 300 pipelined. Without the yield all 300 were answered before
     the other connection's single request.
     """
-    import time
-
     request = b"GET /sized?%s HTTP/1.1\r\nHost: a\r\n\r\n"
     with (
         socket.create_connection(("127.0.0.1", servers.ours), timeout=5) as busy,

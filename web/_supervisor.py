@@ -85,6 +85,8 @@ def serve(
     stopping = gevent.event.Event()
     handlers: list[Any] = []
 
+    supervisor = os.getpid()  # read here: a child asking getppid() could already see init
+
     def spawn_child(index: int) -> None:
         pid = gevent.fork()
         if pid == 0:
@@ -104,7 +106,7 @@ def serve(
                     reload_config,
                     open_store,
                     resumption,
-                    supervisor=os.getppid(),
+                    supervisor=supervisor,
                 )
             except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
                 log.exception("worker %d failed", index)
