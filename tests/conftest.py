@@ -10,7 +10,9 @@ cannot be reached the test is skipped with the reason, except under CI
 from __future__ import annotations
 
 import os
+import random
 import secrets
+import socket
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,41 @@ MYSQL = {
     "username": os.environ.get("PTP_MYSQL_USER", "root"),
     "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
 }
+
+
+def _test_ports() -> range:
+    """Ports for the servers tests start: outside the kernel's ephemeral range.
+
+    A port picked by binding port 0 comes from that range, and any client
+    connection made before the server binds it (Pebble, certbot, MariaDB, the
+    tests' own) may be given it: a CI run once failed with "port ... is in use".
+    """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(20000, low - 16) if low > 24000 else range(high + 1, 65520)
+
+
+_TEST_PORTS = _test_ports()
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, span: int = 1) -> int:
+    """A port nothing uses on ``host`` (and the ``span - 1`` after it, span <= 16)."""
+    while True:
+        port = random.randrange(_TEST_PORTS.start, _TEST_PORTS.stop)
+        if all(port_free(port + i, host) for i in range(span)):
+            return port
 
 
 def need(condition: bool, reason: str) -> None:

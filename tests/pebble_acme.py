@@ -30,6 +30,7 @@ from typing import Any
 
 import trustme
 
+from conftest import free_port
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.store import open_store
 
@@ -42,22 +43,6 @@ def available() -> str | None:
     if missing:
         return f"{' and '.join(missing)} not installed (apt-get install pebble)"
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class Pebble:

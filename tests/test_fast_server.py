@@ -19,17 +19,12 @@ from web_live import add_message
 from web_live import raw_exchange
 from web_live import rows
 
+from conftest import free_port
 from postal_tracking_plugin.cli import main as cli_main
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
 BIN = [sys.executable, "-m", "postal_tracking_plugin.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

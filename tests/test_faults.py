@@ -31,6 +31,7 @@ import pymysql
 import pytest
 import yaml
 
+from conftest import free_port
 from conftest import need
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.errors import StoreError
@@ -40,12 +41,6 @@ from postal_tracking_plugin.store import open_store
 from postal_tracking_plugin.store import random_token
 
 MARIADBD = "/usr/sbin/mariadbd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateMariaDB:

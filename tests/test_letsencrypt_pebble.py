@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pebble_acme import Pebble
 from pebble_acme import StoreResponder
 from pebble_acme import available
-from pebble_acme import free_port
 
 from conftest import drop_mysql_databases
+from conftest import free_port
 from conftest import mysql_config_data
 from conftest import mysql_reachable
 from conftest import need

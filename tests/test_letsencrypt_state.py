@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_port
 from postal_tracking_plugin.certificates import certificate_report
 from postal_tracking_plugin.certificates import renew_after
 from postal_tracking_plugin.certificates import run_scheduled_renewal
@@ -134,14 +134,8 @@ def cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Compl
     )  # fmt: skip
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    port = closed_port()
+    port = free_port()  # nothing listens there
     (tmp_path / "postal.yml").write_text(
         yaml.safe_dump(
             {

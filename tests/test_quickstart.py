@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,27 +12,16 @@ from pathlib import Path
 from web_live import raw_exchange
 from web_live import rows
 
+from conftest import free_port
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
 BIN = [sys.executable, "-m", "postal_tracking_plugin.cli"]
 
 
-def free_port() -> int:
-    while True:
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))  # quickstart's HTTPS port
-            except OSError:
-                continue
-            return port
-
-
 def test_quickstart_sets_up_tracks_the_sample_and_serves(tmp_path: Path) -> None:
     directory = tmp_path / "demo"
-    port = free_port()
+    port = free_port(span=2)  # and quickstart's HTTPS port after it
     log = tmp_path / "server.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(

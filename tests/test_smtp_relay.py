@@ -33,6 +33,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import LoginPassword
 
+from conftest import free_port
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import FastServerConfig
 from postal_tracking_plugin.config import RelayConfig
@@ -124,12 +125,6 @@ def make_upstream() -> Iterator[Callable[..., tuple[Collector, int]]]:
     yield make
     for controller in controllers:
         controller.stop()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return s.getsockname()[1]
 
 
 @pytest.fixture
