@@ -232,6 +232,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def database_pids() -> list[int]:
+    """MariaDB's server process (shared, not ours: only read, for its CPU time)."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in ("mariadbd", "mysqld"):
+                pids.append(int(comm.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -412,11 +424,12 @@ def measure(
 ) -> dict[str, float]:
     wrk(url, args.warmup, paths, close=close, cpus=wrk_cpus, workdir=workdir)
     settle(server)  # the warm-up's events are written before the measured run starts
-    pids = server.pids()
-    before = cpu_seconds(pids)
+    pids, db_pids = server.pids(), database_pids()
+    before, db_before = cpu_seconds(pids), cpu_seconds(db_pids)
     result = wrk(url, args.duration, paths, close=close, cpus=wrk_cpus, workdir=workdir)
     used = cpu_seconds(server.pids()) - before
     result["cpu_us"] = used / max(result["requests"], 1) * 1e6
+    result["db_us"] = (cpu_seconds(db_pids) - db_before) / max(result["requests"], 1) * 1e6
     # Our server writes events after answering: wait until it is idle again
     # and count that CPU too, so no work is left for the next variant and the
     # deferred writing is not free.
@@ -617,7 +630,8 @@ def main() -> int:
                 print(
                     f"round {r + 1} ({key}) {name}: {res['rps']:,.0f} req/s, p99 {res['p99']:.1f} ms, "
                     f"{res['cpu_us']:.0f} us CPU/req ({res['cpu_all_us']:.0f} with writing, "
-                    f"{res['drain_s']:.1f} s after the run), wrk {res['wrk_us']:.0f} us CPU/req, non-3xx {res['non3xx']}, "
+                    f"{res['drain_s']:.1f} s after the run), wrk {res['wrk_us']:.0f} us CPU/req, "
+                    f"MariaDB {res['db_us']:.0f} us CPU/req, non-3xx {res['non3xx']}, "
                     f"errors {res['errors']}",
                     flush=True,
                 )
@@ -697,7 +711,7 @@ def report(
     )
     print(
         f"{'variant':40} {'req/s':>10} {'p99 ms':>8} {'CPU us/req':>11} {'+writing':>9} "
-        f"{'after s':>8} {'wrk us':>7} {'non-3xx':>8} {'errors':>7}"
+        f"{'after s':>8} {'wrk us':>7} {'db us':>6} {'non-3xx':>8} {'errors':>7}"
     )
     for key, runs in results.items():
         if not runs:
@@ -706,12 +720,13 @@ def report(
         med[key] = m
         print(
             f"{names[key]:40} {m['rps']:>10,.0f} {m['p99']:>8.1f} {m['cpu_us']:>11.0f} "
-            f"{m['cpu_all_us']:>9.0f} {m['drain_s']:>8.1f} {m['wrk_us']:>7.0f} {m['non3xx']:>8.0f} {m['errors']:>7.0f}"
+            f"{m['cpu_all_us']:>9.0f} {m['drain_s']:>8.1f} {m['wrk_us']:>7.0f} {m['db_us']:>6.0f} {m['non3xx']:>8.0f} {m['errors']:>7.0f}"
         )
     print(
         "\nCPU us/req: the server's CPU during the run; +writing: including the events it"
         "\nwrote after the run ended ('after s' seconds until it was idle again); wrk us: the"
-        "\nload generator's CPU per request. Where wrk's core is the limit, req/s measures wrk:"
+        "\nload generator's CPU per request; db us: MariaDB's, during the run (any variant's"
+        "\nqueries, and whatever else was using it). Where wrk's core is the limit, req/s measures wrk:"
         "\nwith TLS it also spins while it waits for a handshake (it polls a connecting socket"
         "\nfor writability), so its CPU per connection grows with the server's handshake latency."
     )
@@ -728,9 +743,17 @@ def report(
     ratio(6, 3, "(6) pixel / (3) Postal's design", ">= 3.0")
     ratio("7b", "7a", "(7) TLS handshakes ours / nginx", ">= 0.9")
     if "7a" in med and "7b" in med:
+        # wrk needs more CPU per handshake than either server, so its core sets
+        # the req/s above; what one core of each server can do is 1 s / its CPU.
+        nginx_cap, ours_cap = (1e6 / med[k]["cpu_us"] for k in ("7a", "7b"))
         print(
             f"{'(7) by CPU: nginx us / ours us per handshake':44} "
             f"{med['7a']['cpu_us']:.0f} / {med['7b']['cpu_us']:.0f}"
+        )
+        print(
+            f"{'(7) per core (1 s / CPU): ours / nginx':44} {ours_cap / nginx_cap:6.2f}x   "
+            f"({ours_cap:,.0f} / {nginx_cap:,.0f} handshakes/s; wrk's core: "
+            f"{1e6 / med['7b']['wrk_us']:,.0f} / {1e6 / med['7a']['wrk_us']:,.0f})"
         )
     ratio(8, 5, "(8) two workers / (5) one", ">= 1.7")
     if 5 in med and 8 in med:
@@ -740,6 +763,14 @@ def report(
             f"{'(8) by CPU: us per request, one / two workers':44} "
             f"{med[5]['cpu_us']:.0f} / {med[8]['cpu_us']:.0f} (wrk {med[8]['wrk_us']:.0f} us/req "
             f"on the same cores)"
+        )
+        # The most two cores can serve when every request also costs wrk's and
+        # MariaDB's CPU on them: 2 s of CPU a second over the three per request.
+        per_request = med[8]["cpu_us"] + med[8]["wrk_us"] + med[8]["db_us"]
+        print(
+            f"{'(8) ceiling of this machine for that ratio':44} "
+            f"{2e6 / per_request / med[5]['rps']:6.2f}x   (the run used "
+            f"{per_request * med[8]['rps'] / 1e6:.2f} of 2 cores: workers, wrk, MariaDB)"
         )
     if 5 in med and 9 in med:
         print(
