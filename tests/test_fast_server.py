@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
+from cryptography import x509
 from web_live import add_message
+from web_live import names_of
 from web_live import raw_exchange
 from web_live import rows
+from web_live import store_certificate
 
 from conftest import free_port
 from postal_tracking_plugin.cli import main as cli_main
 from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.default_certificate import default_certificate_paths
 from postal_tracking_plugin.store import open_store
 
 BIN = [sys.executable, "-m", "postal_tracking_plugin.cli"]
@@ -172,16 +177,29 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def launch_workers(setup: dict[str, Any], count: int, log: Path) -> tuple[Any, list[int]]:
+    """Start the server with ``count`` workers; return it and the workers' pids once all
+    serve (and have their signal handlers)."""
+    proc = launch(setup["path"], "--workers", str(count), log=log)
+    try:
+        wait_for_port(setup["ports"][0], proc, log)
+        deadline = time.monotonic() + 30
+        while log.read_text().count(" serving (pid ") < count:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, workers
+
+
 def test_two_workers_answer_on_http_and_https(setup: dict[str, Any], tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     http, https = setup["ports"]
-    proc = launch(setup["path"], "--workers", "2", log=log)
+    proc, _workers = launch_workers(setup, 2, log)
     try:
-        wait_for_port(http, proc, log)
-        deadline = time.monotonic() + 30
-        while len(_children(proc.pid)) < 2:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         path = f"/{setup['server'].token}/{setup['links'][0]}"
         for _ in range(20):
             assert get(http, path).startswith(b"HTTP/1.1 307")
@@ -203,6 +221,81 @@ def test_two_workers_answer_on_http_and_https(setup: dict[str, Any], tmp_path: P
     assert len(rows(setup["store"], setup["server"].id, "SELECT id FROM clicks")) == 30
 
 
+def resumptions(port: int, server_name: str | None, count: int) -> list[bool]:
+    """Whether each of ``count`` HTTPS requests in a row resumed the session of the one before."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    session, resumed = None, []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name, session=session) as tls:
+                tls.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                while tls.recv(4096):  # to the end: the ticket comes after the handshake
+                    pass
+                resumed.append(tls.session_reused)
+                session = tls.session
+    return resumed
+
+
+@pytest.mark.parametrize("name", ["unknown.example", "click.stored.example"])
+def test_tls_sessions_resume_on_either_worker(
+    setup: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    """A session ticket from one worker resumes on the other (the kernel picks a
+    worker per connection), as nginx's workers share theirs: on the default
+    certificate and on a tracking domain's own."""
+    store_certificate(setup["store"], trustme.CA(), "click.stored.example", trustme.KeyType.ECDSA)
+    log = tmp_path / "server.log"
+    _, https = setup["ports"]
+    proc, _workers = launch_workers(setup, 2, log)
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", https), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                served = names_of(x509.load_der_x509_certificate(tls.getpeercert(True)))
+        assert (served == [name]) == (name == "click.stored.example"), served
+        assert resumptions(https, name, 16) == [False] + [True] * 15
+    finally:
+        stop(proc)
+
+
+def test_a_replacement_worker_serves_the_reloaded_default_certificate_and_resumes(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """A worker started after SIGHUP (its predecessor died) starts from the
+    supervisor's reloaded default certificate, with the same ticket keys."""
+    log = tmp_path / "server.log"
+    _, https = setup["ports"]
+    proc, workers = launch_workers(setup, 2, log)
+    try:
+        issued = trustme.CA().issue_cert("new-default.example", key_type=trustme.KeyType.ECDSA)
+        cert, key = default_certificate_paths(load_config(setup["path"]))
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("configuration and certificates reloaded") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        os.kill(workers[0], signal.SIGKILL)
+        while log.read_text().count(" serving (pid ") < 3:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        served = set()
+        for _ in range(16):  # full handshakes (a resumed one sends no certificate)
+            with socket.create_connection(("127.0.0.1", https), timeout=10) as raw:
+                with ctx.wrap_socket(raw) as tls:
+                    der = tls.getpeercert(binary_form=True)
+                    served.update(names_of(x509.load_der_x509_certificate(der)))
+        assert served == {"new-default.example"}
+        assert resumptions(https, None, 16) == [False] + [True] * 15
+    finally:
+        stop(proc)
+
+
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -214,14 +307,8 @@ def _running(pid: int) -> bool:
 def test_workers_stop_when_their_supervisor_is_killed(setup: dict[str, Any], tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     http, _https = setup["ports"]
-    proc = launch(setup["path"], "--workers", "2", log=log)
-    workers: list[int] = []
+    proc, workers = launch_workers(setup, 2, log)
     try:
-        wait_for_port(http, proc, log)
-        deadline = time.monotonic() + 30
-        while len(workers := _children(proc.pid)) < 2:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         path = f"/{setup['server'].token}/{setup['links'][0]}"
         assert get(http, path).startswith(b"HTTP/1.1 307")
         proc.kill()  # SIGKILL: no chance to pass anything on

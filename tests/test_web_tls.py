@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import ssl
 import subprocess
@@ -19,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 from web_live import LiveServer
 from web_live import add_message
+from web_live import names_of
+from web_live import store_certificate
 
 from postal_tracking_plugin.store import Store
 
@@ -26,19 +27,6 @@ from postal_tracking_plugin.store import Store
 @pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def store_certificate(store: Store, ca: trustme.CA, name: str, key_type: trustme.KeyType) -> None:
-    issued = ca.issue_cert(name, key_type=key_type)
-    chain = [blob.bytes().decode() for blob in issued.cert_chain_pems]
-    store.save_certificate(
-        name,
-        certificate=chain[0],
-        intermediaries="".join(chain[1:]) or None,
-        key=issued.private_key_pem.bytes().decode(),
-        expires_at=dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
-        + dt.timedelta(days=30),
-    )
 
 
 def peer_certificate(port: int, server_name: str | None, **context: Any) -> x509.Certificate:
@@ -56,14 +44,6 @@ def peer_certificate(port: int, server_name: str | None, **context: Any) -> x509
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def names_of(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return [a.value for a in cert.subject]  # type: ignore[misc]
-    return san.value.get_values_for_type(x509.DNSName)
 
 
 @pytest.fixture

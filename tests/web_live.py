@@ -8,15 +8,20 @@ recorder and stats; the tests of the command itself run it as a subprocess.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import http.client
 import socket
 import threading
 import time
 from typing import Any
 
+import trustme
+from cryptography import x509
+
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.default_certificate import ensure_default_certificate
 from postal_tracking_plugin.store import Link
+from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import random_token
 
 
@@ -162,3 +167,26 @@ def raw_exchange(host: str, port: int, data: bytes, *, timeout: float = 10.0) ->
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def store_certificate(store: Store, ca: trustme.CA, name: str, key_type: trustme.KeyType) -> None:
+    """Save a certificate for ``name`` issued by ``ca`` in ``track_certificates``."""
+    issued = ca.issue_cert(name, key_type=key_type)
+    chain = [blob.bytes().decode() for blob in issued.cert_chain_pems]
+    store.save_certificate(
+        name,
+        certificate=chain[0],
+        intermediaries="".join(chain[1:]) or None,
+        key=issued.private_key_pem.bytes().decode(),
+        expires_at=dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        + dt.timedelta(days=30),
+    )
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The DNS names a certificate is for (its subject when it has no SAN)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return [a.value for a in cert.subject]  # type: ignore[misc]
+    return san.value.get_values_for_type(x509.DNSName)

@@ -8,10 +8,12 @@ process: ``python -m postal_tracking_plugin.web`` patches first thing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -58,9 +60,14 @@ def serve(
 
     from .tls import context_from_files
 
+    # SIGHUP ends a process by default: until a process has its handler (the
+    # workers install theirs once they serve), a reload request is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     count = workers or default_workers(config)
     specs = listen_specs(config)
-    context_from_files(*default_certificate_paths(config))  # fail now, with one line
+    # Made once, here, so that every worker (and a replacement of one) seals
+    # session tickets with the same keys; and a bad certificate fails now, in one line.
+    tls_context = context_from_files(*default_certificate_paths(config), resumption=resumption)
     if hook is None:
         hook = plugin_hook()
     sets = [[(bind(s, reuse_port=count > 1), s.tls) for s in specs] for _ in range(count)]
@@ -79,7 +86,9 @@ def serve(
             return None
 
     if count == 1:
-        return _run_worker(config, sets[0], 0, hook, reload_config, open_store, resumption)
+        return _run_worker(
+            config, sets[0], 0, hook, reload_config, open_store, resumption, tls_context
+        )
 
     children: dict[int, int] = {}
     stopping = gevent.event.Event()
@@ -92,6 +101,7 @@ def serve(
         if pid == 0:
             for handler in handlers:  # the parent's, inherited by a replacement worker
                 handler.cancel()
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             for i, other in enumerate(sets):
                 if i != index:
                     for sock, _ in other:
@@ -106,6 +116,7 @@ def serve(
                     reload_config,
                     open_store,
                     resumption,
+                    tls_context,
                     supervisor=supervisor,
                 )
             except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
@@ -130,7 +141,19 @@ def serve(
 
     handlers.append(gevent.signal_handler(signal.SIGTERM, on_term))
     handlers.append(gevent.signal_handler(signal.SIGINT, on_term))
-    handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: forward(signal.SIGHUP)))
+
+    def on_hup() -> None:
+        # The workers reload and report; here only what a replacement worker
+        # starts from is brought up to date (errors: the workers log them).
+        nonlocal config
+        new = reload_config()
+        if new is not None:
+            config = new
+            with contextlib.suppress(OSError, ssl.SSLError):
+                tls_context.load_cert_chain(*map(str, default_certificate_paths(config)))
+        forward(signal.SIGHUP)
+
+    handlers.append(gevent.signal_handler(signal.SIGHUP, on_hup))
     for listening in sets:
         for sock, _ in listening:
             sock.close()  # the children hold their own
@@ -166,6 +189,7 @@ def _run_worker(
     reload_config: Callable[[], Config | None],
     open_store: Callable[[Config], Any],
     resumption: bool = True,
+    tls_context: Any = None,
     supervisor: int | None = None,
 ) -> int:
     """Serve until stopped; a forked worker also stops when its ``supervisor`` is gone.
@@ -174,7 +198,15 @@ def _run_worker(
     left its workers serving for ever beside the next supervisor's.
     """
     store = open_store(config)
-    worker = Worker(config, store, sockets, hook=hook, index=index, resumption=resumption)
+    worker = Worker(
+        config,
+        store,
+        sockets,
+        hook=hook,
+        index=index,
+        resumption=resumption,
+        tls_context=tls_context,
+    )
 
     def watch_supervisor() -> None:
         while os.getppid() == supervisor:
@@ -191,6 +223,7 @@ def _run_worker(
     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(worker.stop))
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
     worker.start()
+    log.info("worker %d serving (pid %d)", index, os.getpid())
     if supervisor is not None:
         gevent.spawn(watch_supervisor)
     worker.wait()

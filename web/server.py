@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +199,8 @@ class Worker:
     :param hook: the tracking-event hook handed to the recorder it makes.
     :param index: the worker's number; worker 0 runs the scheduled renewal.
     :param resumption: TLS session tickets (off only for the handshake benchmark).
+    :param tls_context: the default TLS context, shared by the workers of one
+        supervisor (see :class:`~.tls.CertificateContexts`); made here if not given.
     :param prefetch: follow the links and messages tables into the cache (:mod:`._prefetch`).
     """
 
@@ -212,6 +215,7 @@ class Worker:
         index: int = 0,
         limits: Limits | None = None,
         resumption: bool = True,
+        tls_context: ssl.SSLContext | None = None,
         lookup: Lookup | None = None,
         prefetch: bool = True,
     ) -> None:
@@ -234,7 +238,7 @@ class Worker:
         self.certificates: CertificateContexts | None = None
         if any(tls for _, tls in sockets):
             self.certificates = CertificateContexts(
-                store, default_certificate_paths(config), resumption=resumption
+                store, default_certificate_paths(config), resumption=resumption, default=tls_context
             )
         self.lookup = lookup if lookup is not None else Lookup(store)
         self.prefetcher = (

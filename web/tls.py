@@ -108,10 +108,21 @@ class CertificateContexts:
     :param store: where ``track_certificates`` rows are read.
     :param default_paths: (certificate, key) of the default certificate.
     :param resumption: TLS session tickets (see :func:`new_context`).
+    :param default: the default context, made by :func:`context_from_files`
+        before the workers were forked (made here if not given). Every
+        handshake starts on it, and OpenSSL seals session tickets with the
+        keys of the context a handshake started on, which it draws at random
+        when the context is made: one context made before the fork gives all
+        workers the same keys, so a ticket from one resumes on any other.
     """
 
     def __init__(
-        self, store: Any, default_paths: tuple[Path, Path], *, resumption: bool = True
+        self,
+        store: Any,
+        default_paths: tuple[Path, Path],
+        *,
+        resumption: bool = True,
+        default: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
         self.default_paths = default_paths
@@ -120,12 +131,10 @@ class CertificateContexts:
         self._versions: dict[str, Any] = {}
         self._failed: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.default = self._default_context()
-
-    def _default_context(self) -> ssl.SSLContext:
-        ctx = context_from_files(*self.default_paths, resumption=self.resumption)
-        ctx.sni_callback = self._choose
-        return ctx
+        if default is None:
+            default = context_from_files(*default_paths, resumption=resumption)
+        default.sni_callback = self._choose
+        self.default = default
 
     def _choose(self, sslsock: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if server_name:
