@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -16,12 +15,13 @@ from typing import Any
 import pytest
 import trustme
 import yaml
-from cryptography import x509
 from web_live import add_message
 from web_live import names_of
+from web_live import peer_certificate
 from web_live import raw_exchange
 from web_live import rows
 from web_live import store_certificate
+from web_live import tls_client_context
 
 from conftest import free_port
 from postal_tracking_plugin.cli import main as cli_main
@@ -203,8 +203,7 @@ def test_two_workers_answer_on_http_and_https(setup: dict[str, Any], tmp_path: P
         path = f"/{setup['server'].token}/{setup['links'][0]}"
         for _ in range(20):
             assert get(http, path).startswith(b"HTTP/1.1 307")
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx = tls_client_context()
         for _ in range(10):
             with socket.create_connection(("127.0.0.1", https), timeout=10) as raw:
                 with ctx.wrap_socket(raw, server_hostname="click.example.com") as tls:
@@ -223,8 +222,7 @@ def test_two_workers_answer_on_http_and_https(setup: dict[str, Any], tmp_path: P
 
 def resumptions(port: int, server_name: str | None, count: int) -> list[bool]:
     """Whether each of ``count`` HTTPS requests in a row resumed the session of the one before."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx = tls_client_context()
     session, resumed = None, []
     for _ in range(count):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -249,11 +247,7 @@ def test_tls_sessions_resume_on_either_worker(
     _, https = setup["ports"]
     proc, _workers = launch_workers(setup, 2, log)
     try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", https), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                served = names_of(x509.load_der_x509_certificate(tls.getpeercert(True)))
+        served = names_of(peer_certificate(https, name))
         assert (served == [name]) == (name == "click.stored.example"), served
         assert resumptions(https, name, 16) == [False] + [True] * 15
     finally:
@@ -282,14 +276,9 @@ def test_a_replacement_worker_serves_the_reloaded_default_certificate_and_resume
         while log.read_text().count(" serving (pid ") < 3:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         served = set()
         for _ in range(16):  # full handshakes (a resumed one sends no certificate)
-            with socket.create_connection(("127.0.0.1", https), timeout=10) as raw:
-                with ctx.wrap_socket(raw) as tls:
-                    der = tls.getpeercert(binary_form=True)
-                    served.update(names_of(x509.load_der_x509_certificate(der)))
+            served.update(names_of(peer_certificate(https, None)))
         assert served == {"new-default.example"}
         assert resumptions(https, None, 16) == [False] + [True] * 15
     finally:

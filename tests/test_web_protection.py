@@ -13,6 +13,7 @@ from web_live import LiveServer
 from web_live import add_message
 from web_live import raw_exchange
 from web_live import rows
+from web_live import tls_client_context
 from web_live import with_settings
 
 from postal_tracking_plugin.config import Config
@@ -49,10 +50,7 @@ def test_accepted_sockets_have_tcp_nodelay(
     live = start(*sqlite_store)
     try:
         assert live.request("GET", "/")[0].status == 200
-        import ssl
-
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx = tls_client_context()
         with socket.create_connection((live.host, live.https_port), timeout=10) as raw:
             with ctx.wrap_socket(raw) as tls:
                 tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -186,13 +184,10 @@ def test_proxy_protocol_gives_the_client_address(
 
 
 def test_proxy_protocol_before_tls(sqlite_store: tuple[Config, Store]) -> None:
-    import ssl
-
     config, store = sqlite_store
     live = start(with_settings(config, proxy_protocol=True), store)
     try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx = tls_client_context()
         with socket.create_connection((live.host, live.https_port), timeout=10) as raw:
             raw.sendall(b"PROXY TCP4 198.51.100.1 192.0.2.1 40000 5011\r\n")
             with ctx.wrap_socket(raw, server_hostname="click.example.com") as tls:

@@ -7,7 +7,6 @@ import ssl
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from web_live import LiveServer
 from web_live import add_message
 from web_live import names_of
+from web_live import peer_certificate
 from web_live import store_certificate
 
 from postal_tracking_plugin.store import Store
@@ -27,23 +27,6 @@ from postal_tracking_plugin.store import Store
 @pytest.fixture
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def peer_certificate(port: int, server_name: str | None, **context: Any) -> x509.Certificate:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # setting TLS 1.1 on purpose
-        for key, value in context.items():
-            setattr(ctx, key, value)
-    if context:
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer the old protocol
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ import dataclasses
 import datetime as dt
 import http.client
 import socket
+import ssl
 import threading
 import time
+import warnings
 from typing import Any
 
 import trustme
@@ -190,3 +192,27 @@ def names_of(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return [a.value for a in cert.subject]  # type: ignore[misc]
     return san.value.get_values_for_type(x509.DNSName)
+
+
+def tls_client_context() -> ssl.SSLContext:
+    """A TLS client that accepts any certificate: the tests check the names themselves."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_certificate(port: int, server_name: str | None, **context: Any) -> x509.Certificate:
+    """The certificate the server on 127.0.0.1:``port`` sends in a full handshake."""
+    ctx = tls_client_context()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # setting TLS 1.1 on purpose
+        for key, value in context.items():
+            setattr(ctx, key, value)
+    if context:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer the old protocol
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

@@ -144,7 +144,8 @@ def serve(
 
     def on_hup() -> None:
         # The workers reload and report; here only what a replacement worker
-        # starts from is brought up to date (errors: the workers log them).
+        # starts from is brought up to date (a certificate that does not load
+        # is left to the workers to report).
         nonlocal config
         new = reload_config()
         if new is not None:
@@ -189,7 +190,7 @@ def _run_worker(
     reload_config: Callable[[], Config | None],
     open_store: Callable[[Config], Any],
     resumption: bool = True,
-    tls_context: Any = None,
+    tls_context: ssl.SSLContext | None = None,
     supervisor: int | None = None,
 ) -> int:
     """Serve until stopped; a forked worker also stops when its ``supervisor`` is gone.
