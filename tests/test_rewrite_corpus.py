@@ -16,17 +16,14 @@ from urllib.parse import urlsplit
 import lxml.html
 import pytest
 
-from conftest import need
 from postal_tracking_plugin.rewrite._html import rewrite_html
 from postal_tracking_plugin.rewrite._plan import Tracker
 from postal_tracking_plugin.rewrite._plan import TrackingPlan
 from postal_tracking_plugin.rewrite._urls import clean_url
 from postal_tracking_plugin.rewrite._urls import decode_attribute
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "html"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/html")
-FILES = sorted(CORPUS.glob("*.html")) if CORPUS.is_dir() else []
+CORPUS = Path(__file__).resolve().parent / "corpus" / "html"  # sources: corpus/SOURCES.md
+FILES = sorted(CORPUS.glob("*.html"))
 CLICK = re.compile(r"https://click\.example\.com/srvtok/L[0-9]{5}")
 PIXEL = re.compile(r"<p class='ampimg'[^>]*><img src='https://click\.example\.com/img/srvtok/M0000' alt=''></p>")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{%|\*\||%[A-Za-z_][\w.\-]*%|\$\{")
@@ -52,7 +49,7 @@ def is_subsequence(small: list[str], big: list[str]) -> bool:
 
 
 def test_corpus_is_there() -> None:
-    need(len(FILES) > 0, f"the shared corpus is not at {CORPUS}")
+    assert len(FILES) == 84, f"tests/corpus/html should hold the 84 corpus documents, not {len(FILES)}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name[:60] for p in FILES])
