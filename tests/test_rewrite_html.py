@@ -261,3 +261,71 @@ def test_unterminated_constructs_do_not_hide_or_invent_links() -> None:
     out, urls = run(html)
     assert urls == ["https://a.example/1"]
     assert out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>'):]
+
+
+PIXEL_AT = "<p class='ampimg'"
+
+
+@pytest.mark.parametrize(
+    ("html", "before"),
+    [
+        ("<p>x</p><!-- never closed <p>", "<!-- never closed"),
+        ('<p>x</p><a href="https://a.example/" class="never closed', "<a href="),
+        ("<p>x</p><a", "<a"),
+        ("<p>x</p></", "</"),
+        ("<p>x</p><!", "<!"),
+        ("<p>x</p></p class='x", "</p class"),
+        ("<p>x</p><style>p { color: red }", "<style>"),
+        ("<p>x</p><title>never closed", "<title>"),
+        ("<p>x</p><plaintext>all text", "<plaintext>"),
+        ("<p>x</p><!--[if mso]><p>never closed", "<!--[if mso]>"),
+    ],
+)
+def test_pixel_goes_before_a_construct_left_open_at_the_end(html: str, before: str) -> None:
+    """Appended after an unterminated comment or unfinished tag, no browser would see it."""
+    out, _ = run(html, track_loads=True)
+    assert out.index(PIXEL_AT) == html.rindex(before)
+    assert out.replace(PIXEL, "") == html
+
+
+def test_pixel_still_goes_at_the_end_after_a_lone_less_than() -> None:
+    out, _ = run("<p>1 < 2 <", track_loads=True)
+    assert out == "<p>1 < 2 <" + PIXEL
+
+
+@pytest.mark.parametrize(
+    "condition", ["!mso", " ! mso ", "!(mso)", "!mso 12", "!MSO"]
+)
+def test_links_in_downlevel_hidden_conditional_comments_are_not_tracked(condition: str) -> None:
+    """``<!--[if !mso]> ... <![endif]-->`` is a comment to browsers and skipped by Outlook."""
+    html = f'<!--[if {condition}]><a href="https://hidden.example/">x</a><![endif]--><a href="https://shown.example/">y</a>'
+    out, urls = run(html)
+    assert urls == ["https://shown.example/"]
+    assert out == html.replace("https://shown.example/", CLICK + "L000")
+
+
+def test_downlevel_revealed_and_mso_only_links_are_tracked() -> None:
+    html = (
+        '<!--[if !mso]><!--><a href="https://revealed.example/">x</a><!--<![endif]-->'
+        '<!--[if mso | IE]><a href="https://outlook.example/">y</a><![endif]-->'
+    )
+    _, urls = run(html)
+    assert urls == ["https://revealed.example/", "https://outlook.example/"]
+
+
+@pytest.mark.parametrize(
+    "piece",
+    ["<a ", '<a href="https://a.example/', "<p ", "<style ", "</p ", "</body ", "<!--[if",
+     "<!--[if mso]>href ", '<!--[if mso]><a href="https://a.example/">', "<!-- <a href=x>"],
+)
+def test_pathological_repetitions_are_read_as_a_browser_reads_them(piece: str) -> None:
+    """The inputs of benchmarks/rewrite.py's pathological section (the benchmark times them).
+
+    Each repeats one construct that never ends; a browser reads the rest of the
+    document as one tag or comment, so at most the first conditional link is tracked.
+    """
+    html = "<p>x</p>" + piece * 2000
+    out, urls = run(html, track_loads=True)
+    assert urls == (["https://a.example/"] if piece.startswith("<!--[if mso]><a") else [])
+    assert out.index(PIXEL_AT) == len("<p>x</p>")
+    assert out.replace(PIXEL, "").replace(CLICK + "L000", "https://a.example/") == html

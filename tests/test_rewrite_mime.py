@@ -327,3 +327,14 @@ def test_sample_newsletter() -> None:
         assert "https://www.example.com/preferences?u=8f3a2c" in content
         assert "https://www.example.com/unsubscribe" not in content
     assert parse(result.data)["Subject"] == "The Example Monthly \u2013 November 2026"
+
+
+@pytest.mark.parametrize(
+    ("data", "long"),
+    [(b"x" * 998, False), (b"x" * 999, True), (b"a\r\n" + b"x" * 998 + b"\r\nb", False),
+     (b"a\n" + b"x" * 999 + b"\n", True), (b"x" * 500 + b"\r" + b"x" * 500, False), (b"", False)],
+)
+def test_long_line_check_counts_octets_between_line_breaks(data: bytes, long: bool) -> None:
+    from postal_tracking_plugin.rewrite._mime import _has_long_line
+
+    assert _has_long_line(data) is long

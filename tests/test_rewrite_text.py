@@ -102,3 +102,10 @@ def test_flowed_text_url_at_a_soft_break_is_left_alone() -> None:
 def test_clicks_off_tracks_nothing_in_text() -> None:
     out, urls = run("https://a.example/", track_clicks=False)
     assert urls == [] and out == "https://a.example/"
+
+
+def test_trailing_brackets_are_trimmed_in_one_count() -> None:
+    """The bracket rule on a long run of ")" (benchmarks/rewrite.py times it)."""
+    out, urls = run("see https://a.example/x(1)" + ")" * 5000 + " ok")
+    assert urls == ["https://a.example/x(1)"]
+    assert out == f"see {CLICK}L000" + ")" * 5000 + " ok"

@@ -38,6 +38,8 @@ _COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
 # A conditional comment's text that holds no "href": those are copied through
 # inside the regex; only the others stop the scan.
 _NO_HREF_BODY = r"[^-hH]*+(?:(?:-(?!-!?>)|[hH](?![rR][eE][fF]))[^-hH]*+)*+"
+# The condition of a downlevel-hidden conditional comment, "[if !mso]" (also "! (mso 12)").
+_NOT_MSO = rf"[{_WS}]*+![{_WS}]*+\(?[{_WS}]*+[mM][sS][oO](?![a-zA-Z0-9_])[^\]>|&]*+"
 
 
 def _ci(word: str) -> str:
@@ -89,7 +91,6 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
     body = ("body",) if body_start and not vml else ()
     stops = tracked if vml else _names((*_TRACKED, *body))
-    body_end = "" if vml else f"|/{_ci('body')}{_END}"
     # Names that are not plain start tags, by first letter (VML: "v:" starts one).
     special: dict[str, list[str]] = {}
     for word in (*_TRACKED, *_RAW, *body, "plaintext"):
@@ -117,28 +118,51 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     fast_first = "|".join(v for k, v in sorted(fast.items(), key=lambda kv: order.get(kv[0], 9)))
     bare = "".join(sorted(c + c.upper() for c in special if "" not in special[c]))
     raw_text = "".join(
-        rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+" for name in _RAW
+        rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+(?=</)"
+        for name in _RAW
     )
+    # Conditional comments: downlevel-hidden "[if !mso]" is shown by no client (Outlook
+    # skips it, browsers see a comment) so it is a comment; the others stop the scan
+    # when their text holds "href" (inside the VML scanner none is special: no nesting).
+    cond_head = r"!--\[if[^\]>]*+\]>"
+    if vml:
+        comments = rf"|!--(?:-?>|{_COMMENT_BODY}--!?>)"
+    else:
+        comments = (
+            rf"|!--(?!\[if[^\]>]*+\]>)(?:-?>|{_COMMENT_BODY}--!?>)"  # comment
+            rf"|!--\[if{_NOT_MSO}\]>{_COMMENT_BODY}--!?>"  # downlevel-hidden: a comment
+            rf"|{cond_head}{_NO_HREF_BODY}--!?>"  # conditional, nothing to track
+        )
     after_lt = (  # what may follow a "<" that is copied through, the common first
         r"""/[ac-zAC-Z][^>"']*+>|"""  # end tag without quotes (not </b...)
         + fast_first
         + f"|[{bare}]>"  # <p>, <b>, <i>, <s>, ...
-        + rf"|!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
-        + rf"|!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
-        + r"|!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
+        + comments
+        + r"|!(?!--)[^>]*+>"  # doctype, CDATA, bogus comment
         + "".join(f"|{g}{_TAG_REST}>" for g in general)  # any other start tag
         + rf"|/(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # any other end tag
-        + r"|\?[^>]*+>?"
-        + r"|/>|/[^a-zA-Z>][^>]*+>?"
+        + r"|\?[^>]*+>"
+        + r"|/>|/[^a-zA-Z>][^>]*+>"
         + raw_text
-        + rf"|{_ci('plaintext')}{_END}[\s\S]*+"
-        + rf"|(?!{stops}{_END}{body_end}|!--\[if)"  # a "<" that is text
+        + r"|(?![a-zA-Z/!?])"  # a "<" that is text (HTML: not before a letter, /, ! or ?)
     )
     boring = rf"(?:[^<]*+<(?:{after_lt}))*+[^<]*+"
+    # What runs to the end of the input unfinished: the browser drops it (a tag),
+    # or reads the rest as a comment or raw text, so a pixel after it would not show.
+    raw_open = "|".join(
+        rf"{_ci(name)}{_END}{_TAG_REST}(?:>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+)?"
+        for name in _RAW
+    )
+    unfinished = (
+        rf"<(?:!--{_COMMENT_BODY}|{raw_open}|{_ci('plaintext')}{_END}[\s\S]*+"
+        rf"|/?[a-zA-Z]{_TAG_REST}|[!?/][^>]*+)\Z"
+    )
+    cond = "(?!)" if vml else rf"<!--\[if(?!{_NOT_MSO}\]>)[^\]>]*+\]>"
     interesting = (
-        rf"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
+        rf"(?:(?P<cond>{cond})(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
         rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{fast_attrs}|{_TAG_REST})>)"
         rf"|(?P<endbody></{_ci('body')}{_END}{_TAG_REST}>)"
+        rf"|(?P<unfinished>{unfinished})"
         r"|<|\Z)"
     )
     return re.compile(boring + interesting)
@@ -146,8 +170,9 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
 
 _SCAN = _scanner(vml=False)
 # Group numbers, the same in every scanner (the loop has no groups of its own).
-_TAG, _NAME, _ATTRS, _ENDBODY, _CONDBODY = (
-    _SCAN.groupindex[n] for n in ("tag", "name", "attrs", "endbody", "condbody")
+_TAG, _NAME, _ATTRS, _ENDBODY, _COND, _CONDBODY, _UNFINISHED = (
+    _SCAN.groupindex[n]
+    for n in ("tag", "name", "attrs", "endbody", "cond", "condbody", "unfinished")
 )
 _SCAN_VML = _scanner(vml=True)
 _SCAN_BOTTOM = _scanner(vml=False, body_start=False)  # the pixel goes before </body>
@@ -193,11 +218,18 @@ def html_edits(
         if pixel is not None:
             edits.append((pixel_at, pixel_at, pixel))
     if _has_notrack(text):
-        taken = [(s, e) for s, e, _ in edits if e > s]
+        # Each marker not inside a replaced span goes; both lists are in document
+        # order, so one sweep decides (a scan of every span per marker was quadratic).
+        taken = sorted((s, e) for s, e, _ in edits if e > s)
+        markers = []
+        i = 0
         for m in _NOTRACK_ANY.finditer(text):
-            marker = (m.end(1), m.end() - 3)  # the "+notrack" between scheme and "://"
-            if not any(s < marker[1] and marker[0] < e for s, e in taken):
-                edits.append((*marker, ""))
+            start, end = m.end(1), m.end() - 3  # the "+notrack" between scheme and "://"
+            while i < len(taken) and taken[i][1] <= start:
+                i += 1
+            if i == len(taken) or end <= taken[i][0]:
+                markers.append((start, end, ""))
+        edits.extend(markers)
     edits.sort()  # by start, then end: no two edits share both
     return edits
 
@@ -245,6 +277,7 @@ def _walk(
     body_tags = scan is _SCAN  # the only scanner that stops at <body>
     body_open: int | None = None
     body_close: int | None = None
+    unfinished: int | None = None  # where a construct starts that runs to the end unclosed
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
@@ -256,15 +289,22 @@ def _walk(
                 _link(text, attrs_start, attrs_end, tracker, edits)
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
-        elif kind == _CONDBODY and clicks:
+        elif kind == _CONDBODY:
             # Only a conditional comment whose text holds "href" stops the scan.
             body_start, body_end = m.span(_CONDBODY)
-            _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
+            if clicks:
+                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
+            if body_end == m.end():  # no "-->": a comment to the end
+                unfinished = m.start(_COND)
+        elif kind == _UNFINISHED:
+            unfinished = m.start(_UNFINISHED)
     if vml or not tracker.loads or tracker.images:
         return None
     if position == "top" and body_open is not None:
         return body_open
-    return body_close if body_close is not None else stop
+    if body_close is not None:
+        return body_close
+    return unfinished if unfinished is not None else stop
 
 
 def _link(

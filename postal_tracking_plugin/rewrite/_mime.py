@@ -26,7 +26,6 @@ from ._plan import Tracker
 from ._text import text_edits
 
 _HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
-_LONG_LINE = re.compile(rb"[^\r\n]{999}")  # RFC 5322: at most 998 octets a line
 _CTE_HEADER = re.compile(rb"(?im)^content-transfer-encoding[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
 _X_AMP_SKIP = re.compile(rb"(?im)^x-amp[ \t]*:[ \t]*skip[ \t]*(?:\r?\n|\Z)")
 _DKIM = re.compile(rb"(?im)^dkim-signature[ \t]*:")
@@ -214,7 +213,7 @@ def _rewrite_leaf(
     elif cte == "quoted-printable":
         new_body = _qp(new_data, eol)
     elif cte != "binary" and (
-        _LONG_LINE.search(new_data) or (cte == "7bit" and not new_data.isascii())
+        _has_long_line(new_data) or (cte == "7bit" and not new_data.isascii())
     ):
         # Too long for the declared encoding now: quoted-printable keeps lines short.
         new_body = _qp(new_data, eol)
@@ -228,6 +227,17 @@ def _rewrite_leaf(
     else:
         new_body = new_data
     edits.append((body_start, end, new_body))
+
+
+def _has_long_line(data: bytes) -> bool:
+    """Whether a line of ``data`` is longer than RFC 5322's 998 octets.
+
+    Split, not searched: re's search for ``[^\\r\\n]{999}`` tries each start
+    anew, 39 s on 14 MB of 990-octet lines.
+    """
+    if len(data) < 999:
+        return False
+    return any(len(line) > 998 for line in data.replace(b"\r", b"\n").split(b"\n"))
 
 
 _SOFT_MARK = b"\0"  # never in quoted-printable text, which is printable ASCII

@@ -21,15 +21,27 @@ _PAIRS = {")": "(", "]": "[", "}": "{"}
 
 
 def _trim(url: str) -> str:
-    while url:
-        last = url[-1]
+    """``url`` without trailing punctuation and unbalanced closing brackets.
+
+    Brackets are counted once, then kept up to date as characters are cut: counting
+    on every step made a URL followed by 40,000 ")" take 0.6 s.
+    """
+    end = len(url)
+    excess: dict[str, int] | None = None  # closing minus opening brackets, counted lazily
+    while end:
+        last = url[end - 1]
         if last in _TRAILING:
-            url = url[:-1]
-        elif last in _PAIRS and url.count(last) > url.count(_PAIRS[last]):
-            url = url[:-1]
-        else:
+            end -= 1
+            continue
+        if last not in _PAIRS:
             break
-    return url
+        if excess is None:
+            excess = {c: url.count(c, 0, end) - url.count(o, 0, end) for c, o in _PAIRS.items()}
+        if excess[last] <= 0:
+            break
+        excess[last] -= 1
+        end -= 1
+    return url[:end]
 
 
 def rewrite_text(text: str, tracker: Tracker, *, flowed: bool = False) -> str:
