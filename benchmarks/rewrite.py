@@ -384,10 +384,11 @@ def _pathological_message(subtype: str, piece: str, count: int) -> bytes:
 
 
 def _time_rewrite(raw: bytes) -> tuple[float, str]:
-    """Best seconds of up to three runs (one when a run takes over 0.5 s), and how it ended."""
+    """Best seconds of up to 20 runs (fewer once they took 0.5 s), and how it ended."""
     best = float("inf")
     outcome = "ok"
-    for _ in range(3):
+    spent = time.perf_counter()
+    for _ in range(20):
         start = time.perf_counter()
         try:
             result = rewrite(raw, PLAN)
@@ -395,7 +396,7 @@ def _time_rewrite(raw: bytes) -> tuple[float, str]:
         except Exception as exc:  # noqa: BLE001 - a crash is a finding too
             outcome = f"raised {type(exc).__name__}"
         best = min(best, time.perf_counter() - start)
-        if best > 0.5:
+        if time.perf_counter() - spent > 0.5:
             break
     return best, outcome
 
@@ -422,7 +423,7 @@ def pathological(limit: float = 60.0) -> None:
     Each run is stopped after ``limit`` seconds (shown as inf), so that a quadratic
     rewriter still finishes the table.
     """
-    print("pathological inputs, whole message through rewrite(), best of up to 3:")
+    print("pathological inputs, whole message through rewrite(), best of up to 20 runs:")
     print(f"  {'input':44} {'10k ms':>8} {'40k ms':>9} {'ratio':>6} {'40k MB':>7} {'ms/MB':>7}")
     worst = (0.0, "")
     for name, subtype, piece in PATHOLOGICAL:

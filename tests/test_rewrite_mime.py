@@ -17,6 +17,7 @@ from postal_tracking_plugin.rewrite import TrackingPlan
 from postal_tracking_plugin.rewrite import rewrite
 
 PLAN = TrackingPlan("click.example.com", "https", "srvtok")
+NO_PIXEL = TrackingPlan("click.example.com", "https", "srvtok", track_loads=False)
 CLICK = "https://click.example.com/srvtok/"
 SAMPLE = Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newsletter.eml"
 
@@ -338,3 +339,71 @@ def test_long_line_check_counts_octets_between_line_breaks(data: bytes, long: bo
     from postal_tracking_plugin.rewrite._mime import _has_long_line
 
     assert _has_long_line(data) is long
+
+
+def test_base64_of_two_separately_padded_chunks_is_left_alone() -> None:
+    """A gateway's footer appended as its own base64: decoding stops at the first "=" (item 2)."""
+    first = base64.encodebytes(b'<p><a href="https://a.example/">ab</a></p>\n')
+    footer = base64.encodebytes(b'<p><a href="https://footer.example/">footer</a></p>\n')
+    assert first.rstrip().endswith(b"=")
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    ) + first + footer
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data == raw and result.links == ()
+
+
+@pytest.mark.parametrize(
+    ("charset", "data"),
+    [
+        ("utf-16", '<a href="https://a.example/">x</a>'.encode("utf-16-be")),  # no BOM: big-endian
+        ("utf-7", b'<a href="https://a.example/">+AGk-</a>'),
+        ("utf-16", '<a href="https://a.example/">x</a>'.encode("utf-16-le")),
+    ],
+)
+def test_a_charset_that_does_not_give_the_same_bytes_back_is_left_alone(charset: str, data: bytes) -> None:
+    """UTF-16 without a BOM read as little-endian came out with a BOM (item 3)."""
+    raw = message(
+        f"Content-Type: text/html; charset={charset}\nContent-Transfer-Encoding: base64\n\n"
+    ) + base64.encodebytes(data)
+    result = rewrite(raw, PLAN, new_token=tokens())
+    decoded = parse(result.data).get_payload(decode=True)
+    assert decoded == data or CLICK.encode(charset)[2:] in decoded
+    if charset == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        assert result.data == raw or decoded.decode("utf-16") == data.decode("utf-16")
+
+
+@pytest.mark.parametrize("padding", ["  ", "\t", " \t "])
+def test_quoted_printable_soft_break_with_transport_padding(padding: str) -> None:
+    """RFC 2045 6.7: white space after a soft break's "=" is transport padding (item 6)."""
+    raw = message(
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        f"Go to https://a.example/long/pa={padding}\nth?x=3D1 now\nnext line=20\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/long/path?x=1"]
+    assert b"next line=20" in result.data  # an untouched line keeps its encoding
+
+
+def test_quoted_printable_lines_with_encoded_line_breaks_stay_as_written() -> None:
+    """``=0A`` inside an encoded line: lines without a link keep their bytes (item 11)."""
+    html = (
+        "<!DOCTYPE html>=0A<html>=0A<head><title>T</title></head>\n"
+        "<body>=0A<p>caf=C3=A9</p>\n"
+        '<a href=3D"https://a.example/x">x</a>=0A<p>after</p>\n'
+        "<p>no link</p>=0A</body></html>\n"
+    )
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n" + html,
+        eol="\n",
+    )
+    result = rewrite(raw, NO_PIXEL, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/x"]
+    out = result.data.decode()
+    for line in html.splitlines():
+        if "href" not in line:
+            assert line + "\n" in out
+    assert f'<a href=3D"{CLICK}L000">x</a>' in out
+    before = binascii.a2b_qp(raw.split(b"\n\n", 1)[1]).decode()
+    after = binascii.a2b_qp(result.data.split(b"\n\n", 1)[1]).decode()
+    assert after.replace(CLICK + "L000", "https://a.example/x") == before

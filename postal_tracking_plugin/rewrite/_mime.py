@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
+import itertools
 import re
 from email import policy
 from email.message import Message
@@ -171,8 +173,10 @@ def _rewrite_leaf(
             data = binascii.a2b_base64(body)
         except binascii.Error as exc:
             raise Malformed(f"broken base64 in a text/{subtype} part: {exc}") from None
+        if base64.b64encode(data) != b"".join(body.split()):
+            return  # two padded chunks, stray characters: decoding would drop some
     elif cte == "quoted-printable":
-        data = binascii.a2b_qp(body)
+        data = binascii.a2b_qp(_QP_PADDING.sub(b"", body))  # RFC 2045 6.7 (3): padding goes
     elif cte in ("7bit", "8bit", "binary"):
         data = body
     else:
@@ -181,8 +185,10 @@ def _rewrite_leaf(
     try:
         codec = codecs.lookup(charset).name
         text = data.decode(codec, "surrogateescape")
-        if not data.isascii() and text.encode(codec, "surrogateescape") != data:
-            return  # the codec would not give the same bytes back
+        if (not data.isascii() or not _ascii_compatible(codec)) and text.encode(
+            codec, "surrogateescape"
+        ) != data:
+            return  # the codec would not give the same bytes back (UTF-16 without a BOM)
     except (LookupError, UnicodeError, ValueError):
         return  # a charset Python does not know: leave the part alone
 
@@ -240,9 +246,22 @@ def _has_long_line(data: bytes) -> bool:
     return any(len(line) > 998 for line in data.replace(b"\r", b"\n").split(b"\n"))
 
 
-_SOFT_MARK = b"\0"  # never in quoted-printable text, which is printable ASCII
+# Literal white space before an encoded line's end is transport padding (RFC 2045 6.7).
+_QP_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 # Codecs where a line cannot be encoded on its own, or "\n" is not the byte 0x0A.
 _STATEFUL_OR_WIDE = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    """Whether ASCII bytes mean the same characters in ``codec`` (not UTF-16, UTF-7, ...)."""
+    ascii_bytes = bytes(range(128))
+    try:
+        return ascii_bytes.decode(codec) == ascii_bytes.decode("ascii") and (
+            ascii_bytes.decode("ascii").encode(codec) == ascii_bytes
+        )
+    except (UnicodeError, LookupError):
+        return False
 
 
 def _qp_edited(
@@ -252,42 +271,68 @@ def _qp_edited(
     applied by re-encoding only the lines they touch.
 
     The rest of the part stays byte for byte as its encoder wrote it, and most of
-    the encoding work is skipped. None when the encoded lines do not correspond
-    one to one to the decoded ones (an encoder that wrote line breaks as
-    =0D=0A, a charset whose line breaks are not "\\n"): then the caller encodes
-    the whole part again.
+    the encoding work is skipped. An encoded line is one or more physical lines
+    joined at soft breaks (``=`` at the end, transport padding allowed after it);
+    it decodes to one line of ``text``, or to several when it carries encoded
+    line breaks (``=0A``). None when the lines do not add up to ``text`` (a
+    charset whose line breaks are not "\\n"): then the caller encodes the
+    whole part again.
     """
-    if _SOFT_MARK in body or codec.startswith(_STATEFUL_OR_WIDE):
+    if codec.startswith(_STATEFUL_OR_WIDE):
         return None
-    soft = b"=" + eol
-    lines = body.replace(soft, _SOFT_MARK).split(b"\n")
-    if len(lines) != text.count("\n") + 1:
+    physical = body.split(b"\n")
+    # Each encoded line: (first physical line, after its last, decoded "\n" it adds).
+    logical: list[tuple[int, int, int]] = []
+    first = 0
+    for i, line in enumerate(physical):
+        content = line[:-1] if line.endswith(b"\r") else line
+        if content.rstrip(b" \t").endswith(b"=") and i + 1 < len(physical):
+            continue  # a soft break: the encoded line goes on
+        extra = sum(physical[j].upper().count(b"=0A") for j in range(first, i + 1))
+        logical.append((first, i + 1, extra))
+        first = i + 1
+    if sum(extra for _, _, extra in logical) + len(logical) != text.count("\n") + 1:
         return None
     groups: list[tuple[int, int, list[tuple[int, int, str]]]] = []
     for change in changes:
         start, end, _ = change
-        first = text.rfind("\n", 0, start) + 1
-        last = text.find("\n", end)
-        last = len(text) if last == -1 else last
-        if groups and first <= groups[-1][1]:
-            groups[-1] = (groups[-1][0], max(last, groups[-1][1]), [*groups[-1][2], change])
+        line_start = text.rfind("\n", 0, start) + 1
+        line_end = text.find("\n", end)
+        line_end = len(text) if line_end == -1 else line_end
+        if groups and line_start <= groups[-1][1]:
+            groups[-1] = (groups[-1][0], max(line_end, groups[-1][1]), [*groups[-1][2], change])
         else:
-            groups.append((first, last, [change]))
+            groups.append((line_start, line_end, [change]))
+    # Decoded line k of text belongs to encoded line owner[k], which starts at decoded line
+    # first_line[owner[k]] and ends at decoded line first_line[owner[k]] + its extra.
+    owner = [n for n, (_, _, extra) in enumerate(logical) for _ in range(extra + 1)]
+    first_line = list(itertools.accumulate((extra + 1 for _, _, extra in logical), initial=0))
     replacements = []
-    index = 0  # the line number of position ``counted``, counted forwards once
+    index = 0  # the decoded line number of position ``counted``, counted forwards once
     counted = 0
-    for first, last, group in groups:
-        index += text.count("\n", counted, first)
-        counted = first
-        count = text.count("\n", first, last) + 1
+    for line_start, line_end, group in groups:
+        index += text.count("\n", counted, line_start)
+        counted = line_start
+        last = index + text.count("\n", line_start, line_end)
+        first_logical, last_logical = owner[index], owner[last]
+        # Widen to whole encoded lines (only an encoded line with "=0A" spans several).
+        seg_start = line_start
+        for _ in range(index - first_line[first_logical]):
+            seg_start = text.rfind("\n", 0, seg_start - 1) + 1
+        seg_end = line_end
+        for _ in range(first_line[last_logical + 1] - 1 - last):
+            seg_end = text.find("\n", seg_end + 1)
         segment = apply_text_edits(
-            text[first:last], [(s - first, e - first, new) for s, e, new in group]
+            text[seg_start:seg_end], [(s - seg_start, e - seg_start, new) for s, e, new in group]
         )
         encoded = segment.encode(codec, "surrogateescape").split(b"\n")
-        replacements.append((index, count, [_qp_line(line, eol) for line in encoded]))
-    for index, count, new_lines in reversed(replacements):
-        lines[index : index + count] = new_lines
-    return b"\n".join(lines).replace(_SOFT_MARK, soft)
+        replacements.append((
+            logical[first_logical][0], logical[last_logical][1],
+            [_qp_line(line, eol) for line in encoded],
+        ))
+    for first_physical, after_physical, new_lines in reversed(replacements):
+        physical[first_physical:after_physical] = new_lines
+    return b"\n".join(physical)
 
 
 def _qp_line(line: bytes, eol: bytes) -> bytes:
