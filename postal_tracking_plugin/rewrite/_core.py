@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import policy
 from email.header import decode_header
 from email.header import make_header
 from email.message import Message
@@ -61,13 +62,18 @@ class Rewritten:
 
 
 def _text(value: object) -> str | None:
+    """A header field's text: RFC 2047 encoded words decoded, and 8-bit UTF-8 (RFC 6532)
+    read as UTF-8 (octets that are not UTF-8 become U+FFFD)."""
     if value is None:
         return None
     text = str(value)
     try:
-        text = str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, TypeError):
-        pass
+        text = str(policy.default.header_factory("subject", text))
+    except (ValueError, LookupError, UnicodeError, TypeError, IndexError):
+        try:
+            text = str(make_header(decode_header(text)))
+        except (ValueError, LookupError, UnicodeError, TypeError):
+            pass
     return " ".join(text.split()) or None
 
 
@@ -81,16 +87,25 @@ def _address(value: object) -> str | None:
     return None
 
 
+def _raw(msg: Message, name: str) -> str | None:
+    """The first ``name`` field as written (``msg.get`` turns 8-bit octets into U+FFFD)."""
+    name = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == name:
+            return value
+    return None
+
+
 def headers_of(msg: Message, *, x_amp_skip: bool, dkim_signed: bool) -> MessageHeaders:
-    message_id = _text(msg.get("Message-ID"))
+    message_id = _text(_raw(msg, "Message-ID"))
     if message_id:
         message_id = message_id.strip().strip("<>").strip() or None
     return MessageHeaders(
         from_address=_address(msg.get("From")),
         to_address=_address(msg.get("To")),
-        subject=_text(msg.get("Subject")),
+        subject=_text(_raw(msg, "Subject")),
         message_id=message_id,
-        tag=_text(msg.get("X-Postal-Tag")),
+        tag=_text(_raw(msg, "X-Postal-Tag")),
         x_amp_skip=x_amp_skip,
         dkim_signed=dkim_signed,
     )
