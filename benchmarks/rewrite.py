@@ -140,7 +140,8 @@ def what_each_tracks(docs: list[str]) -> list[str]:
                 if not urlsplit(link).hostname:
                     py_hostless += 1
     return [
-        f"  (a) tracks {ours_links} links; never <base href>, host-less or placeholder URLs",
+        f"  (a) tracks {ours_links} links (relative ones resolved against <base href>); "
+        f"never the <base href> itself, host-less or placeholder URLs",
         f"  (b) tracks {py_links} links, {py_hostless} of them host-less (http:// placeholders), "
         f"and re-serialises every document",
         f"  (c) tracks {postal_links} links and rewrites {sum(base_tags)} <base href> tags "

@@ -329,3 +329,38 @@ def test_pathological_repetitions_are_read_as_a_browser_reads_them(piece: str) -
     assert urls == (["https://a.example/"] if piece.startswith("<!--[if mso]><a") else [])
     assert out.index(PIXEL_AT) == len("<p>x</p>")
     assert out.replace(PIXEL, "").replace(CLICK + "L000", "https://a.example/") == html
+
+
+def test_relative_links_under_a_base_href_are_tracked_as_the_url_opened() -> None:
+    """``<base href>`` makes relative links absolute in every client (item 10)."""
+    html = (
+        '<head><base href="https://shop.example/en/"></head><body>'
+        '<a href="sale?id=1&amp;x=2">a</a><a href="/top">b</a><a href="../fr/">c</a>'
+        '<a href="//cdn.example/x">d</a><a href="#top">e</a><a href="mailto:a@example.com">f</a>'
+        '<a href="https://other.example/">g</a><a href="{{url}}">h</a><a href="">i</a></body>'
+    )
+    out, urls = run(html)
+    assert urls == [
+        "https://shop.example/en/sale?id=1&x=2",
+        "https://shop.example/top",
+        "https://shop.example/fr/",
+        "https://cdn.example/x",
+        "https://other.example/",
+    ]
+    assert '<base href="https://shop.example/en/">' in out  # the base itself is never rewritten
+    assert '<a href="#top">e</a><a href="mailto:a@example.com">f</a>' in out
+
+
+@pytest.mark.parametrize(
+    "base",
+    ['<base target="_blank">', '<base href="/relative/">', '<base href="ftp://files.example/">',
+     '<!-- <base href="https://shop.example/"> -->'],
+)
+def test_relative_links_stay_without_an_absolute_http_base(base: str) -> None:
+    _, urls = run(f'{base}<a href="sale">a</a><a href="https://a.example/">b</a>')
+    assert urls == ["https://a.example/"]
+
+
+def test_only_the_first_base_href_counts() -> None:
+    html = '<base target=x><base href="https://one.example/"><base href="https://two.example/"><a href="p">x</a>'
+    assert run(html)[1] == ["https://one.example/p"]

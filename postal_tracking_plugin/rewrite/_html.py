@@ -17,6 +17,7 @@ would lose doctypes, comments, entities and quoting.
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin
 
 from ._plan import Tracker
 from ._urls import C0_SPACE
@@ -90,10 +91,11 @@ def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
     """
     tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
     body = ("body",) if body_start and not vml else ()
-    stops = tracked if vml else _names((*_TRACKED, *body))
+    base = () if vml else ("base",)  # <base href>: relative links resolve against it
+    stops = tracked if vml else _names((*_TRACKED, *base, *body))
     # Names that are not plain start tags, by first letter (VML: "v:" starts one).
     special: dict[str, list[str]] = {}
-    for word in (*_TRACKED, *_RAW, *body, "plaintext"):
+    for word in (*_TRACKED, *_RAW, *base, *body, "plaintext"):
         special.setdefault(word[0], []).append(word[1:])
     if vml:
         special.setdefault("v", []).append(":")
@@ -192,6 +194,7 @@ _FIRST_HREF = re.compile(
     rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
     rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
 )
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*:")  # an absolute URL starts with a scheme
 _H = ("h", "H")  # what an http(s) URL starts with (not "": "" in "hH" holds)
 # The quote around each value group of _FIRST_HREF and of _ATTR (None: unquoted).
 _FIRST_HREF_QUOTES = (None, '"', "'", None)
@@ -267,8 +270,12 @@ def _walk(
     *,
     vml: bool,
     position: str,
+    base: str | None = None,
 ) -> int | None:
-    """Collect edits for text[start:stop]; return where the pixel belongs."""
+    """Collect edits for text[start:stop]; return where the pixel belongs.
+
+    ``base``: the document's ``<base href>`` so far (inside a conditional comment).
+    """
     clicks = tracker.clicks
     if vml:
         scan = _SCAN_VML
@@ -278,22 +285,28 @@ def _walk(
     body_open: int | None = None
     body_close: int | None = None
     unfinished: int | None = None  # where a construct starts that runs to the end unclosed
+    base: str | None = None  # "" once a <base href> that is not absolute http(s) was seen
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
-            if body_tags and text[m.start(_NAME)] in "bB":
-                if body_open is None:
+            name = m.start(_NAME)
+            if text[name] in "bB":
+                if text[name + 1] in "aA":  # <base>: the first with an href sets the base
+                    if base is None:
+                        base = _base_url(text, *m.span(_ATTRS))
+                elif body_tags and body_open is None:
                     body_open = m.end()
             elif clicks:
                 attrs_start, attrs_end = m.span(_ATTRS)
-                _link(text, attrs_start, attrs_end, tracker, edits)
+                _link(text, attrs_start, attrs_end, tracker, edits, base or None)
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
         elif kind == _CONDBODY:
             # Only a conditional comment whose text holds "href" stops the scan.
             body_start, body_end = m.span(_CONDBODY)
             if clicks:
-                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
+                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position,
+                      base=base or None)
             if body_end == m.end():  # no "-->": a comment to the end
                 unfinished = m.start(_COND)
         elif kind == _UNFINISHED:
@@ -307,24 +320,48 @@ def _walk(
     return unfinished if unfinished is not None else stop
 
 
+def _base_url(text: str, start: int, end: int) -> str | None:
+    """The absolute http(s) URL of a ``<base>`` tag's href: None without one, "" for another."""
+    if "href" not in text[start:end].lower():
+        return None
+    m = _FIRST_HREF.match(text, start, end)
+    if m is None:
+        return ""
+    url = clean_url(decode_attribute(m.group(m.lastindex or 1)))
+    return url if trackable_host(url) is not None else ""
+
+
 def _link(
-    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+    text: str,
+    start: int,
+    end: int,
+    tracker: Tracker,
+    edits: list[tuple[int, int, str]],
+    base: str | None = None,
 ) -> None:
-    """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes."""
+    """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes.
+
+    ``base``: the absolute URL of the document's ``<base href>``, if any.
+    """
     attrs = text[start:end].lower()
     if "href" not in attrs:
         return  # no href: nothing to track, and opt-out attributes stay (as without one)
     if "track" in attrs and ("no-track" in attrs or "clicktracking" in attrs):
-        _link_slowly(text, start, end, tracker, edits)
-    elif "http" in attrs or "&" in attrs:  # else no href value can be an http(s) URL
+        _link_slowly(text, start, end, tracker, edits, base)
+    elif base or "http" in attrs or "&" in attrs:  # else no href value can be an http(s) URL
         m = _FIRST_HREF.match(text, start, end)
         if m is not None:
             group = m.lastindex or 1
-            _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group])
+            _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group], base)
 
 
 def _link_slowly(
-    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+    text: str,
+    start: int,
+    end: int,
+    tracker: Tracker,
+    edits: list[tuple[int, int, str]],
+    base: str | None = None,
 ) -> None:
     """Read every attribute: an opt-out attribute may be there (and is removed)."""
     href: re.Match[str] | None = None
@@ -347,7 +384,7 @@ def _link_slowly(
             edits.append((a.start(), a.end(), ""))
         return
     group = href.lastindex or 1
-    _href(href, group, tracker, edits, _ATTR_QUOTES[group])
+    _href(href, group, tracker, edits, _ATTR_QUOTES[group], base)
 
 
 def _href(
@@ -356,15 +393,23 @@ def _href(
     tracker: Tracker,
     edits: list[tuple[int, int, str]],
     quote: str | None,
+    base: str | None = None,
 ) -> None:
-    """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted)."""
+    """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted).
+
+    With a ``base``, a relative reference is tracked as the URL it resolves to.
+    """
     raw = m.group(group)
     if "&" in raw:
         url = clean_url(decode_attribute(raw))
     elif raw[:1] in _H or raw.lstrip(C0_SPACE)[:1] in _H:
         url = clean_url(raw)
-    else:
+    elif base is None:
         return  # mailto:, #top, {{url}}, a relative link: the common cases, decided at once
+    else:
+        url = clean_url(raw)
+    if base is not None and url and url[0] != "#" and _SCHEME.match(url) is None:
+        url = urljoin(base, url)  # a relative reference: the client opens it resolved
     host = trackable_host(url)
     if host is None:
         plain = strip_notrack(url) if "+" in url else None
