@@ -14,10 +14,10 @@ def register(sub: Any) -> None:
         "init",
         help="create the data directory, the database schema and a default certificate",
         description=(
-            "Create what the configuration needs: the data directory, Postal's tables (SQLite "
-            "files, or the MySQL main database and every server's message database) and a "
-            "self-signed default certificate for the HTTPS listener when none is configured. "
-            "Safe to run again: it only creates what is missing."
+            "Create what the configuration needs: the data directory, Postal's tables\n"
+            "(SQLite files, or the MySQL main database and every server's message\n"
+            "database) and a self-signed default certificate for the HTTPS listener when\n"
+            "none is configured. Safe to run again: it only creates what is missing."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
