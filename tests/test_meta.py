@@ -137,3 +137,10 @@ def test_license_and_py_typed_are_shipped() -> None:
                             ("postal_tracking_plugin.web", "web")):
         assert "py.typed" in package_data[package], package
         assert (ROOT / folder / "py.typed").is_file(), folder
+
+
+def test_tests_import_helpers_from_support_not_conftest() -> None:
+    """pytest loads conftest.py itself; helpers live in _support.py (Flask's split)."""
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        imports = _imports(path, "tests")
+        assert "conftest" not in imports, f"{path.name}: import helpers from _support, not conftest"

@@ -33,7 +33,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import LoginPassword
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import FastServerConfig
 from postal_tracking_plugin.config import RelayConfig
