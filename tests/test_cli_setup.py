@@ -13,11 +13,11 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import MYSQL
-from conftest import drop_mysql_databases
-from conftest import mysql_config_data
-from conftest import mysql_reachable
-from conftest import need
+from _support import MYSQL
+from _support import drop_mysql_databases
+from _support import mysql_config_data
+from _support import mysql_reachable
+from _support import need
 from postal_tracking_plugin.cli import main
 from postal_tracking_plugin.dns_check import check_track_domain
 

@@ -26,10 +26,10 @@ import pytest
 import yaml
 from web_live import LiveServer
 
-from conftest import MYSQL
-from conftest import drop_mysql_databases
-from conftest import mysql_reachable
-from conftest import need
+from _support import MYSQL
+from _support import drop_mysql_databases
+from _support import mysql_reachable
+from _support import need
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.errors import PostalOwnsThis
 from postal_tracking_plugin.hooks.tracking import postal_rewrite_message

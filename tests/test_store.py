@@ -7,7 +7,7 @@ import re
 import pymysql
 import pytest
 
-from conftest import MYSQL
+from _support import MYSQL
 from postal_tracking_plugin.errors import AlreadyExists
 from postal_tracking_plugin.errors import NotFound
 from postal_tracking_plugin.errors import StoreError
