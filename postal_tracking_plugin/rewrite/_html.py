@@ -1,10 +1,11 @@
 """Rewrite links in decoded HTML text and insert the open pixel, changing nothing else.
 
-A small tokenizer, written as one regular expression, walks the document the
-way the HTML5 tokenizer splits it (text, tags with their attributes, comments,
+A small tokenizer, written as one regular expression (:mod:`._scanner`), walks
+the document the way the HTML5 tokenizer splits it (text, tags with their attributes, comments,
 raw-text elements such as ``<style>`` and ``<script>``) without building a tree.
-Only the tags that matter stop the scan: ``<a>`` and ``<area>``, ``</body>``
-(and ``<body>`` when the pixel goes at the top), and Outlook's
+Only the tokens that matter stop the scan: ``<a>`` and ``<area>``, ``<base>``,
+``</body>`` (and ``<body>`` when the pixel goes at the top), a construct left
+open at the end (the pixel goes before it), and Outlook's
 ``<!--[if ...]>`` conditional comments that mention ``href``, inside which
 VML elements (``<v:roundrect href=...>``) are tracked too. Everything else,
 including quoted attribute values that happen to contain ``<a href``, is
@@ -20,6 +21,18 @@ import re
 from urllib.parse import urljoin
 
 from ._plan import Tracker
+from ._scanner import ATTRS as _ATTRS
+from ._scanner import COND as _COND
+from ._scanner import CONDBODY as _CONDBODY
+from ._scanner import ENDBODY as _ENDBODY
+from ._scanner import NAME as _NAME
+from ._scanner import SCAN as _SCAN
+from ._scanner import SCAN_BOTTOM as _SCAN_BOTTOM
+from ._scanner import SCAN_VML as _SCAN_VML
+from ._scanner import TAG as _TAG
+from ._scanner import UNFINISHED as _UNFINISHED
+from ._scanner import WS
+from ._scanner import ci
 from ._urls import C0_SPACE
 from ._urls import clean_url
 from ._urls import decode_attribute
@@ -27,162 +40,10 @@ from ._urls import escape_attribute
 from ._urls import strip_notrack
 from ._urls import trackable_host
 
-_WS = r"\t\n\f\r "
-_END = rf"(?=[{_WS}/>])"
-# The rest of a tag after its name, up to the ">" that ends it: a quote only
-# opens a value right after "=" (so "it's" in an unquoted value is no quote).
-_TAG_REST = rf"""[^>"'=]*+(?:(?:=[{_WS}]*+(?:"[^"]*+"|'[^']*+'|[^{_WS}>]*+)|["'])[^>"'=]*+)*+"""
-_RAW = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
-_TRACKED = ("a", "area")
-# Comment text up to "-->" or "--!>", unrolled so the engine runs without backtracking.
-_COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
-# A conditional comment's text that holds no "href": those are copied through
-# inside the regex; only the others stop the scan.
-_NO_HREF_BODY = r"[^-hH]*+(?:(?:-(?!-!?>)|[hH](?![rR][eE][fF]))[^-hH]*+)*+"
-# The condition of a downlevel-hidden conditional comment, "[if !mso]" (also "! (mso 12)").
-_NOT_MSO = rf"[{_WS}]*+![{_WS}]*+\(?[{_WS}]*+[mM][sS][oO](?![a-zA-Z0-9_])[^\]>|&]*+"
-
-
-def _ci(word: str) -> str:
-    """``word`` case-insensitively, spelt out: faster than re.IGNORECASE on the hot path."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
-
-
-def _names(words: tuple[str, ...]) -> str:
-    """An alternation of tag names, grouped by first letter so most tags fail at once."""
-    groups: dict[str, list[str]] = {}
-    for word in words:
-        groups.setdefault(word[0], []).append(word)
-    alternatives = []
-    for first, group in sorted(groups.items()):
-        rests = sorted((_ci(w[1:]) for w in group), key=len, reverse=True)
-        alternatives.append(_ci(first) + "(?:" + "|".join(rests) + ")")
-    return "(?:" + "|".join(alternatives) + ")"
-
-
-def _not_followed_by(rests: list[str]) -> str:
-    """A look-ahead: none of ``rests`` (the rest of a name; ":" as itself) follows."""
-    alternatives = [
-        ":" if r == ":" else f"{_ci(r)}{_END}" for r in sorted(rests, key=len, reverse=True)
-    ]
-    return "(?!" + "|".join(alternatives) + ")"
-
-
-def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
-    """The tokenizer: a possessive loop over what is copied through, then one token that matters.
-
-    ``vml``: inside a conditional comment, where ``<v:...>`` elements are tracked
-    too and ``<body>`` means nothing. ``body_start``: ``<body>`` stops the scan
-    (the pixel goes right after it); without it ``<body>`` is copied through.
-    All variants have the same groups, numbered alike.
-
-    Each turn of the loop takes the text up to a "<" and the token it starts.
-    The regex engine pays per turn, per alternative it enters and per
-    look-around, far more than per character, so the common tokens come first,
-    each behind a first character that lets the engine skip it without entering
-    it: end tags and start tags whose attributes are all double-quoted (99% of
-    the corpus) are read without any look-ahead; a start tag's first letter
-    only needs one when it starts a special name (``<a``, ``<body``,
-    ``<style``, ...) and the second letter continues that name, or when the
-    tag is not in the common shape; the general alternatives behind the
-    fast ones keep the rules exact. No capture groups inside the loop (CPython
-    3.11's re mishandles them under possessive repeats), so raw-text elements
-    get one alternative each.
-    """
-    tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
-    body = ("body",) if body_start and not vml else ()
-    base = () if vml else ("base",)  # <base href>: relative links resolve against it
-    stops = tracked if vml else _names((*_TRACKED, *base, *body))
-    # Names that are not plain start tags, by first letter (VML: "v:" starts one).
-    special: dict[str, list[str]] = {}
-    for word in (*_TRACKED, *_RAW, *base, *body, "plaintext"):
-        special.setdefault(word[0], []).append(word[1:])
-    if vml:
-        special.setdefault("v", []).append(":")
-    plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in special)
-    plain += plain.upper()
-    # A start tag whose attributes are all double-quoted; the general rule is _TAG_REST.
-    fast_attrs = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+"""
-    fast_rest = fast_attrs + ">"
-    fast = {"": rf"[{plain}]{fast_rest}"}
-    general = [f"[{plain}]"]
-    for first, rests in special.items():
-        letter = f"[{first}{first.upper()}]"
-        seconds = {r[0] for r in rests if r}
-        seconds = "".join(sorted(seconds | {c.upper() for c in seconds}))
-        # "a" is a name itself: what ends a name cannot follow it
-        ends = f"{_WS}/" if "" in rests else ""
-        fast[first] = rf"""{letter}[^{seconds}{ends}>"'=]{fast_rest}"""
-        general.append(letter + _not_followed_by(rests))
-    # The most common first (td, tr, table; div, center; span; p; br; img), one level
-    # deep: a nested alternative costs the engine as much as a whole token.
-    order = {c: i for i, c in enumerate(("t", "", "s", "p", "b", "i"))}
-    fast_first = "|".join(v for k, v in sorted(fast.items(), key=lambda kv: order.get(kv[0], 9)))
-    bare = "".join(sorted(c + c.upper() for c in special if "" not in special[c]))
-    raw_text = "".join(
-        rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+(?=</)"
-        for name in _RAW
-    )
-    # Conditional comments: downlevel-hidden "[if !mso]" is shown by no client (Outlook
-    # skips it, browsers see a comment) so it is a comment; the others stop the scan
-    # when their text holds "href" (inside the VML scanner none is special: no nesting).
-    cond_head = r"!--\[if[^\]>]*+\]>"
-    if vml:
-        comments = rf"|!--(?:-?>|{_COMMENT_BODY}--!?>)"
-    else:
-        comments = (
-            rf"|!--(?!\[if[^\]>]*+\]>)(?:-?>|{_COMMENT_BODY}--!?>)"  # comment
-            rf"|!--\[if{_NOT_MSO}\]>{_COMMENT_BODY}--!?>"  # downlevel-hidden: a comment
-            rf"|{cond_head}{_NO_HREF_BODY}--!?>"  # conditional, nothing to track
-        )
-    after_lt = (  # what may follow a "<" that is copied through, the common first
-        r"""/[ac-zAC-Z][^>"']*+>|"""  # end tag without quotes (not </b...)
-        + fast_first
-        + f"|[{bare}]>"  # <p>, <b>, <i>, <s>, ...
-        + comments
-        + r"|!(?!--)[^>]*+>"  # doctype, CDATA, bogus comment
-        + "".join(f"|{g}{_TAG_REST}>" for g in general)  # any other start tag
-        + rf"|/(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # any other end tag
-        + r"|\?[^>]*+>"
-        + r"|/>|/[^a-zA-Z>][^>]*+>"
-        + raw_text
-        + r"|(?![a-zA-Z/!?])"  # a "<" that is text (HTML: not before a letter, /, ! or ?)
-    )
-    boring = rf"(?:[^<]*+<(?:{after_lt}))*+[^<]*+"
-    # What runs to the end of the input unfinished: the browser drops it (a tag),
-    # or reads the rest as a comment or raw text, so a pixel after it would not show.
-    raw_open = "|".join(
-        rf"{_ci(name)}{_END}{_TAG_REST}(?:>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+)?"
-        for name in _RAW
-    )
-    unfinished = (
-        rf"<(?:!--{_COMMENT_BODY}|{raw_open}|{_ci('plaintext')}{_END}[\s\S]*+"
-        rf"|/?[a-zA-Z]{_TAG_REST}|[!?/][^>]*+)\Z"
-    )
-    cond = "(?!)" if vml else rf"<!--\[if(?!{_NOT_MSO}\]>)[^\]>]*+\]>"
-    interesting = (
-        rf"(?:(?P<cond>{cond})(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
-        rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{fast_attrs}|{_TAG_REST})>)"
-        rf"|(?P<endbody></{_ci('body')}{_END}{_TAG_REST}>)"
-        rf"|(?P<unfinished>{unfinished})"
-        r"|<|\Z)"
-    )
-    return re.compile(boring + interesting)
-
-
-_SCAN = _scanner(vml=False)
-# Group numbers, the same in every scanner (the loop has no groups of its own).
-_TAG, _NAME, _ATTRS, _ENDBODY, _COND, _CONDBODY, _UNFINISHED = (
-    _SCAN.groupindex[n]
-    for n in ("tag", "name", "attrs", "endbody", "cond", "condbody", "unfinished")
-)
-_SCAN_VML = _scanner(vml=True)
-_SCAN_BOTTOM = _scanner(vml=False, body_start=False)  # the pixel goes before </body>
-
 # One attribute: (1) name, (2) "=", then the value (3) double-, (4) single- or (5) un-quoted.
 _ATTR = re.compile(
-    rf"[{_WS}/]*([^{_WS}/>][^{_WS}/>=]*)"
-    rf"(?:([{_WS}]*=[{_WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{_WS}>]*)))?"
+    rf"[{WS}/]*([^{WS}/>][^{WS}/>=]*)"
+    rf"(?:([{WS}]*=[{WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{WS}>]*)))?"
 )
 _OPT_OUT = frozenset({"data-pm-no-track", "data-no-track", "clicktracking"})
 _NOTRACK_ANY = re.compile(r"(?i)(https?)\+notrack://")
@@ -190,9 +51,9 @@ _NOTRACK_FIND = re.compile(r"\+(?i:notrack)://")
 # The first href of a tag in one call: skip whole attributes until one named
 # href, then capture its value (1) double-, (2) single- or (3) un-quoted.
 _FIRST_HREF = re.compile(
-    rf"(?:[{_WS}/]*+(?!{_ci('href')}[{_WS}/>=])[^{_WS}/>][^{_WS}/>=]*+"
-    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
-    rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
+    rf"(?:[{WS}/]*+(?!{ci('href')}[{WS}/>=])[^{WS}/>][^{WS}/>=]*+"
+    rf"(?:[{WS}]*+=[{WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{WS}>]*+))?)*+"
+    rf"[{WS}/]*+{ci('href')}[{WS}]*+=[{WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{WS}>]*+))"
 )
 _SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*:")  # an absolute URL starts with a scheme
 _H = ("h", "H")  # what an http(s) URL starts with (not "": "" in "hH" holds)
