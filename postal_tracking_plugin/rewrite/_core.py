@@ -44,10 +44,12 @@ class MessageHeaders:
 
 
 @dataclass(frozen=True)
-class Rewritten:
-    """The result of :func:`rewrite`.
+class PureRewrite:
+    """What :func:`rewrite` computed: the new bytes and the links to store, nothing stored.
 
-    ``data`` is ``raw`` itself when nothing changed. ``untouched`` names why the
+    (:class:`~postal_tracking_plugin.rewrite.StoredRewrite` is what
+    ``rewrite_message`` did with one, rows stored.) ``data`` is ``raw`` itself
+    when nothing changed. ``untouched`` names why the
     message had to pass unchanged (a DKIM signature, a signed part, malformed
     MIME), else it is None. ``links`` are in document order, one per occurrence.
     """
@@ -124,7 +126,7 @@ def rewrite(
     *,
     new_token: Callable[[], str] = random_token,
     max_links: int = DEFAULT_MAX_LINKS,
-) -> Rewritten:
+) -> PureRewrite:
     """Rewrite one message.
 
     :param plan: where links point and what to track; ``None`` tracks nothing
@@ -143,8 +145,8 @@ def rewrite(
     msg = _mime.parse_headers(raw, 0, header_end)
     headers = headers_of(msg, x_amp_skip=x_amp, dkim_signed=dkim)
 
-    def untouched(reason: str, warnings: tuple[str, ...] = ()) -> Rewritten:
-        return Rewritten(raw, (), 0, None, reason, warnings, headers)
+    def untouched(reason: str, warnings: tuple[str, ...] = ()) -> PureRewrite:
+        return PureRewrite(raw, (), 0, None, reason, warnings, headers)
 
     if dkim:
         return untouched(
@@ -153,21 +155,24 @@ def rewrite(
     if x_amp:
         plan = None
     tracker = Tracker(plan, new_token=new_token, max_links=max_links)
-    edits = list(top_edits)
+    walk = _mime.MimeWalk(
+        raw,
+        tracker,
+        pixel_position=plan.pixel_position if plan else "bottom",
+        eol=_mime.line_ending(raw),
+        edits=list(top_edits),
+    )
     try:
-        _mime.rewrite_entity(
-            raw, 0, len(raw), tracker, edits,
-            pixel_position=plan.pixel_position if plan else "bottom",
-            eol=_mime.line_ending(raw),
-        )
+        walk.entity(0, len(raw))
     except _mime.Untouchable as exc:
         return untouched(str(exc))
     except _mime.Malformed as exc:
         return untouched(f"malformed: {exc}")
     except (ValueError, LookupError, UnicodeError, IndexError, TypeError) as exc:
         return untouched(f"malformed: {type(exc).__name__}: {exc}")
+    edits = walk.edits
     data = _mime.apply_edits(raw, edits) if edits else raw
-    return Rewritten(
+    return PureRewrite(
         data=data,
         links=tuple(tracker.links),
         tracked_images=tracker.images,

@@ -18,9 +18,12 @@ import codecs
 import functools
 import itertools
 import re
+from dataclasses import dataclass
+from dataclasses import field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
+from typing import NamedTuple
 
 from ._html import apply_text_edits
 from ._html import html_edits
@@ -78,43 +81,57 @@ def top_level_edits(raw: bytes, header_end: int) -> tuple[list[Edit], bool, bool
     return edits, bool(edits), _DKIM.search(header) is not None
 
 
-def rewrite_entity(
-    raw: bytes,
-    start: int,
-    end: int,
-    tracker: Tracker,
-    edits: list[Edit],
-    *,
-    pixel_position: str,
-    eol: bytes,
-    default_type: str = "text/plain",
-    depth: int = 0,
-) -> None:
-    """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
-    if depth > _MAX_DEPTH:
-        raise Malformed(f"multiparts nested more than {_MAX_DEPTH} deep")
-    header_end, body_start = split_headers(raw, start, end)
-    msg = parse_headers(raw, start, header_end)
-    msg.set_default_type(default_type)
-    ctype = msg.get_content_type()
-    if ctype in _SIGNED:
-        raise Untouchable(f"{ctype} (rewriting would break it)")
-    maintype, _, subtype = ctype.partition("/")
-    if maintype == "multipart":
-        boundary = msg.get_param("boundary")
-        if not isinstance(boundary, str) or not boundary:
-            raise Malformed(f"{ctype} without a boundary")
-        child_type = "message/rfc822" if subtype == "digest" else "text/plain"
-        for part_start, part_end in _parts(raw, body_start, end, boundary.encode("latin-1")):
-            rewrite_entity(
-                raw, part_start, part_end, tracker, edits,
-                pixel_position=pixel_position, eol=eol, default_type=child_type, depth=depth + 1,
-            )
-    elif maintype == "text" and subtype in ("html", "plain"):
-        if msg.get_content_disposition() == "attachment":
-            return
-        _rewrite_leaf(raw, start, header_end, body_start, end, msg, subtype, tracker, edits,
-                      pixel_position=pixel_position, eol=eol)
+@dataclass
+class MimeWalk:
+    """One message's MIME walk: what every entity needs, and the edits it collects.
+
+    :param raw: the whole message; entities are ``(start, end)`` slices of it.
+    :param tracker: hands out click URLs and the pixel, and collects the links.
+    :param pixel_position: ``bottom`` or ``top`` (see :class:`TrackingPlan`).
+    :param eol: the message's line ending, for the lines a re-encoded body gets.
+    :param edits: the ``(start, end, new bytes)`` replacements, in no order.
+    """
+
+    raw: bytes
+    tracker: Tracker
+    pixel_position: str
+    eol: bytes
+    edits: list[Edit] = field(default_factory=list)
+
+    def entity(self, start: int, end: int, default_type: str = "text/plain", depth: int = 0) -> None:
+        """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
+        if depth > _MAX_DEPTH:
+            raise Malformed(f"multiparts nested more than {_MAX_DEPTH} deep")
+        raw = self.raw
+        header_end, body_start = split_headers(raw, start, end)
+        msg = parse_headers(raw, start, header_end)
+        msg.set_default_type(default_type)
+        ctype = msg.get_content_type()
+        if ctype in _SIGNED:
+            raise Untouchable(f"{ctype} (rewriting would break it)")
+        maintype, _, subtype = ctype.partition("/")
+        if maintype == "multipart":
+            boundary = msg.get_param("boundary")
+            if not isinstance(boundary, str) or not boundary:
+                raise Malformed(f"{ctype} without a boundary")
+            child_type = "message/rfc822" if subtype == "digest" else "text/plain"
+            for part_start, part_end in _parts(raw, body_start, end, boundary.encode("latin-1")):
+                self.entity(part_start, part_end, child_type, depth + 1)
+        elif maintype == "text" and subtype in ("html", "plain"):
+            if msg.get_content_disposition() == "attachment":
+                return
+            _rewrite_leaf(self, _Leaf(start, header_end, body_start, end, msg, subtype))
+
+
+class _Leaf(NamedTuple):
+    """An inline text/html or text/plain entity: where its header and body are, its header."""
+
+    start: int
+    header_end: int
+    body_start: int
+    end: int
+    msg: Message
+    subtype: str
 
 
 def _parts(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
@@ -152,22 +169,13 @@ def _parts(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int,
     return parts
 
 
-def _rewrite_leaf(
-    raw: bytes,
-    start: int,
-    header_end: int,
-    body_start: int,
-    end: int,
-    msg: Message,
-    subtype: str,
-    tracker: Tracker,
-    edits: list[Edit],
-    *,
-    pixel_position: str,
-    eol: bytes,
-) -> None:
+def _rewrite_leaf(walk: MimeWalk, leaf: _Leaf) -> None:
+    """Collect the edits of one text part, or none: a part that cannot be read back
+    exactly (see the checks below) is left alone."""
+    start, header_end, body_start, end, msg, subtype = leaf
+    tracker, edits, eol = walk.tracker, walk.edits, walk.eol
     cte = str(msg.get("content-transfer-encoding", "7bit")).strip().lower() or "7bit"
-    body = raw[body_start:end]
+    body = walk.raw[body_start:end]
     if cte == "base64":
         try:
             data = binascii.a2b_base64(body)
@@ -195,7 +203,7 @@ def _rewrite_leaf(
     mark = (len(tracker.links), tracker.images)
     flowed = subtype == "plain" and str(msg.get_param("format", "")).lower() == "flowed"
     if subtype == "html":
-        changes = html_edits(text, tracker, pixel_position=pixel_position)
+        changes = html_edits(text, tracker, pixel_position=walk.pixel_position)
     else:
         changes = text_edits(text, tracker, flowed=flowed)
     if not changes:
@@ -223,7 +231,7 @@ def _rewrite_leaf(
     ):
         # Too long for the declared encoding now: quoted-printable keeps lines short.
         new_body = _qp(new_data, eol)
-        header = raw[start:header_end]
+        header = walk.raw[start:header_end]
         m = _CTE_HEADER.search(header)
         line = b"Content-Transfer-Encoding: quoted-printable"
         if m is not None:
