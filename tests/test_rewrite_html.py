@@ -7,14 +7,12 @@ import itertools
 import pytest
 
 from postal_tracking_plugin.rewrite._html import rewrite_html
+from postal_tracking_plugin.rewrite._plan import PIXEL_HTML
 from postal_tracking_plugin.rewrite._plan import Tracker
 from postal_tracking_plugin.rewrite._plan import TrackingPlan
 
 CLICK = "https://click.example.com/srvtok/"
-PIXEL = (
-    "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
-    "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
-)
+PIXEL = PIXEL_HTML.format(src="https://click.example.com/img/srvtok/M000")
 
 
 def tracker(**plan: object) -> Tracker:
@@ -263,7 +261,7 @@ def test_unterminated_constructs_do_not_hide_or_invent_links() -> None:
     assert out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>'):]
 
 
-PIXEL_AT = "<p class='ampimg'"
+PIXEL_AT = "<img src='https://click.example.com/img/"
 
 
 @pytest.mark.parametrize(
@@ -364,3 +362,30 @@ def test_relative_links_stay_without_an_absolute_http_base(base: str) -> None:
 def test_only_the_first_base_href_counts() -> None:
     html = '<base target=x><base href="https://one.example/"><base href="https://two.example/"><a href="p">x</a>'
     assert run(html)[1] == ["https://one.example/p"]
+
+
+def test_pixel_is_a_bare_image_hidden_by_inline_important_rules() -> None:
+    """No <p> wrapper for p:first-of-type and friends to meet; hiding no author rule overrides."""
+    out, _ = run("<body><p>x</p></body>", track_loads=True)
+    pixel = out[len("<body><p>x</p>") : -len("</body>")]
+    assert pixel.startswith("<img ") and "<p" not in pixel
+    style = pixel[pixel.index("style='") + 7 :]
+    assert "display:none!important" in style and "visibility:hidden!important" in style
+    assert "visibility:none" not in style and "mso-hide:all" in style
+
+
+@pytest.mark.parametrize(
+    ("html", "closed"),
+    [
+        ('<p>see <a href="https://a.example/">the offer', True),
+        ('<p>see <a href="https://a.example/">the offer</a> now', False),
+        ('<p>see <a href="https://a.example/">the offer</A > now', False),
+        ('<p><area href="https://a.example/">', False),
+        ("<p>no link", False),
+    ],
+)
+def test_pixel_closes_a_link_left_open_before_it(html: str, closed: bool) -> None:
+    """Appended inside an open <a>, the pixel would be part of the author's link."""
+    out, _ = run(html, track_loads=True)
+    assert out.endswith(("</a>" if closed else "") + PIXEL)
+    assert out.count(PIXEL) == 1

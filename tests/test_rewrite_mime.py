@@ -15,6 +15,7 @@ import pytest
 import postal_tracking_plugin
 from postal_tracking_plugin.rewrite import TrackingPlan
 from postal_tracking_plugin.rewrite import rewrite
+from postal_tracking_plugin.rewrite._plan import PIXEL_HTML
 
 PLAN = TrackingPlan("click.example.com", "https", "srvtok")
 NO_PIXEL = TrackingPlan("click.example.com", "https", "srvtok", track_loads=False)
@@ -115,7 +116,7 @@ def test_nested_multiparts_only_inline_text_parts(eol: str) -> None:
     assert out.count(pixel) == 1  # one pixel, in the first HTML body part
     first_html = out.index(CLICK + "L001")
     assert first_html < out.index(pixel) < out.index(CLICK + "L002")
-    container = out[out.index("<p class='ampimg'"): out.index("</p>", out.index(pixel)) + 4]
+    container = out[out.index("<img src='https://click.example.com/" + pixel): out.index(">", out.index(pixel)) + 1]
     assert out.replace(container, "") == expected  # everything else byte for byte
     assert eol in out and (eol == "\r\n" or "\r\n" not in out)
 
@@ -193,9 +194,8 @@ def test_base64_part_keeps_base64_and_its_charset() -> None:
     assert head == raw.partition(b"\r\n\r\n")[0]
     assert all(len(line) <= 76 for line in body.split(b"\r\n"))
     decoded = base64.b64decode(body).decode("utf-8")
-    assert decoded == html.replace("https://a.example/\u65e5", CLICK + "L000") + (
-        "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
-        "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
+    assert decoded == html.replace("https://a.example/\u65e5", CLICK + "L000") + PIXEL_HTML.format(
+        src="https://click.example.com/img/srvtok/M000"
     )
 
 

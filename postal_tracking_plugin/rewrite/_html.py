@@ -24,6 +24,7 @@ from ._plan import Tracker
 from ._scanner import ATTRS as _ATTRS
 from ._scanner import COND as _COND
 from ._scanner import CONDBODY as _CONDBODY
+from ._scanner import END
 from ._scanner import ENDBODY as _ENDBODY
 from ._scanner import NAME as _NAME
 from ._scanner import SCAN as _SCAN
@@ -45,6 +46,7 @@ _ATTR = re.compile(
     rf"[{WS}/]*([^{WS}/>][^{WS}/>=]*)"
     rf"(?:([{WS}]*=[{WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{WS}>]*)))?"
 )
+_LINK_END = re.compile(rf"</[aA]{END}")  # an </a> end tag
 _OPT_OUT = frozenset({"data-pm-no-track", "data-no-track", "clicktracking"})
 _NOTRACK_ANY = re.compile(r"(?i)(https?)\+notrack://")
 _NOTRACK_FIND = re.compile(r"\+(?i:notrack)://")
@@ -76,10 +78,15 @@ def html_edits(
 ) -> list[tuple[int, int, str]]:
     """The ``(start, end, new)`` replacements :func:`rewrite_html` makes, in order."""
     edits: list[tuple[int, int, str]] = []
-    pixel_at = _walk(text, 0, len(text), tracker, edits, vml=False, position=pixel_position)
+    last_link: list[int] = []  # where the last <a> start tag ends
+    pixel_at = _walk(
+        text, 0, len(text), tracker, edits, vml=False, position=pixel_position, last_link=last_link
+    )
     if pixel_at is not None:
         pixel = tracker.take_pixel()
         if pixel is not None:
+            if last_link and _LINK_END.search(text, last_link[0], pixel_at) is None:
+                pixel = "</a>" + pixel  # a link left open: the pixel would sit inside it
             edits.append((pixel_at, pixel_at, pixel))
     if _has_notrack(text):
         # Each marker not inside a replaced span goes; both lists are in document
@@ -132,10 +139,12 @@ def _walk(
     vml: bool,
     position: str,
     base: str | None = None,
+    last_link: list[int] | None = None,
 ) -> int | None:
     """Collect edits for text[start:stop]; return where the pixel belongs.
 
     ``base``: the document's ``<base href>`` so far (inside a conditional comment).
+    ``last_link``: set to ``[end]`` of the last ``<a>`` start tag seen.
     """
     clicks = tracker.clicks
     if vml:
@@ -157,9 +166,12 @@ def _walk(
                         base = _base_url(text, *m.span(_ATTRS))
                 elif body_tags and body_open is None:
                     body_open = m.end()
-            elif clicks:
-                attrs_start, attrs_end = m.span(_ATTRS)
-                _link(text, attrs_start, attrs_end, tracker, edits, base or None)
+            else:
+                if last_link is not None and m.end(_NAME) == name + 1:  # <a>, not <area>
+                    last_link[:] = [m.end()]
+                if clicks:
+                    attrs_start, attrs_end = m.span(_ATTRS)
+                    _link(text, attrs_start, attrs_end, tracker, edits, base or None)
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
         elif kind == _CONDBODY:
