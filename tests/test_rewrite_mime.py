@@ -407,3 +407,29 @@ def test_quoted_printable_lines_with_encoded_line_breaks_stay_as_written() -> No
     before = binascii.a2b_qp(raw.split(b"\n\n", 1)[1]).decode()
     after = binascii.a2b_qp(result.data.split(b"\n\n", 1)[1]).decode()
     assert after.replace(CLICK + "L000", "https://a.example/x") == before
+
+
+def test_two_links_in_one_encoded_line_split_by_encoded_line_breaks() -> None:
+    """One encoded line, three decoded lines, a link on the first and the last."""
+    raw = message(
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        "a https://a.example/1 caf=C3=A9=0D=0A  =0A https:=\n//b.example/2\nuntouched=20\n",
+        eol="\n",
+    )
+    result = rewrite(raw, NO_PIXEL, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/1", "https://b.example/2"]
+    body = result.data.split(b"\n\n", 1)[1]
+    assert body.endswith(b"\nuntouched=20\n")
+    assert binascii.a2b_qp(body).decode() == f"a {CLICK}L000 caf\u00e9\r\n  \n {CLICK}L001\nuntouched \n"
+
+
+@pytest.mark.parametrize("lossy", ["=\r", "=="])
+def test_quoted_printable_that_a2b_qp_reads_with_loss_is_left_alone(lossy: str) -> None:
+    """``=`` before a lone CR makes a2b_qp drop the rest of the part (links and all)."""
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        f'<a href=3D"https://a.example/">a</a> x{lossy}y <a href=3D"https://b.example/">b</a>\n',
+        eol="\n",
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data == raw and result.links == ()

@@ -184,7 +184,10 @@ def _rewrite_leaf(walk: MimeWalk, leaf: _Leaf) -> None:
         if base64.b64encode(data) != b"".join(body.split()):
             return  # two padded chunks, stray characters: decoding would drop some
     elif cte == "quoted-printable":
-        data = binascii.a2b_qp(_QP_PADDING.sub(b"", body))  # RFC 2045 6.7 (3): padding goes
+        body_read = _QP_PADDING.sub(b"", body)  # RFC 2045 6.7 (3): transport padding goes
+        if _QP_LOSSY.search(body_read):
+            return  # a2b_qp would drop the rest of the part, or read "==" as "="
+        data = binascii.a2b_qp(body_read)
     elif cte in ("7bit", "8bit", "binary"):
         data = body
     else:
@@ -256,6 +259,10 @@ def _has_long_line(data: bytes) -> bool:
 
 # Literal white space before an encoded line's end is transport padding (RFC 2045 6.7).
 _QP_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+# What a2b_qp reads with loss: "=" before a lone CR stops it (the rest of the part is
+# dropped), and "==" becomes "=".
+_QP_LOSSY = re.compile(rb"=\r(?!\n)|==")
+_QP_ENCODED_LF = re.compile(rb"=0[aA]")  # maybe an encoded line break (not after another "=")
 # Codecs where a line cannot be encoded on its own, or "\n" is not the byte 0x0A.
 _STATEFUL_OR_WIDE = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
@@ -283,64 +290,72 @@ def _qp_edited(
     joined at soft breaks (``=`` at the end, transport padding allowed after it);
     it decodes to one line of ``text``, or to several when it carries encoded
     line breaks (``=0A``). None when the lines do not add up to ``text`` (a
-    charset whose line breaks are not "\\n"): then the caller encodes the
-    whole part again.
+    charset whose line breaks are not "\\n"), or when the result does not
+    decode to ``text`` with the changes: then the caller encodes the whole part
+    again.
     """
     if codec.startswith(_STATEFUL_OR_WIDE):
         return None
     physical = body.split(b"\n")
+    encoded_breaks = _QP_ENCODED_LF.search(body) is not None  # rare: then decode line by line
     # Each encoded line: (first physical line, after its last, decoded "\n" it adds).
     logical: list[tuple[int, int, int]] = []
     first = 0
+    pieces: list[bytes] = []  # the encoded line's text, soft breaks and padding removed
     for i, line in enumerate(physical):
-        content = line[:-1] if line.endswith(b"\r") else line
-        if content.rstrip(b" \t").endswith(b"=") and i + 1 < len(physical):
-            continue  # a soft break: the encoded line goes on
-        extra = sum(physical[j].upper().count(b"=0A") for j in range(first, i + 1))
+        content = (line[:-1] if line.endswith(b"\r") else line).rstrip(b" \t")
+        soft = content.endswith(b"=") and i + 1 < len(physical)
+        if encoded_breaks:
+            pieces.append(content[:-1] if soft else content)
+        if soft:
+            continue  # the encoded line goes on
+        extra = binascii.a2b_qp(b"".join(pieces)).count(b"\n") if encoded_breaks else 0
+        pieces.clear()
         logical.append((first, i + 1, extra))
         first = i + 1
     if sum(extra for _, _, extra in logical) + len(logical) != text.count("\n") + 1:
         return None
-    groups: list[tuple[int, int, list[tuple[int, int, str]]]] = []
-    for change in changes:
-        start, end, _ = change
-        line_start = text.rfind("\n", 0, start) + 1
-        line_end = text.find("\n", end)
-        line_end = len(text) if line_end == -1 else line_end
-        if groups and line_start <= groups[-1][1]:
-            groups[-1] = (groups[-1][0], max(line_end, groups[-1][1]), [*groups[-1][2], change])
-        else:
-            groups.append((line_start, line_end, [change]))
-    # Decoded line k of text belongs to encoded line owner[k], which starts at decoded line
-    # first_line[owner[k]] and ends at decoded line first_line[owner[k]] + its extra.
+    # Decoded line k of text belongs to encoded line owner[k]; encoded line n decodes to
+    # the decoded lines first_line[n] up to first_line[n + 1].
     owner = [n for n, (_, _, extra) in enumerate(logical) for _ in range(extra + 1)]
     first_line = list(itertools.accumulate((extra + 1 for _, _, extra in logical), initial=0))
-    replacements = []
+    line_start = [0]  # where each decoded line starts in text
+    at = text.find("\n")
+    while at != -1:
+        line_start.append(at + 1)
+        at = text.find("\n", at + 1)
+    line_start.append(len(text) + 1)  # one past the last line's end
+    # Changes grouped by the encoded lines they touch (in order, so a sweep merges them).
+    groups: list[tuple[int, int, list[tuple[int, int, str]]]] = []
     index = 0  # the decoded line number of position ``counted``, counted forwards once
     counted = 0
-    for line_start, line_end, group in groups:
-        index += text.count("\n", counted, line_start)
-        counted = line_start
-        last = index + text.count("\n", line_start, line_end)
-        first_logical, last_logical = owner[index], owner[last]
-        # Widen to whole encoded lines (only an encoded line with "=0A" spans several).
-        seg_start = line_start
-        for _ in range(index - first_line[first_logical]):
-            seg_start = text.rfind("\n", 0, seg_start - 1) + 1
-        seg_end = line_end
-        for _ in range(first_line[last_logical + 1] - 1 - last):
-            seg_end = text.find("\n", seg_end + 1)
+    for change in changes:
+        start, end, _ = change
+        index += text.count("\n", counted, start)
+        counted = start
+        first, last = owner[index], owner[index + text.count("\n", start, end)]
+        if groups and first <= groups[-1][1]:
+            groups[-1] = (groups[-1][0], max(last, groups[-1][1]), [*groups[-1][2], change])
+        else:
+            groups.append((first, last, [change]))
+    replacements = []
+    for first, last, group in groups:
+        seg_start = line_start[first_line[first]]
+        seg_end = line_start[first_line[last + 1]] - 1
         segment = apply_text_edits(
             text[seg_start:seg_end], [(s - seg_start, e - seg_start, new) for s, e, new in group]
         )
         encoded = segment.encode(codec, "surrogateescape").split(b"\n")
-        replacements.append((
-            logical[first_logical][0], logical[last_logical][1],
-            [_qp_line(line, eol) for line in encoded],
-        ))
+        replacements.append(
+            (logical[first][0], logical[last][1], [_qp_line(line, eol) for line in encoded])
+        )
     for first_physical, after_physical, new_lines in reversed(replacements):
         physical[first_physical:after_physical] = new_lines
-    return b"\n".join(physical)
+    new_body = b"\n".join(physical)
+    # Read back as a reader's decoder will: anything else (malformed quoted-printable
+    # mapped wrong) and the caller encodes the whole part instead.
+    decoded = binascii.a2b_qp(_QP_PADDING.sub(b"", new_body)).decode(codec, "surrogateescape")
+    return new_body if decoded == apply_text_edits(text, changes) else None
 
 
 def _qp_line(line: bytes, eol: bytes) -> bytes:
