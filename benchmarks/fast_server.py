@@ -33,27 +33,27 @@ if len(sys.argv) > 1 and sys.argv[1] == "--serve-baseline":
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from dataclasses import field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
 
-from _support import MYSQL  # noqa: E402
-from _support import drop_mysql_databases  # noqa: E402
-from _support import free_port  # noqa: E402
+from _support import MYSQL
+from _support import drop_mysql_databases
+from _support import free_port
 
 RANDPATH_LUA = """
 local paths = {}

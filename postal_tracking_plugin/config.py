@@ -319,7 +319,7 @@ def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> An
 def _coerce(hint: Any, value: Any, key: str, where: str, meta: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", where, strict=hint in _STRICT)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
