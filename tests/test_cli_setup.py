@@ -139,14 +139,15 @@ def test_mysql_init_creates_postal_tables_and_message_database(mysql_dir: tuple[
     assert charset == "utf8mb4"
 
 
-def test_mysql_init_leaves_existing_postal_tables_alone(mysql_dir: tuple[Path, str]) -> None:
+def test_mysql_init_leaves_existing_tables_alone(mysql_dir: tuple[Path, str]) -> None:
     cwd, database = mysql_dir
     conn = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
                            password=MYSQL["password"], autocommit=True)
     try:
         with conn.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{database}`")
-            # Postal 3's servers table, with a row, and no track_certificates
+            # a servers table with a column of its own and a row, and no
+            # track_certificates (Postal's own databases: test_postal_mode.py)
             cursor.execute(f"CREATE TABLE `{database}`.`servers` (id int(11) NOT NULL "
                            "AUTO_INCREMENT PRIMARY KEY, name varchar(255), token varchar(255), "
                            "permalink varchar(255), deleted_at datetime(6), extra_postal_col int)")
