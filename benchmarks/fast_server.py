@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from typing import NamedTuple
 
 from _support import MYSQL
 from _support import drop_mysql_databases
@@ -512,12 +513,20 @@ VARIANTS = [
             lambda s: s.ours("log"), port="lg"),
 ]  # fmt: skip
 
-# Each configuration of ours: its store and its (HTTP, HTTPS) port keys.
+class OurConfig(NamedTuple):
+    """A postal.yml the fast server variants run on (``Setup.ours(name)``)."""
+
+    store: str
+    http: str  # the keys into Setup.ports
+    https: str
+    access_log: str | None = None
+
+
 CONFIGS = {
-    "sqlite": ("sqlite", "sq", "sqs", None),
-    "mysql": ("mysql", "my", "mys", None),
-    "w2": ("mysql", "w2", "w2s", None),
-    "log": ("mysql", "lg", "lgs", "common"),
+    "sqlite": OurConfig("sqlite", "sq", "sqs"),
+    "mysql": OurConfig("mysql", "my", "mys"),
+    "w2": OurConfig("mysql", "w2", "w2s"),
+    "log": OurConfig("mysql", "lg", "lgs", access_log="common"),
 }
 
 HOW_TO = """\
@@ -589,14 +598,14 @@ def main() -> int:
         f"work directory {workdir}; filling {args.links:,} links into SQLite and MariaDB ...",
         flush=True,
     )
-    keys = {"ngx", "ngxs", "dict", "postal"} | {k for c in CONFIGS.values() for k in c[1:3]}
+    keys = {v.port for v in VARIANTS} | {k for c in CONFIGS.values() for k in (c.http, c.https)}
     ports: dict[str, int] = {}
     while len(set(ports.values())) < len(keys):  # free_port picks at random: no two alike
         ports = {k: free_port() for k in sorted(keys)}
     setup = Setup(workdir, workdir / "servers.log", ports)
-    for name, (store, http, https, access_log) in CONFIGS.items():
+    for name, c in CONFIGS.items():
         setup.configs[name] = write_config(
-            workdir, name, store, database, ports[http], ports[https], access_log=access_log
+            workdir, name, c.store, database, ports[c.http], ports[c.https], access_log=c.access_log
         )
     clicks, pixels, pairs = fill(setup.configs["sqlite"], args.links, token)
     m_clicks, m_pixels, m_pairs = fill(setup.configs["mysql"], args.links, token)
