@@ -456,7 +456,14 @@ class Setup:
     def baseline(self, kind: str) -> list[str]:
         """This script again, serving a baseline app (see ``serve_baseline``)."""
         me = str(Path(__file__).resolve())
-        return [sys.executable, me, "--serve-baseline", kind, str(self.ports[kind]), str(self.workdir)]
+        return [
+            sys.executable,
+            me,
+            "--serve-baseline",
+            kind,
+            str(self.ports[kind]),
+            str(self.workdir),
+        ]
 
     def ours(self, config: str, *extra: str, workers: int = 1) -> list[str]:
         """The fast server as ``fast-server`` runs it, on one of the configurations."""
@@ -512,6 +519,7 @@ VARIANTS = [
     Variant("9", "ours: click, MariaDB, access log on", "(9) ours: click, MariaDB, access log",
             lambda s: s.ours("log"), port="lg"),
 ]  # fmt: skip
+
 
 class OurConfig(NamedTuple):
     """A postal.yml the fast server variants run on (``Setup.ours(name)``)."""

@@ -234,9 +234,11 @@ def test_license_and_py_typed_are_shipped() -> None:
         name: {p.strip() for p in value.split(",")}
         for name, value in cfg["options.package_data"].items()
     }
-    for package, folder in (("postal_tracking_plugin", "postal_tracking_plugin"),
-                            ("postal_tracking_plugin.hooks", "hooks"),
-                            ("postal_tracking_plugin.web", "web")):
+    for package, folder in (
+        ("postal_tracking_plugin", "postal_tracking_plugin"),
+        ("postal_tracking_plugin.hooks", "hooks"),
+        ("postal_tracking_plugin.web", "web"),
+    ):
         assert "py.typed" in package_data[package], package
         assert (ROOT / folder / "py.typed").is_file(), folder
 
