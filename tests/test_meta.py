@@ -7,6 +7,7 @@ import ast
 import configparser
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,30 @@ def test_tests_import_helpers_from_support_not_conftest() -> None:
     for path in sorted((ROOT / "tests").glob("*.py")):
         imports = _imports(path, "tests")
         assert "conftest" not in imports, f"{path.name}: import helpers from _support, not conftest"
+
+
+def _anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_the_readme_is_short_and_every_docs_link_lands() -> None:
+    """README at most 150 lines (the reference is in docs/); relative links and their
+    #anchors point at files and headings that exist."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 150
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target} does not exist"
+            if fragment and linked.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", linked.read_text())
+                anchors = {_anchor(h) for h in headings}
+                assert fragment in anchors, f"{page.name}: no heading for #{fragment}"
