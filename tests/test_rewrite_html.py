@@ -389,3 +389,8 @@ def test_pixel_closes_a_link_left_open_before_it(html: str, closed: bool) -> Non
     out, _ = run(html, track_loads=True)
     assert out.endswith(("</a>" if closed else "") + PIXEL)
     assert out.count(PIXEL) == 1
+
+
+def test_a_base_href_applies_inside_conditional_comments_too() -> None:
+    html = '<base href="https://shop.example/en/"><!--[if mso]><v:roundrect href="sale"><![endif]-->'
+    assert run(html)[1] == ["https://shop.example/en/sale"]

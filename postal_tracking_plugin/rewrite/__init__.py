@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from typing import Literal
 
 from ..config import Config
 from ..errors import NotFound
@@ -60,7 +61,7 @@ Rewritten = PureRewrite
 
 def plan_for(config: Config, store: Store, track_domain: TrackDomain) -> TrackingPlan:
     """The plan for mail through ``track_domain``: https only with an active certificate."""
-    scheme = "http"
+    scheme: Literal["http", "https"] = "http"
     if track_domain.ssl_enabled:
         certificate = store.get_certificate(track_domain.full_name)
         if certificate is not None and certificate.active:

@@ -143,7 +143,8 @@ def _walk(
 ) -> int | None:
     """Collect edits for text[start:stop]; return where the pixel belongs.
 
-    ``base``: the document's ``<base href>`` so far (inside a conditional comment).
+    ``base``: the document's ``<base href>`` so far (inside a conditional comment);
+    None until a ``<base>`` with an href is seen, "" when that href is not absolute http(s).
     ``last_link``: set to ``[end]`` of the last ``<a>`` start tag seen.
     """
     clicks = tracker.clicks
@@ -155,7 +156,6 @@ def _walk(
     body_open: int | None = None
     body_close: int | None = None
     unfinished: int | None = None  # where a construct starts that runs to the end unclosed
-    base: str | None = None  # "" once a <base href> that is not absolute http(s) was seen
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
