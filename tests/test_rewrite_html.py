@@ -394,3 +394,8 @@ def test_pixel_closes_a_link_left_open_before_it(html: str, closed: bool) -> Non
 def test_a_base_href_applies_inside_conditional_comments_too() -> None:
     html = '<base href="https://shop.example/en/"><!--[if mso]><v:roundrect href="sale"><![endif]-->'
     assert run(html)[1] == ["https://shop.example/en/sale"]
+
+
+def test_pixel_at_the_top_closes_no_link() -> None:
+    out, _ = run('<body><a href="https://a.example/">x</a></body>', track_loads=True, pixel_position="top")
+    assert out == f'<body>{PIXEL}<a href="{CLICK}L000">x</a></body>'

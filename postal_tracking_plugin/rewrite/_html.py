@@ -78,14 +78,18 @@ def html_edits(
 ) -> list[tuple[int, int, str]]:
     """The ``(start, end, new)`` replacements :func:`rewrite_html` makes, in order."""
     edits: list[tuple[int, int, str]] = []
-    last_link: list[int] = []  # where the last <a> start tag ends
+    last_link: list[int] = []  # where the last <a> start tag ends (before the pixel or not)
     pixel_at = _walk(
         text, 0, len(text), tracker, edits, vml=False, position=pixel_position, last_link=last_link
     )
     if pixel_at is not None:
         pixel = tracker.take_pixel()
         if pixel is not None:
-            if last_link and _LINK_END.search(text, last_link[0], pixel_at) is None:
+            if (
+                last_link
+                and last_link[0] <= pixel_at
+                and _LINK_END.search(text, last_link[0], pixel_at) is None
+            ):
                 pixel = "</a>" + pixel  # a link left open: the pixel would sit inside it
             edits.append((pixel_at, pixel_at, pixel))
     if _has_notrack(text):
