@@ -3,8 +3,8 @@
 Each document is rendered in headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``, driven by Selenium) as written and as rewritten, with the
 pixel at the bottom and at the top, and the two screenshots must be the same
-image, with the same text and the same links. Documents: every corpus e-mail
-(800 px wide), and documents written to catch the pixel out (800 and 375 px):
+image, with the same text and the same links, at 800 and 375 px wide.
+Documents: every corpus e-mail, and documents written to catch the pixel out:
 author CSS that styles ``p`` elements structurally or with ``!important``, and
 fragments that end inside an open link. No request leaves the browser: every
 http(s) URL is blocked, so images fail alike in both renderings.
@@ -114,9 +114,12 @@ def assert_looks_the_same(driver: object, html: str, width: int, positions: tupl
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.name[:50] for p in CORPUS])
-def test_corpus_email_looks_the_same_with_the_pixel(browser: object, path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [800, 375])
+def test_corpus_email_looks_the_same_with_the_pixel(
+    browser: object, path: Path, width: int, tmp_path: Path
+) -> None:
     html = path.read_bytes().decode("utf-8", "replace")
-    assert_looks_the_same(browser, html, 800, ("bottom", "top"), tmp_path)
+    assert_looks_the_same(browser, html, width, ("bottom", "top"), tmp_path)
 
 
 STRUCTURAL = "<p>First paragraph.</p><p>Middle paragraph.</p><p>Last paragraph.</p>"
