@@ -33,6 +33,7 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 MAX_HEIGHT = 6000  # px captured: the longest corpus e-mail is shorter
 PLAN = TrackingPlan("click.example.com", "https", "srvtok")
+pytestmark = pytest.mark.slow  # ~1 s a render, 65 s for the module
 
 Rendering = tuple[bytes, str, list[str]]
 
