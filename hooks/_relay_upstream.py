@@ -353,12 +353,18 @@ class Upstream:
                 context = self._verified if tls == "starttls" else self._unverified
                 try:
                     smtp.starttls(context=context)
+                    smtp.ehlo()
+                    encrypted = True
+                except smtplib.SMTPResponseException as exc:
+                    if tls != "opportunistic":
+                        raise
+                    # Refused (454): the session is still plain text and usable.
+                    log.warning("smtp-relay: %s refused STARTTLS: %s; continuing without TLS",
+                                where, _text(exc))
                 except ssl.SSLError as exc:
                     if tls == "opportunistic":
                         raise _HandshakeFailed(f"{where}: TLS handshake failed: {exc}") from None
                     raise
-                smtp.ehlo()
-                encrypted = True
             if self.username:
                 smtp.login(self.username, self.password)
         except (UpstreamError, _HandshakeFailed):
