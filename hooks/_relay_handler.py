@@ -273,7 +273,7 @@ class RelayHandler:
     ) -> str:
         """``held[0]``: the upstream connection in use, for :meth:`relay` to release."""
         key = message_key(incoming.mail_from, incoming.content)
-        rcpts = incoming.rcpt_tos
+        rcpts = tuple(dict.fromkeys(incoming.rcpt_tos))  # a recipient given twice: one copy
         todo = [r for r in rcpts if not self.relayed.seen(key, r)]
         done_before = len(rcpts) - len(todo)
         if not todo:
