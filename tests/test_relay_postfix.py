@@ -29,8 +29,8 @@ import yaml
 from postfix_instance import POSTFIX
 from postfix_instance import PostfixInstance
 
-from conftest import free_port
-from conftest import need
+from _support import free_port
+from _support import need
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import RelayConfig
 from postal_tracking_plugin.config import load_config
