@@ -130,7 +130,7 @@ class RelayConfig:
     upstream_data_done_timeout: float = 600.0  # the reply to the final dot (RFC 5321 4.5.3.2.6)
     upstream_connection_max_age: float = 300.0  # then retired (Postfix's reuse time limit)
     helo_name: str | None = None  # our EHLO name upstream and greeting; default the host's FQDN
-    max_buffered_messages: int = field(default=16, metadata=_POSITIVE)  # in memory at once
+    max_buffered_messages: int = field(default=8, metadata=_POSITIVE)  # in memory at once
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     auth_users: dict[str, str] = field(default_factory=dict)
     batch: bool = False

@@ -12,9 +12,11 @@ so nothing can leave the machine.
 Two ``smtpd`` services:
 
 - ``upstream_port``: the relay's upstream. ``bob@example.net`` is refused with
-  ``550 5.7.1``; a non-FQDN HELO is refused; no SMTPUTF8; SIZE 10,240,000;
+  ``550 5.7.1``, ``dana@example.net`` with ``450 4.2.0``; no SMTPUTF8; SIZE 10,240,000;
   STARTTLS offered when a certificate is given; a message from
   ``slow@example.com`` gets its reply to the final dot after 2 s.
+- ``strict_helo_port``: the same, but a HELO name that is not a fully qualified
+  domain name is refused (``reject_non_fqdn_helo_hostname``).
 - ``client_port`` (when ``relay_port`` is given): Postfix as the relay's client.
   Whatever it accepts goes to the relay as an after-queue content filter
   (``relayout:[127.0.0.1]:relay_port``), as a sending MTA would.
@@ -39,6 +41,7 @@ class PostfixInstance:
         self,
         *,
         upstream_port: int,
+        strict_helo_port: int | None = None,
         client_port: int | None = None,
         relay_port: int | None = None,
         tls_files: tuple[Path, Path] | None = None,
@@ -46,6 +49,7 @@ class PostfixInstance:
         self.base = Path(tempfile.mkdtemp(prefix="relay-postfix-"))
         self.base.chmod(0o755)
         self.upstream_port = upstream_port
+        self.strict_helo_port = strict_helo_port
         self.client_port = client_port
         self.relay_port = relay_port
         self.etc = self.base / "etc"
@@ -85,11 +89,11 @@ class PostfixInstance:
             "smtputf8_enable": "no",
             "message_size_limit": "10240000",
             "smtpd_helo_required": "yes",
-            "smtpd_helo_restrictions": "reject_non_fqdn_helo_hostname",
             "smtpd_restriction_classes": "slowdown",
             "slowdown": "sleep 2, permit",
             "smtpd_recipient_restrictions": (
-                "check_recipient_access inline:{{bob@example.net = 550 5.7.1 Bob refuses}}, "
+                "check_recipient_access inline:{{bob@example.net = 550 5.7.1 Bob refuses}"
+                " {dana@example.net = 450 4.2.0 Dana is busy}}, "
                 "permit_mynetworks, reject"
             ),
             "smtpd_end_of_data_restrictions": (
@@ -111,12 +115,16 @@ class PostfixInstance:
         services = [
             f"127.0.0.1:{upstream_port} inet n - n - - smtpd",
         ]
+        if strict_helo_port:
+            services.append(
+                f"127.0.0.1:{strict_helo_port} inet n - n - - smtpd"
+                " -o smtpd_helo_restrictions=reject_non_fqdn_helo_hostname"
+            )
         if client_port and relay_port:
             services += [
                 f"127.0.0.1:{client_port} inet n - n - - smtpd"
                 f" -o content_filter=relayout:[127.0.0.1]:{relay_port}"
                 " -o smtpd_recipient_restrictions=permit_mynetworks,reject"
-                " -o smtpd_helo_restrictions="
                 " -o smtpd_end_of_data_restrictions=",
                 "relayout unix - - n - - smtp -o smtp_helo_name=client.test",
             ]

@@ -53,7 +53,8 @@ def postfix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostfixInstanc
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     instance = PostfixInstance(
-        upstream_port=free_port(), client_port=free_port(), relay_port=free_port(),
+        upstream_port=free_port(), strict_helo_port=free_port(), client_port=free_port(),
+        relay_port=free_port(),
         tls_files=(cert_file, key_file),
     )
     instance.start()
@@ -227,11 +228,13 @@ def test_row5_helo_name_is_what_postfix_sees(
     relay: SmtpRelay, another_relay: Callable[..., SmtpRelay], postfix: PostfixInstance
 ) -> None:
     """Row 5: Postfix with reject_non_fqdn_helo_hostname refused the host name "vm"."""
-    with smtplib.SMTP(*relay.address, timeout=30) as client:
+    strict = f"127.0.0.1:{postfix.strict_helo_port}"
+    fqdn = another_relay(upstream=strict)
+    with smtplib.SMTP(*fqdn.address, timeout=30) as client:
         client.sendmail("news@example.com", ["ann@example.net"], message("row5@test"))
     [got] = copies(postfix, "row5@test", 1)
     assert b"from relay.example.com (localhost [127.0.0.1])" in got
-    bare = another_relay(helo_name="relay")
+    bare = another_relay(upstream=strict, helo_name="relay")
     with smtplib.SMTP(*bare.address, timeout=30) as client:
         client.ehlo()
         client.mail("news@example.com")
