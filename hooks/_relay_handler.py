@@ -274,12 +274,30 @@ class RelayHandler:
         """``held[0]``: the upstream connection in use, for :meth:`relay` to release."""
         key = message_key(incoming.mail_from, incoming.content)
         rcpts = tuple(dict.fromkeys(incoming.rcpt_tos))  # a recipient given twice: one copy
-        todo = [r for r in rcpts if not self.relayed.seen(key, r)]
-        done_before = len(rcpts) - len(todo)
-        if not todo:
+        todo, done, busy = self.relayed.claim(key, rcpts)
+        try:
+            return self._send(incoming, txn, held, key, rcpts, todo, len(done), busy)
+        finally:
+            self.relayed.release(key, todo)
+
+    def _send(
+        self,
+        incoming: Incoming,
+        txn: Transaction | None,
+        held: list[UpstreamConnection | None],
+        key: bytes,
+        rcpts: tuple[str, ...],
+        todo: list[str],
+        done_before: int,
+        busy: list[str],
+    ) -> str:
+        if not todo and not busy:
             return f"250 2.0.0 OK: already relayed to all {len(rcpts)} recipients"
-        groups = [todo] if self.batch else [[r] for r in todo]
-        outcome: dict[str, Reply] = {}
+        outcome: dict[str, Reply] = dict.fromkeys(busy, Reply(
+            TEMPORARY, "4.3.0 This message is being relayed to this recipient on another "
+                       "connection right now"
+        ))
+        groups = ([todo] if self.batch else [[r] for r in todo]) if todo else []
         for group in groups:
             data = self._copy(incoming, group)
             reply, held[0] = self._deliver(incoming, group, data, txn, held[0])

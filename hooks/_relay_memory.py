@@ -14,6 +14,10 @@ Consequence, documented in docs/relay.md: the same ``Message-ID`` sent again to
 the same recipient within :data:`RETRY_WINDOW` is treated as a retry and not
 delivered again (RFC 5322 3.6.4 wants a Message-ID unique to one message).
 
+A copy being sent is *in flight*: the same message to the same recipient on
+another connection meanwhile (a client that gave up waiting and retried) is
+told to try again later rather than sent a second copy.
+
 What it is not: durable. It lives in the relay's memory, bounded to
 :data:`MAX_ENTRIES` (oldest forgotten first); a restart forgets it.
 """
@@ -64,6 +68,7 @@ class RelayedRecipients:
 
     def __init__(self, max_entries: int = MAX_ENTRIES, ttl: float = RETRY_WINDOW) -> None:
         self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._in_flight: set[bytes] = set()
         self._max = max_entries
         self._ttl = ttl
         self._lock = threading.Lock()
@@ -82,6 +87,33 @@ class RelayedRecipients:
                 self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+
+    def claim(self, message: bytes, rcpts: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+        """Sort ``rcpts`` into (to send now, relayed before, in flight elsewhere).
+
+        Those to send are in flight until :meth:`remember` or :meth:`release`.
+        """
+        todo: list[str] = []
+        done: list[str] = []
+        busy: list[str] = []
+        for rcpt in rcpts:
+            key = self._key(message, rcpt)
+            if self.seen(message, rcpt):
+                done.append(rcpt)
+                continue
+            with self._lock:
+                if key in self._in_flight:
+                    busy.append(rcpt)
+                    continue
+                self._in_flight.add(key)
+            todo.append(rcpt)
+        return todo, done, busy
+
+    def release(self, message: bytes, rcpts: Iterable[str]) -> None:
+        """No longer in flight (sent or not)."""
+        with self._lock:
+            for rcpt in rcpts:
+                self._in_flight.discard(self._key(message, rcpt))
 
     def seen(self, message: bytes, rcpt: str) -> bool:
         key = self._key(message, rcpt)

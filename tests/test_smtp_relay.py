@@ -1009,3 +1009,44 @@ def test_the_aiosmtpd_internals_the_relay_relies_on_are_there() -> None:
 
     source = inspect.getsource(SMTP.__init__) + inspect.getsource(SMTP._cb_client_connected)
     assert "self._reader" in source and "self._writer" in source
+
+
+class HeldCollector(Collector):
+    """Holds its reply to the final dot until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_started = threading.Event()
+        self.go = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started.set()
+        while not self.go.is_set():
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_the_same_message_on_two_connections_at_once_goes_out_once(
+    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+) -> None:
+    """A client that gave up waiting and retried while the first try is still in flight."""
+    config, store, _ = tracking
+    collector = HeldCollector()
+    controller = EphemeralController(collector)
+    controller.start()
+    try:
+        relay = start_relay(config, store, controller.port)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(send, relay, RECIPIENTS[:1])
+            assert collector.data_started.wait(30)
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                send(relay, RECIPIENTS[:1])
+            assert info.value.smtp_code == 451
+            assert b"on another connection right now" in info.value.smtp_error
+            collector.go.set()
+            first.result()
+        send(relay, RECIPIENTS[:1])  # the retry after: already relayed
+        assert rcpts_received(collector) == RECIPIENTS[:1]
+        relay.stop()
+    finally:
+        controller.stop()
