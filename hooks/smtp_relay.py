@@ -160,9 +160,13 @@ class SmtpRelay:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         plugins = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin() if n)) or "none"
         mode = "one copy for all recipients" if self.handler.batch else "one copy per recipient"
+        helo = "" if "." in self.hostname else (
+            f"; the EHLO name {self.hostname!r} is not fully qualified, which many upstreams "
+            f"refuse: set tracking.relay.helo_name"
+        )
         return (
             f"listening on {shown}, relaying to {self.upstream.describe()} for server "
-            f"{self.server.name!r} ({mode}; plugins: {plugins})"
+            f"{self.server.name!r} ({mode}; plugins: {plugins}){helo}"
         )
 
     # -- running -----------------------------------------------------------------
