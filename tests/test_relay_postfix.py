@@ -46,6 +46,7 @@ SWAKS = shutil.which("swaks")
 def postfix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostfixInstance]:
     need(os.path.exists(POSTFIX), "Debian's postfix package is not installed (see .ci/run)")
     need(os.geteuid() == 0, "a private Postfix instance needs root to start")
+    need(SWAKS is not None, "swaks is not installed (see .ci/run)")
     folder = tmp_path_factory.mktemp("postfix-tls")
     authority = trustme.CA()
     cert = authority.issue_cert("upstream.test")
@@ -182,11 +183,11 @@ def test_row2_no_reply_within_the_data_done_timeout_is_deferred_as_postfix_does(
     assert len(copies(postfix, "row2b@test", 1)) == 1
 
 
-@pytest.mark.skipif(SWAKS is None, reason="swaks is not installed (see .ci/run)")
 def test_row3_postfix_as_the_client_bounces_only_the_refused_recipient(
     relay: SmtpRelay, postfix: PostfixInstance
 ) -> None:
     """Row 3: before, 554 5.0.0 after DATA and Postfix bounced all three."""
+    assert SWAKS is not None
     done = subprocess.run(
         [SWAKS, "--server", f"127.0.0.1:{postfix.client_port}", "--from", "news@example.com",
          "--to", "ann@example.net,bob@example.net,cy@example.org",
@@ -243,11 +244,11 @@ def test_row5_helo_name_is_what_postfix_sees(
                                  b"hostname")
 
 
-@pytest.mark.skipif(SWAKS is None, reason="swaks is not installed (see .ci/run)")
 def test_row6_auth_with_swaks(
     another_relay: Callable[..., SmtpRelay], postfix: PostfixInstance
 ) -> None:
     """Row 6: a right password relays; a wrong one is refused after its delay."""
+    assert SWAKS is not None
     r = another_relay(auth_users={"app": "s3cret"})
     host, port = r.address
 
