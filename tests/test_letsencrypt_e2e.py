@@ -36,6 +36,8 @@ from postal_tracking_plugin.certificates import run_scheduled_renewal
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
+pytestmark = pytest.mark.slow  # 20-40 s against real Pebble
+
 NAMES = ("click.example.test", "track.example2.test")
 BROKEN = "broken.example3.test"
 

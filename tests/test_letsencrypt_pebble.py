@@ -34,6 +34,8 @@ from postal_tracking_plugin.certificates._state import release_lock
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
+pytestmark = pytest.mark.slow  # 3-26 s each against real Pebble
+
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command, as a user (or cron: stdin/stderr are not a terminal) runs it."""

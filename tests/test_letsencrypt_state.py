@@ -134,6 +134,7 @@ def cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Compl
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     (tmp_path / "postal.yml").write_text(
