@@ -56,7 +56,7 @@ AIOSMTPD_PRIVATE_NAMES = (
 class _Session(Session):
     """aiosmtpd's session; ``login_data`` without the warning aiosmtpd logs on each AUTH."""
 
-    @property  # type: ignore[override]
+    @property
     def login_data(self) -> Any:
         return self._login_data
 
@@ -137,11 +137,11 @@ class RelaySMTP(SMTP):
             content = await self._read_data()
             if content is None:
                 await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
-                self._set_post_data_state()
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
                 return
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push("250 OK" if status is MISSING else status)
         finally:
             self.buffers.release()

@@ -192,7 +192,7 @@ class UpstreamConnection:
     def _command(self, method: object, *args: object) -> Reply:
         try:
             code, text = method(*args)  # type: ignore[operator]
-        except UnicodeError as exc:
+        except UnicodeEncodeError as exc:
             # Never sent: smtplib encodes a command before writing it.
             return Reply(553, f"5.6.7 Address cannot be sent to the upstream: {exc.reason}")
         except (OSError, smtplib.SMTPException) as exc:
