@@ -163,11 +163,12 @@ class UpstreamConnection:
         if reply.code != 354:
             return reply  # the transaction is still open: release() sends RSET
         self.in_transaction = False
+        # re.sub returns its input when nothing matches: no copy of a large message then.
         payload = _LEADING_DOT.sub(b"..", _BARE_LF.sub(b"\r\n", content))
-        if not payload.endswith(b"\r\n"):
-            payload += b"\r\n"
+        end = b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
         try:
-            self.smtp.send(payload + b".\r\n")
+            self.smtp.send(payload)
+            self.smtp.send(end)
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             return Reply(TEMPORARY, f"4.4.2 Connection to the upstream lost while sending the "

@@ -1050,3 +1050,18 @@ def test_the_same_message_on_two_connections_at_once_goes_out_once(
         relay.stop()
     finally:
         controller.stop()
+
+
+def test_the_memory_key_is_the_message_id_however_the_header_is_written() -> None:
+    from postal_tracking_plugin.hooks._relay_memory import message_key
+
+    plain = b"Subject: a\r\nMessage-ID: <k@example.com>\r\n\r\nbody one\r\n"
+    folded = b"Date: now\r\nmessage-id:\r\n <k@example.com>\r\nSubject: b\r\n\r\nbody two\r\n"
+    assert message_key("s@example.com", plain) == message_key("s@example.com", folded)
+    assert message_key("s@example.com", plain) != message_key("t@example.com", plain)
+    # In the body, it is no header: without one, the bytes are the key.
+    body_only = b"Subject: a\r\n\r\nMessage-ID: <k@example.com>\r\n"
+    assert message_key("s@example.com", body_only) != message_key("s@example.com", plain)
+    assert message_key("s@example.com", body_only) != message_key(
+        "s@example.com", body_only + b"more\r\n"
+    )
