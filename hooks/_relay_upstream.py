@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -167,8 +168,11 @@ class UpstreamConnection:
         payload = _LEADING_DOT.sub(b"..", _BARE_LF.sub(b"\r\n", content))
         end = b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
         try:
-            self.smtp.send(payload)
-            self.smtp.send(end)
+            if len(payload) < 1024 * 1024:
+                self.smtp.send(payload + end)
+            else:  # two writes; TCP_NODELAY (see Upstream._connect) keeps the dot from waiting
+                self.smtp.send(payload)
+                self.smtp.send(end)
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             return Reply(TEMPORARY, f"4.4.2 Connection to the upstream lost while sending the "
@@ -345,6 +349,10 @@ class Upstream:
             raise UpstreamError(TEMPORARY, f"{where} is unreachable: {_reason(exc)}") from None
         encrypted = tls == "implicit"
         try:
+            # Without it, a short write after a long one waits for the delayed ACK (40 ms
+            # on Linux): splitting the final dot from the data halved the throughput.
+            if smtp.sock is not None:
+                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             smtp.ehlo_or_helo_if_needed()
             if tls == "starttls" and not smtp.has_extn("starttls"):
                 raise UpstreamError(
