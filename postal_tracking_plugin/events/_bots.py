@@ -45,7 +45,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from ..store._message_ops import cooperate
+from .._hub import cooperate
 
 log = logging.getLogger("postal_tracking_plugin.events")
 

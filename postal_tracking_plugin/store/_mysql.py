@@ -7,7 +7,9 @@ yield to other greenlets instead of blocking the fast server.
 
 Each database gets a small pool of connections, made lazily. A connection idle
 for a while is pinged (and reconnected) before use, and one that fails with a
-lost-connection error is thrown away rather than returned to the pool.
+lost-connection error is thrown away rather than returned to the pool, as is
+one left by anything but an error the server answered (a greenlet killed
+mid-query would leave its answer on the wire for the next user).
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ class _Pool:
 
     def acquire(self) -> Any:
         if not self._slots.acquire(timeout=self._timeout):
-            raise StoreError(f"no free connection to {self._describe()} within {self._timeout} s")
+            # From a TimeoutError: the event writer reads "not now, retry", not "bad event".
+            raise StoreError(
+                f"no free connection to {self._describe()} within {self._timeout} s"
+            ) from TimeoutError()
         try:
             conn, last_used = self._idle.get_nowait()
         except queue.Empty:
@@ -127,14 +132,16 @@ class _Pool:
             hint = ": run `postal-tracking init` first" if _code(exc) == _UNKNOWN_DATABASE else ""
             raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}{hint}") from None
 
-    def release(self, conn: Any, broken: bool) -> None:
-        if broken:
-            # The server went away or restarted: the idle connections are most
-            # likely dead too, so the next caller starts afresh.
+    def release(self, conn: Any, *, discard: bool = False, server_gone: bool = False) -> None:
+        """Put ``conn`` back, or close it (``discard``); ``server_gone`` closes the idle ones too."""
+        if discard or server_gone:
             _close_quietly(conn)
-            self.close()
         else:
             self._idle.put((conn, time.monotonic()))
+        if server_gone:
+            # The server went away or restarted: the idle connections are most
+            # likely dead too, so the next caller starts afresh.
+            self.close()
         self._slots.release()
 
     def close(self) -> None:
@@ -236,22 +243,28 @@ class MysqlStore(Store):
             self._create_database(database, params)
         pool = self._pool(database, params)
         conn = pool.acquire()
-        broken = False
+        gone = discard = False
         try:
             with conn.cursor() as cursor:
                 yield _MysqlDb(cursor)
             conn.commit()
         except pymysql.err.Error as exc:
-            broken = _is_lost(exc)
-            _rollback_quietly(conn)
+            # An error the server answered leaves the connection in step: kept.
+            gone = _is_lost(exc)
+            if not gone:
+                _rollback_quietly(conn)
             if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
                 raise StoreError(f"MySQL database `{database}`: {_reason(exc)}") from exc
             raise
         except BaseException:
-            _rollback_quietly(conn)
+            # Anything else may have struck mid-query (a greenlet killed while
+            # it waited for the answer, a timeout, Ctrl-C): the answer may still
+            # be on the wire, and the next user would read it as its own (or
+            # fail with "error 0"). Thrown away; the server rolls back on close.
+            discard = True
             raise
         finally:
-            pool.release(conn, broken)
+            pool.release(conn, discard=discard, server_gone=gone)
 
     def main(self, *, create: bool = False, readonly: bool = False) -> Any:
         return self._transaction(self.database, self._main_params, create)

@@ -39,6 +39,15 @@ class Index:
         return self.name if dialect == "mysql" else f"{self.table}_{self.name}"
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column added to a table that earlier migrations created (``ALTER TABLE ... ADD``)."""
+
+    table: str
+    name: str
+    declaration: str
+
+
 _V = "varchar(255) DEFAULT NULL"
 _I = "int(11) DEFAULT NULL"
 _DT = "datetime DEFAULT NULL"
@@ -407,7 +416,7 @@ MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     2: (TRACKING_CERTIFICATE_STATUS,),
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
 }
-MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
+MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Column, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),
     2: (TRACKING_EVENTS,),
     # The all-links-at-once check reads one address's clicks on a message in the
@@ -434,10 +443,16 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
         ),
         Index("tracking_events", "on_message_kind_ip_time", drop=True),
     ),
+    # Webhook claims: one ``UPDATE ... WHERE webhooks_queued = 0`` that only one
+    # process wins; a claim older than the lease is taken over (its holder died).
+    5: (
+        Column("tracking_events", "webhooks_claimed_by", "varchar(64) DEFAULT NULL"),
+        Column("tracking_events", "webhooks_claimed_at", "decimal(18,6) DEFAULT NULL"),
+    ),
 }
 
 
-def create_statements(table: Table | Index, dialect: str) -> list[str]:
+def create_statements(table: Table | Index | Column, dialect: str) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``.
 
     On MySQL, which has no ``CREATE INDEX IF NOT EXISTS``, the migration
@@ -445,6 +460,8 @@ def create_statements(table: Table | Index, dialect: str) -> list[str]:
     """
     if isinstance(table, Index):
         return [create_index_statement(table, dialect)]
+    if isinstance(table, Column):
+        return [f"ALTER TABLE `{table.table}` ADD COLUMN `{table.name}` {table.declaration}"]
     if dialect == "mysql":
         cols = [f"`{name}` {decl}" for name, decl in table.columns.items()]
         cols.append(f"PRIMARY KEY (`{table.primary_key}`)")

@@ -19,6 +19,7 @@ from ..errors import StoreError
 from . import _schema
 from ._db import Db
 from ._db import utcnow
+from ._event_ops import column_exists
 from ._message_ops import MessageOperations
 from ._models import Certificate
 from ._models import Server
@@ -310,7 +311,9 @@ class Store(MessageOperations):
         return found
 
 
-def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, ...]]) -> None:
+def _migrate(
+    db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index | _schema.Column, ...]]
+) -> None:
     for statement in _schema.create_statements(_schema.TRACKING_MIGRATIONS, db.dialect):
         db.execute(statement)
     done = {int(r["version"]) for r in db.query("SELECT version FROM tracking_migrations")}
@@ -320,6 +323,8 @@ def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, 
         for table in migrations[version]:
             if isinstance(table, _schema.Index) and _index_done(db, table):
                 continue  # done by a run that stopped before recording its version
+            if isinstance(table, _schema.Column) and column_exists(db, table.table, table.name):
+                continue
             for statement in _schema.create_statements(table, db.dialect):
                 db.execute(statement)
         db.execute(
