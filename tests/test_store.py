@@ -48,26 +48,31 @@ def test_track_domains(store: Store) -> None:
     assert td.excluded_click_domains == ("a.com", "*.b.com")
     assert td.ssl_enabled and td.track_clicks and td.track_loads and td.dns_ok
     assert store.track_domain_for_sender(server.id, "EXAMPLE.com") == td
-    # a second tracking domain on the same sending domain reuses the domains row
-    td2 = store.add_track_domain(server, "t.example.com", dns_status="Missing")
-    assert td2.domain_id == td.domain_id
+    # Postal's rules: one tracking domain per sending domain and server, and
+    # a first label of [a-z0-9-] only
+    with pytest.raises(AlreadyExists, match="one per domain and server"):
+        store.add_track_domain(server, "t.example.com")
     with pytest.raises(AlreadyExists):
         store.add_track_domain(server, "click.example.com")
     with pytest.raises(StoreError, match="full name"):
         store.add_track_domain(server, "localhost")
+    with pytest.raises(StoreError, match="only a-z, 0-9 and '-'"):
+        store.add_track_domain(server, "cl_ick.example.org")
+    td2 = store.add_track_domain(server, "t.example.org", dns_status="Missing")
+    assert td2.domain_id != td.domain_id
 
     changed = store.update_track_domain(td, track_loads=False, excluded_click_domains=[])
     assert changed.track_loads is False and changed.excluded_click_domains == ()
     assert [d.full_name for d in store.list_track_domains(server.id)] == [
         "click.example.com",
-        "t.example.com",
+        "t.example.org",
     ]
     store.update_track_domain(td, dns_status="Invalid", dns_error="points elsewhere")
     assert store.track_domain_for_sender(server.id, "example.com") is None
     store.remove_track_domain(td2)
-    assert store.find_track_domain("t.example.com") is None
+    assert store.find_track_domain("t.example.org") is None
     with pytest.raises(NotFound):
-        store.get_track_domain("t.example.com")
+        store.get_track_domain("t.example.org")
 
 
 def test_messages_links_clicks_loads(store: Store) -> None:
