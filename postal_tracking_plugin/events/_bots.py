@@ -43,9 +43,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._hub import cooperate
 from ..config import Config
 from ..errors import ConfigError
-from .._hub import cooperate
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
