@@ -323,3 +323,29 @@ def test_user_agents_are_read_as_utf8_and_a_missing_one_stays_null(
     with store.messages(server.id, readonly=True) as db:
         rows = db.query("SELECT user_agent FROM tracking_events ORDER BY timestamp")
     assert [r["user_agent"] for r in rows] == ["Mozilla/5.0 café ☕", "Agent été", None]
+
+
+def test_a_node_that_lost_the_renewal_lock_stops_issuing(
+    store: Store, backend_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postal_tracking_plugin.certificates import LockBusy
+    from postal_tracking_plugin.certificates import _issue
+
+    server = store.add_server("Main")
+    for name in ("a", "b", "c"):
+        store.add_track_domain(server, f"click.{name}.example.com", dns_status="OK")
+    domains = store.list_track_domains()
+    answers = iter([True, True, False, False])  # taken, extended once, then lost
+    monkeypatch.setattr(_issue, "acquire_lock", lambda *a, **k: next(answers))
+    monkeypatch.setattr(_issue, "require_account", lambda config: object())
+    monkeypatch.setattr(_issue, "lock_owner", lambda store: ("node-b:7", 0.0))
+    issued: list[str] = []
+
+    def issue_one(self: Any, account: Any, domain: str) -> Any:
+        issued.append(domain)
+        return _issue.Outcome(domain, True)
+
+    monkeypatch.setattr(_issue.Issuer, "issue_one", issue_one)
+    with pytest.raises(LockBusy, match="lost the certificate lock to node-b:7 after 1 of 3"):
+        _issue.Issuer(backend_config, store).run(domains)
+    assert issued == ["click.a.example.com"]

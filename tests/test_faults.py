@@ -542,3 +542,69 @@ def test_a_killed_worker_is_replaced_and_its_spool_replayed(
     assert lost == set()
     assert duplicated == set()
     assert list((setup["data_dir"] / "spool").glob("*.jsonl")) == []
+
+
+def _refuse_inserts(port: int, database: str, code: int | None) -> None:
+    """Make every ``clicks`` insert fail with MySQL error ``code`` (None: stop refusing).
+
+    A trigger is how a table that is full (1114, a full disk) or a server gone
+    read-only (1290, a replica during failover) looks to the writer: the
+    server answers pings, and refuses the write.
+    """
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=database)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS refuse_clicks")
+            if code is not None:
+                cursor.execute(
+                    "CREATE TRIGGER refuse_clicks BEFORE INSERT ON clicks FOR EACH ROW "
+                    f"SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = {code}, "
+                    f"MESSAGE_TEXT = 'refused by the fault test ({code})'"
+                )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_writes_refused_for_ten_seconds_under_load_lose_and_set_aside_nothing(
+    setup: dict[str, Any], mariadb: PrivateMariaDB
+) -> None:
+    """Issue 14, row 1: a store that answers pings but refuses writes (1114, then 1290)."""
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    database = store.message_database(server.id)  # type: ignore[attr-defined]
+    fast.start()
+    load = Load(setup["port"], setup["paths"]).start()
+    time.sleep(2)
+    before = len(load.results)
+    refused_at = time.monotonic()
+    try:
+        _refuse_inserts(mariadb.port, database, 1114)  # table is full
+        time.sleep(5)
+        _refuse_inserts(mariadb.port, database, 1290)  # --read-only
+        time.sleep(5)
+    finally:
+        _refuse_inserts(mariadb.port, database, None)
+    refused = time.monotonic() - refused_at
+    during = len(load.results) - before
+    time.sleep(2)
+    load.stop()
+    acked = set(load.acknowledged())
+    _wait_for_rows(store, server.id, acked)
+    assert fast.terminate() == 0
+    counts = _click_agents(store, server.id)
+    lost = acked - set(counts)
+    duplicated = {agent for agent, n in counts.items() if n > 1}
+    set_aside = sum(
+        len(p.read_text().splitlines()) for p in (setup["data_dir"] / "spool").glob("rejected-*")
+    )
+    print(
+        f"\nwrites refused (1114 then 1290) for {refused:.1f} s under load: requests "
+        f"{len(load.results)} (during the refusal {during}), acknowledged {len(acked)}, "
+        f"written {len(acked & set(counts))}, set aside {set_aside}, lost {len(lost)}, "
+        f"duplicated {len(duplicated)}"
+    )
+    assert during > 100
+    assert lost == set()
+    assert duplicated == set()
+    assert set_aside == 0
+    assert set(counts) - acked == set()
