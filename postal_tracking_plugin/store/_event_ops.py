@@ -481,3 +481,96 @@ class EventOperations:
 def _like(text: str) -> str:
     """``text`` as a literal inside a LIKE pattern with ``ESCAPE '!'`` (the same in both dialects)."""
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+class FlagQueries:
+    """What the bot flagger reads and writes, inside :meth:`record_events`' transaction.
+
+    Passed to ``flag(queries, events)`` in place of the raw transaction, so the
+    flagger (``events/_bots.py``) names what it needs and writes no SQL.
+    Results come 100 rows a query with a yield between: PyMySQL parses a result
+    in one stretch of the hub's thread.
+    """
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    def messages_for_flags(self, ids: Sequence[int]) -> dict[int, Row]:
+        """``{id, timestamp, tracked_links}`` of these messages, by id."""
+        rows: dict[int, Row] = {}
+        for i, chunk in enumerate(_chunks(list(ids), 100)):
+            if i:
+                cooperate()
+            for r in self._db.query(
+                f"SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({_marks(chunk)})",
+                chunk,
+            ):
+                rows[int(r["id"])] = r
+        return rows
+
+    def click_summary(self, pairs: Iterable[tuple[int, str]], earliest: float) -> list[Row]:
+        """Per message: different links clicked and ``MIN(bot)``, by these (message, address)
+        pairs since ``earliest``."""
+        return self._pairs_query(
+            "SELECT message_id, COUNT(DISTINCT COALESCE(link_id, 0)) AS links, "
+            "MIN(bot) AS min_bot FROM tracking_events",
+            "GROUP BY message_id",
+            pairs,
+            earliest,
+        )
+
+    def click_links(self, pairs: Iterable[tuple[int, str]], earliest: float) -> list[Row]:
+        """Per (message, address, link): the last click time and ``MIN(bot)`` since ``earliest``."""
+        return self._pairs_query(
+            "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last, MIN(bot) AS min_bot "
+            "FROM tracking_events",
+            "GROUP BY message_id, ip_address, link_id",
+            pairs,
+            earliest,
+        )
+
+    def flag_clicks(self, message_id: int, ip: str, start: float, end: float, reason: str) -> None:
+        """Flag the unflagged clicks of one address on one message between two times."""
+        self._db.execute(
+            "UPDATE tracking_events SET bot = 1, reason = %s "
+            "WHERE kind = 'click' AND message_id = %s AND ip_address = %s AND bot = 0 "
+            "AND timestamp >= %s AND timestamp <= %s",
+            (reason, message_id, ip, start, end),
+        )
+
+    def _pairs_query(
+        self, select: str, group_by: str, pairs: Iterable[tuple[int, str]], earliest: float
+    ) -> list[Row]:
+        """Rows of ``select ... group_by`` over the clicks since ``earliest`` of these
+        (message, address) pairs, whole messages of about 100 pairs a query.
+
+        Each pair is one ``message_id = %s AND ip_address = %s`` term of an OR,
+        which both databases answer from the (message, kind, address, time) index;
+        lists of messages and of addresses would also match every other pair of
+        the two lists: with many readers in a batch, a scan of the whole window.
+        """
+        by_message: dict[int, list[str]] = {}
+        for message_id, ip in pairs:
+            by_message.setdefault(message_id, []).append(ip)
+        rows: list[Row] = []
+        terms: list[str] = []
+        params: list[Any] = [earliest]
+        messages = sorted(by_message)
+        queried = False
+        for i, message_id in enumerate(messages):
+            for ip in sorted(by_message[message_id]):
+                terms.append("(message_id = %s AND ip_address = %s)")
+                params += (message_id, ip)
+            if len(terms) >= 100 or i == len(messages) - 1:
+                if queried:
+                    cooperate()
+                queried = True
+                rows += self._db.query(
+                    f"{select} WHERE kind = 'click' AND timestamp >= %s AND ({' OR '.join(terms)}) "
+                    f"{group_by}",
+                    params,
+                )
+                terms, params = [], [earliest]
+        return rows

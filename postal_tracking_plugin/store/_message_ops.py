@@ -16,6 +16,7 @@ from .._hub import cooperate
 from ._db import Db
 from ._db import Row
 from ._event_ops import EventOperations
+from ._event_ops import FlagQueries
 from ._models import Link
 from ._tokens import url_hash
 
@@ -101,7 +102,7 @@ class MessageOperations(EventOperations):
         self,
         server_id: int,
         events: Sequence[dict[str, Any]],
-        flag: Callable[[Db, list[dict[str, Any]]], None] | None = None,
+        flag: Callable[[FlagQueries, list[dict[str, Any]]], None] | None = None,
         *,
         webhooks_pending: bool = False,
         claimant: str | None = None,
@@ -112,8 +113,9 @@ class MessageOperations(EventOperations):
         ``method``, ``message_id``, ``link_id``, ``ip_address``, ``user_agent`` and
         ``timestamp``. An event whose id is already in ``tracking_events`` is
         skipped, so replaying a spool after a crash never writes a row twice.
-        ``flag(db, new_events)`` runs inside the transaction to set ``bot`` and
-        ``bot_reason`` on each event (and may update earlier rows). Counted
+        ``flag(queries, new_events)`` runs inside the transaction (``queries`` a
+        :class:`FlagQueries` on it) to set ``bot`` and ``bot_reason`` on each
+        event (and may flag earlier rows). Counted
         events (anything but ``HEAD``) also get Postal's ``clicks``/``loads`` rows
         and ``messages.clicked``/``loaded``, in multi-row statements.
         ``webhooks_pending`` marks counted events as still to be queued for
@@ -147,7 +149,7 @@ class MessageOperations(EventOperations):
                 event.setdefault("bot", False)
                 event.setdefault("bot_reason", None)
             if flag is not None:
-                flag(db, fresh)
+                flag(FlagQueries(db), fresh)
                 cooperate()
             clicks = []
             loads = []
