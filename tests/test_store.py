@@ -7,7 +7,7 @@ import re
 import pymysql
 import pytest
 
-from conftest import MYSQL
+from _support import MYSQL
 from postal_tracking_plugin.errors import AlreadyExists
 from postal_tracking_plugin.errors import NotFound
 from postal_tracking_plugin.errors import StoreError
@@ -73,6 +73,31 @@ def test_track_domains(store: Store) -> None:
     assert store.find_track_domain("t.example.org") is None
     with pytest.raises(NotFound):
         store.get_track_domain("t.example.org")
+
+
+def test_an_organisations_domain_is_used_not_shadowed(store: Store) -> None:
+    """Postal picks a name's domains row by ``owner_type DESC``: a new server-owned row would win."""
+    server = store.add_server("Main")
+    with store.main() as db:
+        db.execute("UPDATE servers SET organization_id = 7 WHERE id = %s", (server.id,))
+        org_domain = db.insert(
+            "INSERT INTO domains (name, owner_type, owner_id, dkim_private_key, outgoing) "
+            "VALUES ('orgmail.com', 'Organization', 7, 'KEY', 1)"
+        )
+    server = store.get_server("Main")
+    td = store.add_track_domain(server, "click.orgmail.com", dns_status="OK")
+    assert td.domain_id == org_domain
+    with store.main(readonly=True) as db:
+        rows = db.query("SELECT id, owner_type FROM domains WHERE name = 'orgmail.com'")
+    assert [(r["id"], r["owner_type"]) for r in rows] == [(org_domain, "Organization")]
+
+
+def test_a_message_is_stored_pending_as_postal_writes_it(store: Store) -> None:
+    server = store.add_server("Main")
+    message_id = store.save_tracked_message(server.id, {"token": random_token()}, [])
+    with store.messages(server.id, readonly=True) as db:
+        row = db.one("SELECT status FROM messages WHERE id = %s", (message_id,))
+    assert row == {"status": "Pending"}
 
 
 def test_messages_links_clicks_loads(store: Store) -> None:

@@ -14,12 +14,13 @@ def register(sub: Any) -> None:
         "init",
         help="create the data directory, the database schema and a default certificate",
         description=(
-            "Create what the configuration needs: the data directory, Postal's tables (SQLite "
-            "files, or the MySQL main database and every server's message database) and a "
-            "self-signed default certificate for the HTTPS listener when none is configured. "
-            "With tracking.store: postal, only this project's own tables are added to Postal's "
-            "existing databases; no database is created and nothing of Postal's is changed. "
-            "Safe to run again: it only creates what is missing."
+            "Create what the configuration needs: the data directory, Postal's tables\n"
+            "(SQLite files, or the MySQL main database and every server's message\n"
+            "database) and a self-signed default certificate for the HTTPS listener when\n"
+            "none is configured. With tracking.store: postal, only this project's own\n"
+            "tables are added to Postal's existing databases: no database is created and\n"
+            "nothing of Postal's is changed. Safe to run again: it only creates what is\n"
+            "missing."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
