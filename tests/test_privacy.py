@@ -160,3 +160,28 @@ def test_forget_erases_one_recipient_prints_it_and_is_idempotent(
     # Again: nothing left to remove.
     assert all(n == 0 for _where, _what, n in forget(config, store, "leaver@example.net"))
     assert main(["-c", str(backend_config.source), "forget", "not-an-address"]) == 1
+
+
+def test_a_running_recorder_prunes_once_a_day(
+    store: Store, backend_config: Config, tmp_path: Path
+) -> None:
+    config = _config(backend_config, tmp_path, retention_days=1)
+    server = store.add_server("Main")
+    old = time.time() - 3 * 86400
+    message_id, link = _message(store, server, "old@example.net", old)
+    rec = EventRecorder(config, store, webhooks=False)
+    _record(rec, server, message_id, link, FULL_V4, old)
+    rec.start()
+    assert rec.flush(10)
+    assert _count(store, server.id, "SELECT COUNT(*) AS n FROM tracking_events") == 2
+    rec._pruner.next_run = 0.0  # the daily run is due
+    rec.writer._next_adopt = 0.0  # and the writer's periodic tick comes now
+    rec.writer.wake.set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _count(
+        store, server.id, "SELECT COUNT(*) AS n FROM tracking_events"
+    ):
+        time.sleep(0.05)
+    assert rec.stop(10)
+    assert _count(store, server.id, "SELECT COUNT(*) AS n FROM tracking_events") == 0
+    assert rec._pruner.next_run > time.monotonic() + 86000  # next one tomorrow

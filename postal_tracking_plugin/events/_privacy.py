@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._hub import off_hub
 from ..config import Config
 from ..store import Store
 
@@ -128,10 +129,16 @@ class Pruner:
             return
         self.next_run = time.monotonic() + PRUNE_EVERY
         try:
-            report = prune(self.config, self.store, self.spool.directory)
+            # SQLite blocks without a socket to yield on: off the hub, as the writer's batches.
+            run = off_hub if self.store.dialect == "sqlite" else _call
+            report = run(prune, self.config, self.store, self.spool.directory)
         except Exception as exc:  # noqa: BLE001 - tried again tomorrow; recording goes on
             log.warning("daily prune failed (run `postal-tracking prune` to see why): %s", exc)
             return
         total = sum(n for _where, _what, n in report)
         if total:
             log.info("daily prune removed %d rows and files older than the retention", total)
+
+
+def _call(func: Any, *args: Any) -> Any:
+    return func(*args)
