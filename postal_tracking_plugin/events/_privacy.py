@@ -18,6 +18,7 @@ Postal's fast server would have written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -47,15 +48,26 @@ def anonymize_ip(address: str) -> str:
     if dot and head.count(".") == 2 and ":" not in head:
         # Dotted IPv4, the common case: 0.5 us instead of 3 us through ipaddress.
         return head + ".0"
+    return _network_of(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_of(address: str) -> str:
+    """:func:`anonymize_ip` through :mod:`ipaddress` (IPv6 and the odd forms), cached:
+    parsing IPv6 costs tens of microseconds, and the same readers come back."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return "unknown"
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ipaddress.ip_network(f"{ip.ipv4_mapped}/24", strict=False).network_address)
-        return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
-    return str(ipaddress.ip_network(f"{ip}/24", strict=False).network_address)
+        if ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Address(int(ip) & _V6_48))
+        ip = ip.ipv4_mapped
+    return str(ipaddress.IPv4Address(int(ip) & _V4_24))
+
+
+_V4_24 = 0xFFFFFF00
+_V6_48 = ((1 << 48) - 1) << 80
 
 
 def postal_mode(config: Config) -> bool:
