@@ -22,9 +22,12 @@ Standalone (``tracking.webhooks.urls``)
 
 The payload is Postal's: ``{message, url, token, ip_address, user_agent}`` for
 a click, ``{message, ip_address, user_agent}`` for an open, plus our ``bot``
-and ``bot_reason``. Queueing is idempotent (request uuids derive from the event
-id), and events recorded but not yet queued when a process died are queued by
-the next one (``tracking_events.webhooks_queued``).
+and ``bot_reason``. Each event's webhooks are queued once across processes and
+nodes: by the process holding its claim (:class:`WebhookQueue`); request uuids
+derive from the event id, so receivers can dedupe; events recorded but not
+queued when a process died are claimed and queued by another once the claim
+expires (``tracking_events.webhooks_queued``). No SQL here: the store's named
+methods do it (``store/_event_ops.py``).
 """
 
 from __future__ import annotations
