@@ -608,3 +608,56 @@ def test_writes_refused_for_ten_seconds_under_load_lose_and_set_aside_nothing(
     assert duplicated == set()
     assert set_aside == 0
     assert set(counts) - acked == set()
+
+
+def test_two_workers_starting_with_400_unqueued_events_queue_each_webhook_once(
+    setup: dict[str, Any],
+) -> None:
+    """Issue 14, row 3: every worker catches up at start; each webhook is queued once."""
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    with store.main() as db:
+        db.insert(
+            "INSERT INTO webhooks (server_id, uuid, name, url, all_events, enabled, sign) "
+            "VALUES (%s, 'w1', 'all', 'https://hooks.example.com/all', 1, 1, 1)",
+            (server.id,),
+        )
+    with store.messages(server.id, readonly=True) as db:
+        message = db.one("SELECT id FROM messages")
+        link = db.one("SELECT id FROM links")
+    now = time.time()
+    store.record_events(
+        server.id,
+        [
+            {
+                "event_id": f"before-restart-{i}",
+                "kind": "click",
+                "method": "GET",
+                "message_id": message["id"],
+                "link_id": link["id"],
+                "ip_address": f"198.51.{i // 250}.{i % 250}",
+                "user_agent": f"reader/{i}",
+                "timestamp": now - 600 + i * 0.001,
+            }
+            for i in range(400)
+        ],
+        webhooks_pending=True,
+    )
+    fast.workers = 2
+    fast.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with store.messages(server.id, readonly=True) as db:
+            left = db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")
+        if not left["n"]:
+            break
+        time.sleep(0.2)
+    assert fast.terminate() == 0
+    with store.main(readonly=True) as db:
+        rows = db.query("SELECT uuid FROM webhook_requests")
+    print(
+        f"\ntwo workers starting with 400 unqueued events: webhook_requests rows {len(rows)}, "
+        f"distinct uuids {len({r['uuid'] for r in rows})}"
+    )
+    assert left["n"] == 0
+    assert len(rows) == 400
+    assert len({r["uuid"] for r in rows}) == 400

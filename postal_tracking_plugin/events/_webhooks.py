@@ -152,7 +152,8 @@ class WebhookQueue:
 
     def _queue_postal(self, server_id: int, items: list[tuple[dict[str, Any], str, Any]]) -> int:
         now = time.time()
-        hooks = {name: self.store.subscribed_webhooks(server_id, name) for _e, name, _p in items}
+        names = {name for _e, name, _p in items}
+        hooks = {name: self.store.subscribed_webhooks(server_id, name) for name in names}
         # retry_after in the past: Postal 3's workers take rows that are
         # "ready", Postal 2's requeue job those whose retry_after has passed.
         ready, created = _utc(now - 1), _utc(now)
