@@ -6,7 +6,7 @@ server's events in one transaction (:meth:`Store.record_events`: multi-row
 INSERTs, ``messages.clicked``/``loaded``, our ``tracking_events`` row with the
 bot flags). Only then does it move the spool's committed position. If the store
 will not write (down, a full disk, read-only, lock timeouts: see
-:func:`~postal_tracking_plugin.store.write_refused`) it keeps the events where
+:meth:`Store.write_refused`) it keeps the events where
 they are and retries with a back-off, however long it takes, logging the
 outage once and the recovery once. A batch that fails for any other reason is
 split until the events that fail on their own are found; only those are set
