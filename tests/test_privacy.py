@@ -6,19 +6,28 @@ import dataclasses
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_postal_mode import Postal
+from test_postal_mode import _installation
+from test_postal_mode import changes
+from test_postal_mode import cli as postal_cli
+from test_postal_mode import only_ours_or_allowed
+from test_postal_mode import write_config as postal_write_config
 
 from postal_tracking_plugin.cli import main
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.events import EventRecorder
 from postal_tracking_plugin.events import anonymize_ip
 from postal_tracking_plugin.events import forget
 from postal_tracking_plugin.events import prune
 from postal_tracking_plugin.store import Link
 from postal_tracking_plugin.store import Store
+from postal_tracking_plugin.store import open_store
 from postal_tracking_plugin.store import random_token
 
 FULL_V4 = "203.0.113.77"
@@ -185,3 +194,53 @@ def test_a_running_recorder_prunes_once_a_day(
     assert rec.stop(10)
     assert _count(store, server.id, "SELECT COUNT(*) AS n FROM tracking_events") == 0
     assert rec._pruner.next_run > time.monotonic() + 86000  # next one tomorrow
+
+
+@pytest.fixture
+def postal3() -> Iterator[Postal]:
+    """Postal 3's databases, built as test_postal_mode builds them."""
+    yield from _installation(3)
+
+
+def test_in_postal_mode_prune_follows_postals_retention_and_forget_keeps_postals_rows(
+    postal3: Postal, tmp_path: Path
+) -> None:
+    """``tracking.store: postal``: retention defaults to the server's
+    ``message_retention_days`` (60 in the fixture); ``forget`` removes only what
+    the sidecar or Postal's fast server wrote, and Postal's messages stay."""
+    config_path = postal_write_config(tmp_path, postal3.name)
+    assert postal_cli(config_path, "init").returncode == 0
+    config = load_config(config_path)
+    store = open_store(config)
+    message_db = f"{postal3.name}-server-1"
+    try:
+        server = store.list_servers()[0]
+        (message,) = postal3.query(message_db, "SELECT id FROM messages")
+        (link,) = postal3.query(message_db, "SELECT id, url FROM links")
+        rec = EventRecorder(config, store)
+        now = time.time()
+        for age_days in (70, 30):
+            _record(rec, server, message["id"], link, "198.51.100.5", now - age_days * 86400)
+        rec.start()
+        assert rec.stop(10)
+        before = postal3.snapshot()
+
+        removed = {what: n for _where, what, n in prune(config, store)}
+        assert removed == {"tracking_events": 2}  # the click and open of 70 days ago
+        count = "SELECT COUNT(*) AS n FROM {}"
+        assert postal3.query(message_db, count.format("clicks"))[0]["n"] == 2  # Postal's
+
+        report = {what: n for _where, what, n in forget(config, store, "Reader@Example.net")}
+        assert report["clicks"] == 2 and report["loads"] == 2 and report["tracking_events"] == 2
+        assert report["messages (opened/clicked times)"] == 1
+        assert report["webhook_requests (queued webhooks)"] == 4
+        assert "messages" not in report and "links" not in report
+        for table in ("clicks", "loads", "tracking_events"):
+            assert postal3.query(message_db, count.format(table))[0]["n"] == 0
+        (row,) = postal3.query(message_db, "SELECT rcpt_to, clicked, loaded FROM messages")
+        assert row == {"rcpt_to": "reader@example.net", "clicked": None, "loaded": None}
+        assert postal3.query(postal3.name, count.format("webhook_requests"))[0]["n"] == 0
+        only_ours_or_allowed(changes(before, postal3.snapshot()), postal3)
+        assert all(n == 0 for _w, _what, n in forget(config, store, "reader@example.net"))
+    finally:
+        store.close()
