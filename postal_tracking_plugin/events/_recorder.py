@@ -354,7 +354,7 @@ class EventRecorder:
                     log.exception("tracking-event hook failed for event %s", event["event_id"])
 
 
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring_ascii
 
 
 def _str(value: str | None) -> str:

@@ -139,7 +139,8 @@ class WebhookQueue:
         items = []
         for e in counted:
             link = links.get(int(e["link_id"])) if e.get("link_id") is not None else None
-            payload = payload_for(e, messages[int(e["message_id"])], link and link["token"])
+            token = link["token"] if link is not None else None
+            payload = payload_for(e, messages[int(e["message_id"])], token)
             items.append((e, EVENT_NAMES[e["kind"]], payload))
         queued = 0
         if items and self.postal_mode:
@@ -207,7 +208,7 @@ class WebhookQueue:
                 )
                 for e in events:
                     link = links.get(int(e["link_id"])) if e["link_id"] is not None else None
-                    e["url"] = link and link["url"]
+                    e["url"] = link["url"] if link is not None else None
                 messages = self.store.messages_by_id(
                     server.id, [e["message_id"] for e in events if e["message_id"] is not None]
                 )

@@ -289,7 +289,7 @@ def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
         bind = params.append
         values = []
         for row in rows[start : start + ROWS_PER_STATEMENT]:
-            texts = []
+            texts: list[str] = []
             put = texts.append
             for value in row:
                 kind = type(value)

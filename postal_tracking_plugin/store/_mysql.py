@@ -95,7 +95,7 @@ class _Connection(pymysql.connections.Connection):
     def _create_ssl_ctx(self, sslp: Any) -> Any:
         if not sslp:
             return _preferred_tls_context()
-        return super()._create_ssl_ctx(sslp)
+        return super()._create_ssl_ctx(sslp)  # type: ignore[misc]  # not in the stubs
 
 
 class _Pool:
@@ -166,7 +166,7 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     if len(args) >= 2:
         return f"{args[1]} (error {args[0]})"
     return str(exc) or type(exc).__name__
@@ -181,7 +181,7 @@ class MysqlStore(Store):
         main, msg = config.main_db, config.message_db
         self.database = main.database
         self.prefix = config.message_db_prefix
-        common = {
+        common: dict[str, Any] = {
             "charset": "utf8mb4",
             "autocommit": False,
             "connect_timeout": 5,
@@ -189,14 +189,14 @@ class MysqlStore(Store):
             "write_timeout": 30,
             "cursorclass": pymysql.cursors.DictCursor,
         }
-        self._main_params = {
+        self._main_params: dict[str, Any] = {
             "host": main.host,
             "port": main.port,
             "user": main.username,
             "password": main.password or "",
             **common,
         }
-        self._msg_params = {
+        self._msg_params: dict[str, Any] = {
             "host": msg.host or main.host,
             "port": msg.port or main.port,
             "user": msg.username or main.username,
