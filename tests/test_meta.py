@@ -89,10 +89,6 @@ FLOORS = {
 
 # Known exceptions, each (importing file, imported module), to be removed when fixed.
 KNOWN = {
-    # issue 16 item 4: events reaches into the store's private module (being fixed).
-    ("postal_tracking_plugin/events/_bots.py", "postal_tracking_plugin.store._message_ops"),
-    ("postal_tracking_plugin/events/_recorder.py", "postal_tracking_plugin.store._message_ops"),
-    ("postal_tracking_plugin/events/_writer.py", "postal_tracking_plugin.store._message_ops"),
     # issue 16 item 4: web imports hooks for the tracking-event hook, which the entry
     # point could hand in instead.
     ("web/_supervisor.py", "postal_tracking_plugin.hooks"),
