@@ -175,6 +175,8 @@ class TrackingConfig:
     pixel_position: Literal["bottom", "top"] = "bottom"
     workers: int | None = field(default=None, metadata=_POSITIVE)
     max_connections: int = field(default=10000, metadata=_POSITIVE)
+    #: Connections one client address may hold open per worker; 0 for no cap.
+    max_connections_per_address: int = field(default=0, metadata={"range": (0, 2**31)})
     relay: RelayConfig = field(default_factory=RelayConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
