@@ -161,6 +161,12 @@ def _without_scope(address: Any) -> Any:
     return address
 
 
+#: gevent server names the :class:`Listener` relies on (see ``_handler.GEVENT_HANDLER_NAMES``):
+#: attributes and methods it uses, and methods it overrides.
+GEVENT_SERVER_NAMES = ("closed", "loop", "start_accepting", "stop_accepting")
+GEVENT_SERVER_OVERRIDES = ("close", "do_read", "handle", "handler_class")
+
+
 class Listener(WSGIServer):
     """One listening socket: tunes each connection, reads PROXY, does TLS, then HTTP."""
 
