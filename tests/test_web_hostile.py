@@ -122,6 +122,63 @@ def test_row1_endless_one_byte_chunks_on_a_click_are_answered_and_closed(
         live.stop()
 
 
+def _read_body_in_a_hub(body: bytes) -> tuple[bytes | BaseException, int]:
+    """Read a chunked ``body`` as the handler gives it to an application, in a hub of its own.
+
+    Returns what the read gave (or raised) and how many turns another greenlet
+    had meanwhile. The whole body is buffered in the socket before reading
+    starts, so the reader never has to wait: only its own yields let others run.
+    """
+    out: list[Any] = []
+
+    def run() -> None:
+        import gevent
+        from gevent import socket as gsocket
+
+        ours, theirs = gsocket.socketpair()
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        theirs.sendall(body)
+        theirs.shutdown(socket.SHUT_WR)
+        turns = [0]
+
+        def other() -> None:
+            while True:
+                turns[0] += 1
+                gevent.sleep(0)
+
+        rfile = ours.makefile("rb")
+        reader = _handler._Body(
+            _handler._BodyReader(rfile, _handler.MAX_BODY), None, chunked_input=True
+        )
+        spinner = gevent.spawn(other)
+        try:
+            out.append(reader.read())
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+        out.append(turns[0])
+        spinner.kill()
+        rfile.close()
+        ours.close()
+        theirs.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return out[0], out[1]
+
+
+def test_row1_reading_a_body_yields_to_other_connections() -> None:
+    """60 KB of one-byte chunks: others get turns while it is read (none did before)."""
+    data, turns = _read_body_in_a_hub(b"1\r\na\r\n" * 10_000 + b"0\r\n\r\n")
+    assert data == b"a" * 10_000
+    assert turns >= 10, turns
+
+
+def test_row1_a_body_is_never_read_beyond_64_kb() -> None:
+    data, _ = _read_body_in_a_hub(b"1\r\na\r\n" * 100_000 + b"0\r\n\r\n")
+    assert isinstance(data, _handler.BodyTooLarge)
+
+
 def test_row1_a_small_sized_body_keeps_the_connection_and_is_skipped(site: dict[str, Any]) -> None:
     """The control case: 5 bytes of body, then a second request, both answered on one connection."""
     live = start(site)
@@ -515,7 +572,12 @@ def test_row12_a_head_that_times_out_mid_line_gets_408(site: dict[str, Any]) -> 
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("POST", "/health", 405), ("TRACE", "/", 405), ("GET", "/abcdef/unknown", 404)],
+    [
+        ("TRACE", "/", 405),
+        ("TRACE", "/health", 405),
+        ("GET", "/.well-known/acme-challenge/none", 404),
+        ("GET", "/abcdef/unknown", 404),
+    ],
 )
 def test_row12_error_pages_are_not_cached(
     site: dict[str, Any], method: str, path: str, status: int
@@ -527,6 +589,22 @@ def test_row12_error_pages_are_not_cached(
         assert response.getheader("Cache-Control") == "no-store"
     finally:
         live.stop()
+
+
+def test_row12_flasks_own_error_pages_are_not_cached(site: dict[str, Any]) -> None:
+    """Any view's 404, as Flask's error handling makes it (every path reaches a view today)."""
+    from flask import abort
+
+    from postal_tracking_plugin.web.app import close_app
+    from postal_tracking_plugin.web.app import create_app
+
+    app = create_app(site["config"], site["store"])
+    try:
+        app.add_url_rule("/gone", "gone", lambda: abort(404))
+        response = app.test_client().get("/gone")
+    finally:
+        close_app(app)
+    assert response.status_code == 404 and response.headers["Cache-Control"] == "no-store"
 
 
 # -- structure: the gevent names we rely on ------------------------------------------------------------
