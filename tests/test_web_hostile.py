@@ -35,6 +35,7 @@ from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import open_store
 from postal_tracking_plugin.web import _handler
+from postal_tracking_plugin.web import _http_body
 from postal_tracking_plugin.web import proxy_protocol
 from postal_tracking_plugin.web import server as server_module
 from postal_tracking_plugin.web.server import Limits
@@ -147,8 +148,8 @@ def _read_body_in_a_hub(body: bytes) -> tuple[bytes | BaseException, int]:
                 gevent.sleep(0)
 
         rfile = ours.makefile("rb")
-        reader = _handler._Body(
-            _handler._BodyReader(rfile, _handler.MAX_BODY), None, chunked_input=True
+        reader = _http_body.Body(
+            _http_body.BodyReader(rfile, _http_body.MAX_BODY), None, chunked_input=True
         )
         spinner = gevent.spawn(other)
         try:
@@ -176,7 +177,7 @@ def test_row1_reading_a_body_yields_to_other_connections() -> None:
 
 def test_row1_a_body_is_never_read_beyond_64_kb() -> None:
     data, _ = _read_body_in_a_hub(b"1\r\na\r\n" * 100_000 + b"0\r\n\r\n")
-    assert isinstance(data, _handler.BodyTooLarge)
+    assert isinstance(data, _http_body.BodyTooLarge)
 
 
 def test_row1_a_small_sized_body_keeps_the_connection_and_is_skipped(site: dict[str, Any]) -> None:
@@ -235,6 +236,21 @@ def test_row2_ambiguous_framing_is_400_and_closed(site: dict[str, Any], name: st
         assert b"\r\nConnection: close\r\n" in answer and b"Cache-Control: no-store" in answer
         assert answer.count(b"HTTP/1.1") == 1  # the hidden request was not answered
         assert live.worker.stats.bad_requests == 1
+    finally:
+        live.stop()
+
+
+def test_row2_what_the_grammar_allows_is_still_served(site: dict[str, Any]) -> None:
+    """Tabs as OWS, a case-insensitive ``Chunked``, an empty line before the request line."""
+    live = start(site)
+    try:
+        sized = b"\r\nPOST / HTTP/1.1\r\nHost:\tx\t\r\nContent-Length: \t5 \r\n\r\nhello"
+        answer = raw_exchange(live.host, live.http_port, sized + SMUGGLED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert answer.count(b"HTTP/1.1 200 ") == 2  # a sized body: the next request is read
+        chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        answer = raw_exchange(live.host, live.http_port, chunked + SMUGGLED)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in answer
+        assert answer.count(b"HTTP/1.1") == 1  # chunked: answered, then closed
     finally:
         live.stop()
 

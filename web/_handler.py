@@ -10,8 +10,8 @@ server does, so this subclass keeps only gevent's response writing and adds:
   the next request (``idle_timeout``), the head (``header_timeout``), the rest
   (``io_timeout``: body, application, response); a keep-alive client may stay
   as long as it keeps sending;
-- request bodies read through a bound (:data:`MAX_BODY` bytes on the wire,
-  chunk framing included) that yields to other connections as it reads; a body
+- request bodies read through :mod:`._http_body` (at most 64 KB on the wire,
+  yielding to other connections as it reads); a body
   that is chunked, announced larger than the bound or behind ``Expect`` is not
   read at all: the answer says ``Connection: close`` and the connection closes;
 - one ``send`` per small response (headers and body together), which, with
@@ -36,11 +36,13 @@ from typing import Any
 
 import gevent
 from gevent import getcurrent
-from gevent.pywsgi import Input
 from gevent.pywsgi import WSGIHandler
-from gevent.pywsgi import _InvalidClientInput
 from gevent.pywsgi import unquote_latin1
 
+from ._http_body import MAX_BODY
+from ._http_body import NO_INPUT
+from ._http_body import Body
+from ._http_body import BodyReader
 from ._http_head import CHUNKED
 from ._http_head import MAX_HEAD_BYTES
 from ._http_head import HeadError
@@ -52,10 +54,6 @@ from ._http_head import read_headers
 
 log = logging.getLogger("postal_tracking_plugin.web.errors")
 
-#: Bytes of a request body read at most (on the wire, chunk framing included).
-MAX_BODY = 64 * 1024
-#: Body bytes read between two yields to the other connections (a read call counts 64).
-_YIELD_EVERY = 4096
 _SINGLE_WRITE = 64 * 1024
 
 #: What this module relies on in gevent's ``pywsgi``, most of it undocumented
@@ -107,29 +105,8 @@ GEVENT_HANDLER_OVERRIDES = (
     "log_request",
     "start_response",
 )
+#: Module names, here and in ``_http_body``.
 GEVENT_MODULE_NAMES = ("Input", "WSGIHandler", "_InvalidClientInput", "unquote_latin1")
-
-
-class _NoInput:
-    """``wsgi.input`` of a request without a body: always at its end."""
-
-    def read(self, *_args: Any) -> bytes:
-        return b""
-
-    def readline(self, *_args: Any) -> bytes:
-        return b""
-
-    def readlines(self, *_args: Any) -> list[bytes]:
-        return []
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def _discard(self) -> None:
-        pass
-
-
-_NO_INPUT = _NoInput()
 
 
 class IdleTimeout(OSError):
@@ -145,10 +122,6 @@ class ResponseTimeout(OSError):
 
     def __init__(self) -> None:
         super().__init__(errno.ETIMEDOUT, "response timed out")
-
-
-class BodyTooLarge(_InvalidClientInput):
-    """More than :data:`MAX_BODY` bytes of body were asked for (gevent closes the connection)."""
 
 
 class _Deadline:
@@ -182,53 +155,6 @@ class _Deadline:
 
     def close(self) -> None:
         self._timer.close()
-
-
-class _BodyReader:
-    """The body's bytes from the connection: at most ``limit``, yielding as it reads.
-
-    gevent's ``Input`` reads through this; a client streaming one-byte chunks
-    used to keep the worker to itself (0.75 s of CPU for 4 MB, every other
-    client waiting).
-    """
-
-    __slots__ = ("_rfile", "_left", "_until_yield")
-
-    def __init__(self, rfile: Any, limit: int) -> None:
-        self._rfile = rfile
-        self._left = limit
-        self._until_yield = _YIELD_EVERY
-
-    def read(self, size: int | None = -1) -> bytes:
-        return self._took(self._rfile.read(self._size(size)))
-
-    def readline(self, size: int | None = -1) -> bytes:
-        return self._took(self._rfile.readline(self._size(size)))
-
-    def _size(self, size: int | None) -> int:
-        if size is None or size < 0 or size > self._left + 1:
-            return self._left + 1
-        return size
-
-    def _took(self, data: bytes) -> bytes:
-        self._left -= len(data)
-        if self._left < 0:
-            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
-        self._until_yield -= len(data) + 64
-        if self._until_yield <= 0:
-            self._until_yield = _YIELD_EVERY
-            gevent.sleep(0)
-        return data
-
-
-class _Body(Input):
-    """gevent's ``Input`` that reads what is left only when the connection stays open."""
-
-    __slots__ = ("keep_alive",)
-
-    def _discard(self) -> None:
-        if self.keep_alive:
-            super()._discard()
 
 
 def _response(status: str, body: bytes) -> bytes:
@@ -421,7 +347,7 @@ class TrackingHandler(WSGIHandler):
 
         gevent's version walks the headers through a generator and checks for
         upgrades on every request: a sixth of a click's CPU. ``wsgi.input`` is
-        a bounded reader when there is a body (see :class:`_BodyReader`).
+        a bounded reader when there is a body (see :class:`~._http_body.BodyReader`).
         """
         env = dict(self.server.environ)
         env["REQUEST_METHOD"] = self.command
@@ -449,8 +375,8 @@ class TrackingHandler(WSGIHandler):
         framing = self._framing
         if framing:
             chunked = framing == CHUNKED
-            body = _Body(
-                _BodyReader(self.rfile, MAX_BODY),
+            body = Body(
+                BodyReader(self.rfile, MAX_BODY),
                 None if chunked else framing,
                 socket=self.socket if env.get("HTTP_EXPECT") == "100-continue" else None,
                 chunked_input=chunked,
@@ -459,8 +385,8 @@ class TrackingHandler(WSGIHandler):
             self.wsgi_input = body
             env["wsgi.input"] = body
         else:
-            self.wsgi_input = _NO_INPUT
-            env["wsgi.input"] = _NO_INPUT
+            self.wsgi_input = NO_INPUT
+            env["wsgi.input"] = NO_INPUT
         env["wsgi.input_terminated"] = True
         return env
 
