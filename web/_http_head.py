@@ -19,6 +19,7 @@ What it does not do: read bodies (see ``_handler._BodyReader``), or HTTP/0.9.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +32,27 @@ _MAX_LENGTH_DIGITS = 18
 #: The body is chunked (the value :func:`body_framing` returns for it).
 CHUNKED = -1
 
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_OWS = " \t"
-#: Control bytes that may not appear in a field value (HTAB may), nor in a target.
-_CTL_IN_VALUE = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - {"\t"}
-_CTL_IN_TARGET = frozenset(chr(c) for c in (*range(0x21), 0x7F))
-_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+#: A request line (latin-1 text, with its line ending). Nothing but one SP between
+#: the words: a tab, VT, FS or NBSP there is a malformed line, not a separator.
+REQUEST_LINE = re.compile(
+    rf"""
+    ({_TOKEN})              # method: a token
+    \x20                    # exactly one SP
+    ([^\x00-\x20\x7f]+)      # request-target: no whitespace, no control byte
+    \x20                    # exactly one SP
+    (HTTP/1\.[01])          # the version: 1.1 or 1.0
+    \r?\n                   # CRLF (or a bare LF, RFC 9112 2.2)
+    """,
+    re.VERBOSE,
+)
+#: A field name: a token, all of it (so no space before the colon, no folded line).
+FIELD_NAME = re.compile(_TOKEN)
+#: The bytes a header line may not hold but for its line ending: controls other than HTAB.
+_CONTROLS = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
+#: Field names already checked (bounded): most requests repeat a few dozen names.
+_CHECKED_NAMES: set[str] = set()
+_MAX_CHECKED_NAMES = 512
 #: Header names the handler needs to look at (lower case); others are only passed on.
 _NOTED = frozenset(("content-length", "transfer-encoding", "connection", "expect"))
 
@@ -99,28 +115,15 @@ class Headers:
         return self.get("content-type")
 
 
-def _strip_eol(line: bytes) -> str:
-    """The line without CRLF (or a bare LF, RFC 9112 2.2), as latin-1 text."""
-    if line.endswith(b"\r\n"):
-        return line[:-2].decode("latin-1")
-    if line.endswith(b"\n"):
-        return line[:-1].decode("latin-1")
-    raise IncompleteHead("connection closed inside the request head")
-
-
 def parse_request_line(line: bytes) -> tuple[str, str, str]:
     """``(method, target, version)`` of a request line read with its line ending."""
-    text = _strip_eol(line)
-    parts = text.split(" ")
-    if len(parts) != 3:
-        raise MalformedRequestLine(f"request line is not three words split by single spaces: {text!r:.80}")
-    method, target, version = parts
-    if version not in _VERSIONS:
-        raise MalformedRequestLine(f"unsupported HTTP version: {version!r:.20}")
-    if not method or not _TCHAR.issuperset(method):
-        raise MalformedRequestLine(f"bad method: {method!r:.20}")
-    if not target or not _CTL_IN_TARGET.isdisjoint(target):
-        raise MalformedRequestLine(f"bad request target: {target!r:.80}")
+    text = line.decode("latin-1")
+    match = REQUEST_LINE.fullmatch(text)
+    if match is None:
+        if not line.endswith(b"\n"):
+            raise IncompleteHead("connection closed inside the request line")
+        raise MalformedRequestLine(f"malformed request line: {text.rstrip()!r:.80}")
+    method, target, version = match.groups()
     return method, target, version
 
 
@@ -128,21 +131,30 @@ def read_headers(readline: Callable[[int], bytes], budget: int) -> Headers:
     """Header lines up to the blank line, within ``budget`` bytes."""
     items: list[tuple[str, str]] = []
     noted: dict[str, list[str]] = {}
+    checked = _CHECKED_NAMES
     while True:
         line = readline(budget + 1)
         budget -= len(line)
         if budget < 0 or len(items) >= MAX_HEADERS:
             raise HeadTooLarge("request head too large")
-        text = _strip_eol(line)
-        if not text:
+        if line == b"\r\n" or line == b"\n":
             return Headers(items, noted)
-        name, sep, value = text.partition(":")
-        if not sep or not name or not _TCHAR.issuperset(name):
-            # Also a line starting with SP or HTAB: obsolete folding (RFC 9112 5.2).
-            raise MalformedHeader(f"malformed header line: {text!r:.80}")
-        value = value.strip(_OWS)
-        if not _CTL_IN_VALUE.isdisjoint(value):
-            raise MalformedHeader(f"control character in header {name!r:.40}")
+        if not line.endswith(b"\n"):
+            raise IncompleteHead("connection closed inside the request head")
+        # No control byte but the line ending (CRLF, or a bare LF): bytes.translate
+        # is a C loop, 0.18 us for a browser's User-Agent line against 0.47 for a
+        # regex search and 0.33 for str.isprintable.
+        ending = 2 if line.endswith(b"\r\n") else 1
+        if len(line) - len(line.translate(None, _CONTROLS)) != ending:
+            raise MalformedHeader(f"control character in header line {line[:40]!r}")
+        name, colon, value = line.decode("latin-1").partition(":")
+        if name not in checked:
+            if not colon or FIELD_NAME.fullmatch(name) is None:
+                raise MalformedHeader(f"malformed header line: {line[:80]!r}")
+            if len(checked) < _MAX_CHECKED_NAMES:
+                checked.add(name)
+        value = value.strip(" \t\r\n")  # OWS and the line ending; str.strip() would also
+        # take VT, FS, NEL, NBSP... (and let "chunked\x85" pass as chunked)
         items.append((name, value))
         lower = name.lower()
         if lower in _NOTED:
