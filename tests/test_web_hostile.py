@@ -255,6 +255,14 @@ def test_row2_what_the_grammar_allows_is_still_served(site: dict[str, Any]) -> N
         live.stop()
 
 
+def test_row2_the_request_line_pattern_expands_to_its_golden_copy() -> None:
+    """The verbose pattern, comments and layout removed: what it matches, in one line."""
+    from postal_tracking_plugin.web._http_head import REQUEST_LINE
+
+    expanded = re.sub(r"\s+#[^\n]*|\s+", "", REQUEST_LINE.pattern)
+    assert expanded == r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)\x20([^\x00-\x20\x7f]+)\x20(HTTP/1\.[01])\r?\n"
+
+
 REQUEST_LINES = {
     "split by FS": b"GET\x1c/ HTTP/1.1\r\n",
     "split by NBSP": b"GET\xa0/\xa0HTTP/1.1\r\n",

@@ -14,7 +14,7 @@ touches a socket, a timer or a WSGI environ. What it accepts:
 
 Every refusal is a :class:`HeadError` whose ``status`` says what to answer; the
 connection is closed after it (the stream cannot be trusted to resynchronise).
-What it does not do: read bodies (see ``_handler._BodyReader``), or HTTP/0.9.
+What it does not do: read bodies (see ``_http_body``), or HTTP/0.9.
 """
 
 from __future__ import annotations
