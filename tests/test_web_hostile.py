@@ -193,11 +193,18 @@ def test_row1_a_small_sized_body_keeps_the_connection_and_is_skipped(site: dict[
         live.stop()
 
 
-def test_row1_a_body_announced_over_64_kb_is_not_read(site: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 10000000\r\n", b"Content-Length: 5\r\nExpect: 100-continue\r\n"],
+    ids=["over 64 KB", "behind Expect"],
+)
+def test_row1_a_body_announced_over_64_kb_or_behind_expect_is_not_read(
+    site: dict[str, Any], framing: bytes
+) -> None:
     live = start(site)
     try:
-        head = f"GET {click_path(site)} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
-        answer = raw_exchange(live.host, live.http_port, head.encode() + b"x" * 1000 + SMUGGLED)
+        head = f"GET {click_path(site)} HTTP/1.1\r\nHost: x\r\n".encode() + framing + b"\r\n"
+        answer = raw_exchange(live.host, live.http_port, head + SMUGGLED)
         assert answer.startswith(b"HTTP/1.1 307") and b"\r\nConnection: close\r\n" in answer
         assert answer.count(b"HTTP/1.1") == 1
     finally:
