@@ -32,12 +32,14 @@ import logging
 import socket
 import time
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 from typing import Any
+from typing import Literal
 
 import gevent
 from gevent import getcurrent
 from gevent.pywsgi import WSGIHandler
-from gevent.pywsgi import unquote_latin1
+from gevent.pywsgi import unquote_latin1  # type: ignore[attr-defined]  # not in the stubs
 
 from ._http_body import MAX_BODY
 from ._http_body import NO_INPUT
@@ -51,6 +53,10 @@ from ._http_head import IncompleteHead
 from ._http_head import body_framing
 from ._http_head import parse_request_line
 from ._http_head import read_headers
+
+if TYPE_CHECKING:
+    from ._http_head import Headers
+    from .server import Listener
 
 log = logging.getLogger("postal_tracking_plugin.web.errors")
 
@@ -204,6 +210,21 @@ class TrackingHandler(WSGIHandler):
     ``draining`` and ``access_log``.
     """
 
+    if TYPE_CHECKING:
+        # gevent's stubs describe gevent's own use of these; this handler keeps
+        # bytes where gevent keeps str (encoded once per response) and None where
+        # a request has no body or length.
+        server: Listener
+        headers: Headers  # type: ignore[assignment]
+        path: str
+        content_length: int | None  # type: ignore[assignment]
+        wsgi_input: Any
+        status: Any
+        response_headers: Any
+        provided_date: Any
+        code: int
+        _write: Any
+
     head_length = 0
     _requests = 0
     _framing: int | None = None
@@ -233,7 +254,7 @@ class TrackingHandler(WSGIHandler):
 
     # -- reading the request ----------------------------------------------------
 
-    def handle_one_request(self) -> bool | None:
+    def handle_one_request(self) -> Literal[True] | None:
         """One request: wait for it, read its head, answer. True to keep the connection."""
         if self.rfile.closed or not self._await_request():
             return None
@@ -245,9 +266,11 @@ class TrackingHandler(WSGIHandler):
         try:
             self._read_head()
         except HeadTimeout:
-            return self._refuse("408 Request Timeout", "head not received in time")
+            self._refuse("408 Request Timeout", "head not received in time")
+            return None
         except HeadError as exc:
-            return self._refuse(exc.status, str(exc))
+            self._refuse(exc.status, str(exc))
+            return None
         except OSError:
             return None  # the client went away
         finally:
@@ -340,7 +363,6 @@ class TrackingHandler(WSGIHandler):
             deadline.stop()
         self.time_finish = time.time()
         self.log_request()
-        return None
 
     def get_environ(self) -> dict[str, Any]:
         """The WSGI environ, built directly.
@@ -376,7 +398,7 @@ class TrackingHandler(WSGIHandler):
         if framing:
             chunked = framing == CHUNKED
             body = Body(
-                BodyReader(self.rfile, MAX_BODY),
+                BodyReader(self.rfile, MAX_BODY),  # type: ignore[arg-type]  # read, readline
                 None if chunked else framing,
                 socket=self.socket if env.get("HTTP_EXPECT") == "100-continue" else None,
                 chunked_input=chunked,
@@ -431,6 +453,7 @@ class TrackingHandler(WSGIHandler):
     # -- writing the response ---------------------------------------------------
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        write: Any
         if exc_info is None and type(status) is str and self._start(status, headers):
             write = self.write
         else:  # gevent's, which raises the right error for a bad status or header

@@ -15,7 +15,7 @@ from typing import Any
 
 import gevent
 from gevent.pywsgi import Input
-from gevent.pywsgi import _InvalidClientInput
+from gevent.pywsgi import _InvalidClientInput  # type: ignore[attr-defined]  # not in the stubs
 
 #: Bytes of a request body read at most (on the wire, chunk framing included).
 MAX_BODY = 64 * 1024
@@ -45,7 +45,7 @@ class _NoInput:
 NO_INPUT = _NoInput()
 
 
-class BodyTooLarge(_InvalidClientInput):
+class BodyTooLarge(_InvalidClientInput):  # type: ignore[misc]
     """More than :data:`MAX_BODY` bytes of body were asked for (gevent closes the connection)."""
 
 
@@ -90,7 +90,8 @@ class Body(Input):
     """gevent's ``Input`` that reads what is left only when the connection stays open."""
 
     __slots__ = ("keep_alive",)
+    keep_alive: bool
 
     def _discard(self) -> None:
         if self.keep_alive:
-            super()._discard()
+            super()._discard()  # type: ignore[misc]  # gevent's, not in the stubs

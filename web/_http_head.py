@@ -112,7 +112,8 @@ class Headers:
 
     @property
     def typeheader(self) -> str | None:
-        return self.get("content-type")
+        value: str | None = self.get("content-type")
+        return value
 
 
 def parse_request_line(line: bytes) -> tuple[str, str, str]:

@@ -97,14 +97,16 @@ def close_app(app: Flask, timeout: float = 5.0) -> None:
 
 
 def tracking_state(app: Flask) -> TrackingState:
-    return app.extensions[EXTENSION]
+    state: TrackingState = app.extensions[EXTENSION]
+    return state
 
 
 _ANY = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 def _state() -> TrackingState:
-    return current_app.extensions[EXTENSION]
+    state: TrackingState = current_app.extensions[EXTENSION]
+    return state
 
 
 def _text(body: str, status: int = 200) -> Response:

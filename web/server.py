@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import TextIO
 
 import gevent
 import gevent.event
@@ -307,6 +308,7 @@ def _open_access_log(config: Config) -> AccessLog | None:
     settings = config.tracking.log
     if settings.access_log == "off":
         return None
+    stream: TextIO
     if settings.access_log_path:
         stream = open(config.path(settings.access_log_path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     else:
