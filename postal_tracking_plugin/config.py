@@ -156,6 +156,13 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``tracking.privacy``: what is kept of a recipient's address (docs/privacy.md)."""
+
+    anonymize_ip: bool = False
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """``tracking.log``: the fast server's logs."""
 
@@ -183,6 +190,10 @@ class TrackingConfig:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    #: Days our event rows and spool leftovers are kept (docs/privacy.md);
+    #: unset: Postal's per-server ``message_retention_days`` in postal mode, else 90.
+    retention_days: int | None = field(default=None, metadata=_POSITIVE)
 
 
 _STRICT = (
@@ -192,6 +203,7 @@ _STRICT = (
     WebhooksConfig,
     EventsConfig,
     LogConfig,
+    PrivacyConfig,
 )
 
 

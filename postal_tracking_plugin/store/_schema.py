@@ -55,6 +55,15 @@ class Index:
         return self.name if dialect == "mysql" else f"{self.table}_{self.name}"
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column added to a table that earlier migrations created (``ALTER TABLE ... ADD``)."""
+
+    table: str
+    name: str
+    declaration: str
+
+
 _V = "varchar(255) DEFAULT NULL"
 _I = "int(11) DEFAULT NULL"
 _DT = "datetime DEFAULT NULL"
@@ -536,7 +545,7 @@ MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     2: (TRACKING_CERTIFICATE_STATUS,),
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
 }
-MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
+MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed | Column, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),
     2: (TRACKING_EVENTS,),
     # The all-links-at-once check reads one address's clicks on a message in the
@@ -577,6 +586,12 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
         POSTAL_MESSAGE_MIGRATIONS,
         Seed("migrations", "version", tuple(range(1, POSTAL_MESSAGE_SCHEMA_VERSION + 1))),
     ),
+    # Webhook claims: one ``UPDATE ... WHERE webhooks_queued = 0`` that only one
+    # process wins; a claim older than the lease is taken over (its holder died).
+    6: (
+        Column("tracking_events", "webhooks_claimed_by", "varchar(64) DEFAULT NULL"),
+        Column("tracking_events", "webhooks_claimed_at", "decimal(18,6) DEFAULT NULL"),
+    ),
 }
 
 #: The collations Postal gives its databases: schema.rb's for the main
@@ -588,12 +603,12 @@ MESSAGE_COLLATION = "utf8mb4_unicode_ci"
 OUR_PREFIX = "tracking_"
 
 
-def is_ours(step: Table | Index | Seed) -> bool:
+def is_ours(step: Table | Index | Seed | Column) -> bool:
     """Whether a migration step touches only a table this project owns."""
     return (step.name if isinstance(step, Table) else step.table).startswith(OUR_PREFIX)
 
 
-def created_beside_postal(step: Table | Index | Seed) -> bool:
+def created_beside_postal(step: Table | Index | Seed | Column) -> bool:
     """What ``tracking.store: postal`` may create: our tables, and a missing ``track_certificates``.
 
     Postal 3 dropped the model but kept the table (``db/schema.rb``); were it
@@ -603,7 +618,7 @@ def created_beside_postal(step: Table | Index | Seed) -> bool:
 
 
 def create_statements(
-    table: Table | Index, dialect: str, collation: str = MAIN_COLLATION
+    table: Table | Index | Column, dialect: str, collation: str = MAIN_COLLATION
 ) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``.
 
@@ -613,6 +628,8 @@ def create_statements(
     """
     if isinstance(table, Index):
         return [create_index_statement(table, dialect)]
+    if isinstance(table, Column):
+        return [f"ALTER TABLE `{table.table}` ADD COLUMN `{table.name}` {table.declaration}"]
     composite = "`" in table.primary_key
     if dialect == "mysql":
         cols = [f"`{name}` {decl}" for name, decl in table.columns.items()]
