@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ..config import Config
+from ._dashboard_ops import Filter as Filter
 from ._db import Db as Db
 from ._db import utcnow as utcnow
 from ._models import Certificate as Certificate
@@ -33,6 +34,7 @@ def open_store(config: Config) -> Store:
 __all__ = [
     "Certificate",
     "Db",
+    "Filter",
     "Link",
     "Server",
     "Store",

@@ -400,12 +400,43 @@ TRACKING_EVENTS = Table(
     },
 )
 
+#: Dashboard accounts (``postal-tracking users``): ours, named so Postal's own
+#: ``users`` table is never read or written. Passwords are Werkzeug scrypt hashes.
+TRACKING_DASHBOARD_USERS = Table(
+    "tracking_dashboard_users",
+    {
+        "id": _ID,
+        "email": "varchar(191) NOT NULL",
+        "password_hash": "varchar(255) NOT NULL",
+        "created_at": _DT,
+        "updated_at": _DT,
+        "last_login_at": _DT,
+    },
+    unique={"on_email": "`email`"},
+)
+
+#: Dashboard sessions, server side: the cookie holds a random id whose SHA-256
+#: is the key here, so logging out (or removing the account, or changing its
+#: password) ends the session even if someone kept a copy of the cookie.
+TRACKING_DASHBOARD_SESSIONS = Table(
+    "tracking_dashboard_sessions",
+    {
+        "id": "varchar(64) NOT NULL",
+        "user_id": "int(11) NOT NULL",
+        "address": _V,
+        "created_at": _TS,
+        "expires_at": _TS,
+    },
+    indexes={"on_user_id": "`user_id`"},
+)
+
 #: Migrations: version -> tables it creates. Add a new version to change the
 #: schema; existing databases get exactly the versions they lack.
 MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     1: (SERVERS, DOMAINS, TRACK_DOMAINS, TRACK_CERTIFICATES, TRACKING_LOCKS),
     2: (TRACKING_CERTIFICATE_STATUS,),
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
+    4: (TRACKING_DASHBOARD_USERS, TRACKING_DASHBOARD_SESSIONS),
 }
 MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),

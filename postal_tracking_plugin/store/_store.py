@@ -17,6 +17,7 @@ from ..errors import AlreadyExists
 from ..errors import NotFound
 from ..errors import StoreError
 from . import _schema
+from ._dashboard_ops import DashboardOperations
 from ._db import Db
 from ._db import utcnow
 from ._message_ops import MessageOperations
@@ -33,7 +34,7 @@ _TRACK_DOMAIN_SQL = (
 )
 
 
-class Store(MessageOperations):
+class Store(MessageOperations, DashboardOperations):
     """Base of :class:`SqliteStore` and :class:`MysqlStore`."""
 
     dialect: str = ""
