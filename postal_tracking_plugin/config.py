@@ -165,6 +165,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """``tracking.dashboard``: the management dashboard (``postal-tracking dashboard``)."""
+
+    listen: str = "127.0.0.1:5020"
+    session_hours: float = 12.0
+    login_attempts: int = field(default=5, metadata={"range": (1, 1000)})  # per 15 minutes
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """``tracking``: what Postal has no key for. Unknown keys here are errors."""
 
@@ -179,6 +188,7 @@ class TrackingConfig:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 _STRICT = (
@@ -188,6 +198,7 @@ _STRICT = (
     WebhooksConfig,
     EventsConfig,
     LogConfig,
+    DashboardConfig,
 )
 
 
