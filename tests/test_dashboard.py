@@ -306,3 +306,29 @@ def test_listen_address_is_never_the_fast_servers(write_config: Any) -> None:
             dashboard_address(config, bad)
     with pytest.raises(ConfigError, match="fast server's"):
         dashboard_address(write_config({}), "127.0.0.1:5010")
+
+
+def test_check_dns_now_and_get_the_certificate_now(
+    client: FlaskClient, store: Store, monkeypatch: Any
+) -> None:
+    from postal_tracking_plugin.dns_check import DnsResult
+
+    server = store.add_server("Main")
+    store.add_track_domain(server, "click.example.com", dns_status="OK")
+    _login(client)
+    wrong = "There is a CNAME record at click.example.com but it points to elsewhere.example."
+    monkeypatch.setattr(  # no DNS traffic from tests: the check's answer is given
+        "postal_tracking_plugin.dns_check.check_track_domain",
+        lambda name, expected: DnsResult("Invalid", wrong),
+    )
+    token = _csrf(client, "/domains/click.example.com")
+    r = client.post("/domains/click.example.com/check-dns", data={"csrf_token": token},
+                    follow_redirects=True)
+    assert "DNS of click.example.com: Invalid" in r.get_data(as_text=True)
+    td = store.get_track_domain("click.example.com")
+    assert td.dns_status == "Invalid" and td.dns_error == wrong and td.dns_checked_at
+    # Not eligible now (DNS not OK): the issuer's own words, no ACME traffic.
+    r = client.post("/domains/click.example.com/certificate", data={"csrf_token": token},
+                    follow_redirects=True)
+    html = r.get_data(as_text=True)
+    assert "No certificate for click.example.com" in html and "DNS check" in html

@@ -60,7 +60,7 @@ FILTER = """<form method="get" class="filter">
 <label>To <input type="date" name="to" value="{{ form.get('to','') }}"></label>
 <label>Tag <select name="tag"><option value="">all</option>
 {% for t in tags %}<option {{ 'selected' if form.get('tag') == t }}>{{ t }}</option>{% endfor %}
-</select></label> <button type="submit">Show</button></form>"""
+</select></label> <button type="submit" id="show">Show</button></form>"""
 
 OVERVIEW = """{% extends "base.html" %}{% block title %}{{ server.name }}{% endblock %}{% block body %}
 <h1>{{ server.name }} <small>({{ server.token }})</small></h1>
@@ -102,7 +102,7 @@ MESSAGES = """{% extends "base.html" %}{% block title %}Messages{% endblock %}{%
 <label>Token <input name="token" value="{{ form.get('token','') }}"></label>
 <label>From <input type="date" name="from" value="{{ form.get('from','') }}"></label>
 <label>To <input type="date" name="to" value="{{ form.get('to','') }}"></label>
-<button type="submit">Search</button></form>
+<button type="submit" id="search">Search</button></form>
 <table id="messages"><tr><th>Sent (UTC)</th><th>Recipient</th><th>Subject</th><th>Tag</th><th>Opened</th><th>Clicked</th><th>Token</th></tr>
 {% for m in rows %}<tr><td>{{ when(m.timestamp) }}</td><td>{{ m.rcpt_to or '' }}</td><td>{{ m.subject or '' }}</td><td>{{ m.tag or '' }}</td>
 <td>{{ when(m.loaded) if m.loaded else '' }}</td><td>{{ when(m.clicked) if m.clicked else '' }}</td>
