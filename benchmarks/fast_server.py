@@ -1,6 +1,6 @@
 """Benchmark the fast server beside its baselines, in one run (method: http-bench recipe).
 
-    python benchmarks/fast_server.py [--rounds 3] [--duration 10] [--links 100000]
+    python benchmarks/fast_server.py [--rounds 3] [--duration 10] [--links 100000] [--only 5,7]
 
 Needs Debian's ``nginx`` and ``wrk`` (``apt-get install -y nginx wrk``) and
 MariaDB on 127.0.0.1:3306 (``PTP_MYSQL_*`` as in the tests). The server under
@@ -16,7 +16,10 @@ ours: (4) clicks on the SQLite store, (5) on MariaDB, (6) the pixel (MariaDB),
 (7) TLS full handshakes, one request per connection, ECDSA P-256, ours vs nginx,
 (8) ``--workers 2`` on both cores (MariaDB), (9) (5) with the access log on
 (common format, to a file), for its cost. Then the resident memory of each
-worker after every one of the links has been clicked.
+worker after every one of the links has been clicked. The variants are the
+``VARIANTS`` list below, run by one small harness (``run``, ``measure``);
+``--help`` lists them and says how to measure the click path (5) before and
+after a change.
 
 MariaDB itself is not pinned (it is shared); where it ran is printed.
 """
@@ -42,15 +45,15 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from dataclasses import field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-MYSQL = {
-    "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),
-    "port": int(os.environ.get("PTP_MYSQL_PORT", "3306")),
-    "username": os.environ.get("PTP_MYSQL_USER", "root"),
-    "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
-}
+from _support import MYSQL  # noqa: E402
+from _support import drop_mysql_databases  # noqa: E402
+from _support import free_port  # noqa: E402
 
 RANDPATH_LUA = """
 local paths = {}
@@ -185,12 +188,6 @@ def serve_baseline(kind: str, port: int, workdir: Path) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -372,22 +369,6 @@ def fill(
     return clicks, pixels, pairs
 
 
-def drop_database(database: str) -> None:
-    import pymysql
-
-    conn = pymysql.connect(
-        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW DATABASES")
-            for (name,) in cur.fetchall():
-                if name == database or name.startswith(database + "-"):
-                    cur.execute(f"DROP DATABASE `{name}`")
-    finally:
-        conn.close()
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -456,58 +437,169 @@ def settle(server: Server, idle_share: float = 0.03, timeout: float = 120.0) -> 
     return time.monotonic() - start
 
 
+# -- the variants -----------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """What the variants run against: the work directory, ports and configurations."""
+
+    workdir: Path
+    log: Path
+    ports: dict[str, int]
+    configs: dict[str, Path] = field(default_factory=dict)
+
+    def nginx(self) -> list[str]:
+        return ["nginx", "-c", str(self.workdir / "nginx.conf")]
+
+    def baseline(self, kind: str) -> list[str]:
+        """This script again, serving a baseline app (see ``serve_baseline``)."""
+        me = str(Path(__file__).resolve())
+        return [sys.executable, me, "--serve-baseline", kind, str(self.ports[kind]), str(self.workdir)]
+
+    def ours(self, config: str, *extra: str, workers: int = 1) -> list[str]:
+        """The fast server as ``fast-server`` runs it, on one of the configurations."""
+        return [
+            sys.executable, "-m", "postal_tracking_plugin.web",
+            "-c", str(self.configs[config]), "--workers", str(workers), *extra,
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server under one load: what ``--only`` selects and the report prints.
+
+    ``key`` is what a result is filed under; ``--only`` takes the number before
+    any letter, so ``--only 7`` runs 7a and 7b. ``tls`` sends every request on
+    a new HTTPS connection (a full handshake each, wrk's ``Connection: close``).
+    """
+
+    key: str
+    name: str  # in the per-round lines
+    column: str  # in the table of medians (40 columns)
+    command: Callable[[Setup], list[str]]
+    port: str  # the key into Setup.ports the server listens on
+    paths: str = "my_paths.txt"  # the request paths wrk picks from at random
+    tls: bool = False
+    cpus: str = "0"  # where the server is pinned
+    wrk_cpus: str = "1"  # where wrk is pinned
+
+    @property
+    def number(self) -> int:
+        return int(self.key.rstrip("ab"))
+
+
+VARIANTS = [
+    Variant("1", "nginx return 307", "(1) nginx return 307",
+            Setup.nginx, port="ngx"),
+    Variant("2", "Flask on gevent, dict, 307", "(2) Flask+gevent, dict",
+            lambda s: s.baseline("dict"), port="dict"),
+    Variant("3", "Flask + SELECT + INSERT (Postal)", "(3) Flask+SELECT+INSERT (Postal)",
+            lambda s: s.baseline("postal"), port="postal"),
+    Variant("4", "ours: click, SQLite", "(4) ours: click, SQLite",
+            lambda s: s.ours("sqlite"), port="sq", paths="sq_paths.txt"),
+    Variant("5", "ours: click, MariaDB", "(5) ours: click, MariaDB",
+            lambda s: s.ours("mysql"), port="my"),
+    Variant("6", "ours: pixel, MariaDB", "(6) ours: pixel, MariaDB",
+            lambda s: s.ours("mysql"), port="my", paths="px_paths.txt"),
+    Variant("7a", "TLS handshake/conn, ECDSA: nginx", "(7) TLS new conn ECDSA: nginx",
+            Setup.nginx, port="ngxs", tls=True),
+    Variant("7b", "TLS handshake/conn, ECDSA: ours", "(7) TLS new conn ECDSA: ours",
+            lambda s: s.ours("mysql", "--no-tls-resumption"), port="mys", tls=True),
+    Variant("8", "ours: click, MariaDB, --workers 2", "(8) ours: click, MariaDB, 2 workers",
+            lambda s: s.ours("w2", workers=2), port="w2", cpus="0,1", wrk_cpus="0,1"),
+    Variant("9", "ours: click, MariaDB, access log on", "(9) ours: click, MariaDB, access log",
+            lambda s: s.ours("log"), port="lg"),
+]  # fmt: skip
+
+# Each configuration of ours: its store and its (HTTP, HTTPS) port keys.
+CONFIGS = {
+    "sqlite": ("sqlite", "sq", "sqs", None),
+    "mysql": ("mysql", "my", "mys", None),
+    "w2": ("mysql", "w2", "w2s", None),
+    "log": ("mysql", "lg", "lgs", "common"),
+}
+
+HOW_TO = """\
+variants (--only takes their numbers; 7 runs both halves):
+{variants}
+
+The click path (variant 5, a click on the MariaDB store), before and after a change:
+  python benchmarks/fast_server.py --only 5
+on each tree (say: a clean checkout of main, then your worktree; the server is
+`python -m postal_tracking_plugin.web` of the tree the venv installed, so use
+each tree's own .venv). Compare 'CPU us/req' (the server's CPU per request,
+steadier than req/s on a shared machine). For a quick look:
+  python benchmarks/fast_server.py --only 5 --rounds 1 --duration 3 --links 10000
+
+Needs Debian's nginx and wrk (apt-get install -y nginx wrk) and MariaDB on
+127.0.0.1:3306 (PTP_MYSQL_* as in the tests).
+"""
+
+
+def select(only: str | None) -> list[Variant]:
+    """The variants ``--only`` names, in the list's order (all without it)."""
+    if not only:
+        return list(VARIANTS)
+    wanted = set()
+    for part in only.split(","):
+        try:
+            wanted.add(int(part))
+        except ValueError:
+            raise SystemExit(f"--only takes variant numbers (1-9), not {part!r}") from None
+    unknown = wanted - {v.number for v in VARIANTS}
+    if unknown:
+        raise SystemExit(f"--only: no variant {sorted(unknown)}; see --help for the list")
+    return [v for v in VARIANTS if v.number in wanted]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--links", type=int, default=100_000)
+    variants_help = "\n".join(f"  {v.key:3} {v.name}" for v in VARIANTS)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=HOW_TO.format(variants=variants_help),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are printed (3)")
+    parser.add_argument(
+        "--duration", type=float, default=10, help="seconds of each measured run (10)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3, help="seconds of the discarded warm-up before it (3)"
+    )
+    parser.add_argument(
+        "--links", type=int, default=100_000, help="links filled into each store (100000)"
+    )
     parser.add_argument("--only", help="comma-separated variant numbers to run (default all)")
     args = parser.parse_args()
+    plan = select(args.only)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up (servers, database) on kill
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk")
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 10))
 
     workdir = Path(tempfile.mkdtemp(prefix="ptp-bench-"))
     (workdir / "rand.lua").write_text(RANDPATH_LUA)
     (workdir / "seq.lua").write_text(SEQPATH_LUA)
     (workdir / "ngx").mkdir()
     make_certificate(workdir)
-    log = workdir / "servers.log"
     database = f"ptp_bench_{secrets.token_hex(3)}"
     token = "benchx"
     print(
         f"work directory {workdir}; filling {args.links:,} links into SQLite and MariaDB ...",
         flush=True,
     )
-    ports = {
-        k: free_port()
-        for k in (
-            "ngx",
-            "ngxs",
-            "dict",
-            "postal",
-            "sq",
-            "sqs",
-            "my",
-            "mys",
-            "w2",
-            "w2s",
-            "lg",
-            "lgs",
+    keys = {"ngx", "ngxs", "dict", "postal"} | {k for c in CONFIGS.values() for k in c[1:3]}
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(keys):  # free_port picks at random: no two alike
+        ports = {k: free_port() for k in sorted(keys)}
+    setup = Setup(workdir, workdir / "servers.log", ports)
+    for name, (store, http, https, access_log) in CONFIGS.items():
+        setup.configs[name] = write_config(
+            workdir, name, store, database, ports[http], ports[https], access_log=access_log
         )
-    }
-    sqlite_cfg = write_config(workdir, "sqlite", "sqlite", database, ports["sq"], ports["sqs"])
-    mysql_cfg = write_config(workdir, "mysql", "mysql", database, ports["my"], ports["mys"])
-    w2_cfg = write_config(workdir, "w2", "mysql", database, ports["w2"], ports["w2s"])
-    log_cfg = write_config(
-        workdir, "log", "mysql", database, ports["lg"], ports["lgs"], access_log="common"
-    )
-    clicks, pixels, pairs = fill(sqlite_cfg, args.links, token)
-    m_clicks, m_pixels, m_pairs = fill(mysql_cfg, args.links, token)
-    (workdir / "w2.yml").write_text((workdir / "w2.yml").read_text())
+    clicks, pixels, pairs = fill(setup.configs["sqlite"], args.links, token)
+    m_clicks, m_pixels, m_pairs = fill(setup.configs["mysql"], args.links, token)
     (workdir / "sq_paths.txt").write_text("\n".join(clicks) + "\n")
     (workdir / "my_paths.txt").write_text("\n".join(m_clicks) + "\n")
     (workdir / "px_paths.txt").write_text("\n".join(m_pixels) + "\n")
@@ -517,137 +609,47 @@ def main() -> int:
         NGINX_CONF.format(dir=workdir, http=ports["ngx"], https=ports["ngxs"])
     )
 
-    py = sys.executable
-    me = str(Path(__file__).resolve())
-    ours = [py, "-m", "postal_tracking_plugin.web"]
-    variants: dict[int, Any] = {
-        1: (
-            "nginx return 307",
-            lambda: Server(["nginx", "-c", str(workdir / "nginx.conf")], ports["ngx"], log=log),
-            f"http://127.0.0.1:{ports['ngx']}",
-            workdir / "my_paths.txt",
-            {},
-        ),
-        2: (
-            "Flask on gevent, dict, 307",
-            lambda: Server(
-                [py, me, "--serve-baseline", "dict", str(ports["dict"]), str(workdir)],
-                ports["dict"],
-                log=log,
-            ),
-            f"http://127.0.0.1:{ports['dict']}",
-            workdir / "my_paths.txt",
-            {},
-        ),
-        3: (
-            "Flask + SELECT + INSERT (Postal)",
-            lambda: Server(
-                [py, me, "--serve-baseline", "postal", str(ports["postal"]), str(workdir)],
-                ports["postal"],
-                log=log,
-            ),
-            f"http://127.0.0.1:{ports['postal']}",
-            workdir / "my_paths.txt",
-            {},
-        ),
-        4: (
-            "ours: click, SQLite",
-            lambda: Server([*ours, "-c", str(sqlite_cfg), "--workers", "1"], ports["sq"], log=log),
-            f"http://127.0.0.1:{ports['sq']}",
-            workdir / "sq_paths.txt",
-            {},
-        ),
-        5: (
-            "ours: click, MariaDB",
-            lambda: Server([*ours, "-c", str(mysql_cfg), "--workers", "1"], ports["my"], log=log),
-            f"http://127.0.0.1:{ports['my']}",
-            workdir / "my_paths.txt",
-            {},
-        ),
-        9: (
-            "ours: click, MariaDB, access log on",
-            lambda: Server([*ours, "-c", str(log_cfg), "--workers", "1"], ports["lg"], log=log),
-            f"http://127.0.0.1:{ports['lg']}",
-            workdir / "my_paths.txt",
-            {},
-        ),
-        6: (
-            "ours: pixel, MariaDB",
-            lambda: Server([*ours, "-c", str(mysql_cfg), "--workers", "1"], ports["my"], log=log),
-            f"http://127.0.0.1:{ports['my']}",
-            workdir / "px_paths.txt",
-            {},
-        ),
-        7: None,
-        8: (
-            "ours: click, MariaDB, --workers 2",
-            lambda: Server(
-                [*ours, "-c", str(w2_cfg), "--workers", "2"], ports["w2"], cpus="0,1", log=log
-            ),
-            f"http://127.0.0.1:{ports['w2']}",
-            workdir / "my_paths.txt",
-            {"wrk_cpus": "0,1"},
-        ),
-    }
-    tls = {
-        "7a": (
-            "TLS handshake/conn, ECDSA: nginx",
-            lambda: Server(["nginx", "-c", str(workdir / "nginx.conf")], ports["ngxs"], log=log),
-            f"https://127.0.0.1:{ports['ngxs']}",
-            workdir / "my_paths.txt",
-            {"close": True},
-        ),
-        "7b": (
-            "TLS handshake/conn, ECDSA: ours",
-            lambda: Server(
-                [*ours, "-c", str(mysql_cfg), "--workers", "1", "--no-tls-resumption"],
-                ports["mys"],
-                log=log,
-            ),
-            f"https://127.0.0.1:{ports['mys']}",
-            workdir / "my_paths.txt",
-            {"close": True},
-        ),
-    }
-    plan: list[Any] = [k for k in (1, 2, 3, 4, 5, 6) if k in only]
-    if 7 in only:
-        plan += ["7a", "7b"]
-    if 8 in only:
-        plan.append(8)
-    if 9 in only:
-        plan.append(9)
-    results: dict[Any, list[dict[str, float]]] = {k: [] for k in plan}
+    results: dict[str, list[dict[str, float]]] = {v.key: [] for v in plan}
     try:
         for r in range(args.rounds):
-            for key in plan:
-                name, start, url, paths, opts = tls[key] if isinstance(key, str) else variants[key]
-                server = start()
-                try:
-                    res = measure(server, url, paths, args, workdir, **opts)
-                finally:
-                    server.stop()
-                results[key].append(res)
+            for variant in plan:
+                res = run(variant, setup, args)
+                results[variant.key].append(res)
                 print(
-                    f"round {r + 1} ({key}) {name}: {res['rps']:,.0f} req/s, p99 {res['p99']:.1f} ms, "
+                    f"round {r + 1} ({variant.key}) {variant.name}: {res['rps']:,.0f} req/s, "
+                    f"p99 {res['p99']:.1f} ms, "
                     f"{res['cpu_us']:.0f} us CPU/req ({res['cpu_all_us']:.0f} with writing, "
                     f"{res['drain_s']:.1f} s after the run), wrk {res['wrk_us']:.0f} us CPU/req, "
                     f"MariaDB {res['db_us']:.0f} us CPU/req, non-3xx {res['non3xx']}, "
                     f"errors {res['errors']}",
                     flush=True,
                 )
-        rss = memory_after_all_links(ours, mysql_cfg, ports["my"], workdir, log, args)
+        rss = memory_after_all_links(setup, args)
     finally:
-        drop_database(database)
+        drop_mysql_databases(database)
     report(results, rss, args)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def memory_after_all_links(
-    ours: list[str], cfg: Path, port: int, workdir: Path, log: Path, args: argparse.Namespace
-) -> list[float]:
+def run(variant: Variant, setup: Setup, args: argparse.Namespace) -> dict[str, float]:
+    """Start the variant's server, measure it under wrk, stop it."""
+    port = setup.ports[variant.port]
+    server = Server(variant.command(setup), port, cpus=variant.cpus, log=setup.log)
+    try:
+        url = f"{'https' if variant.tls else 'http'}://127.0.0.1:{port}"
+        paths = setup.workdir / variant.paths
+        return measure(
+            server, url, paths, args, setup.workdir, close=variant.tls, wrk_cpus=variant.wrk_cpus
+        )
+    finally:
+        server.stop()
+
+
+def memory_after_all_links(setup: Setup, args: argparse.Namespace) -> list[float]:
     """Click every link once (sequential paths), then read each worker's resident memory."""
-    server = Server([*ours, "-c", str(cfg), "--workers", "1"], port, log=log)
+    workdir, cfg, port = setup.workdir, setup.configs["mysql"], setup.ports["my"]
+    server = Server(setup.ours("mysql"), port, log=setup.log)
     try:
         count = args.links
         cmd = [
@@ -690,21 +692,10 @@ def memory_after_all_links(
 
 
 def report(
-    results: dict[Any, list[dict[str, float]]], rss: list[float], args: argparse.Namespace
+    results: dict[str, list[dict[str, float]]], rss: list[float], args: argparse.Namespace
 ) -> None:
-    names = {
-        1: "(1) nginx return 307",
-        2: "(2) Flask+gevent, dict",
-        3: "(3) Flask+SELECT+INSERT (Postal)",
-        4: "(4) ours: click, SQLite",
-        5: "(5) ours: click, MariaDB",
-        6: "(6) ours: pixel, MariaDB",
-        "7a": "(7) TLS new conn ECDSA: nginx",
-        "7b": "(7) TLS new conn ECDSA: ours",
-        8: "(8) ours: click, MariaDB, 2 workers",
-        9: "(9) ours: click, MariaDB, access log",
-    }
-    med: dict[Any, dict[str, float]] = {}
+    names = {v.key: v.column for v in VARIANTS}
+    med: dict[str, dict[str, float]] = {}
     print(
         f"\nmedians of {args.rounds} round(s), {args.duration:g} s each, 64 connections, "
         f"server on CPU 0, wrk on CPU 1 ((8): both on 0-1); MariaDB unpinned\n"
@@ -732,15 +723,15 @@ def report(
     )
     print()
 
-    def ratio(a: Any, b: Any, label: str, goal: str) -> None:
+    def ratio(a: str, b: str, label: str, goal: str) -> None:
         if a in med and b in med:
             print(f"{label:44} {med[a]['rps'] / med[b]['rps']:6.2f}x   (goal {goal})")
 
-    ratio(5, 2, "(5) ours MariaDB / (2) Flask dict", ">= 1.0")
-    ratio(5, 3, "(5) ours MariaDB / (3) Postal's design", ">= 3.0")
-    ratio(4, 2, "(4) ours SQLite / (2) Flask dict", "")
-    ratio(6, 2, "(6) pixel / (2) Flask dict", ">= 1.0")
-    ratio(6, 3, "(6) pixel / (3) Postal's design", ">= 3.0")
+    ratio("5", "2", "(5) ours MariaDB / (2) Flask dict", ">= 1.0")
+    ratio("5", "3", "(5) ours MariaDB / (3) Postal's design", ">= 3.0")
+    ratio("4", "2", "(4) ours SQLite / (2) Flask dict", "")
+    ratio("6", "2", "(6) pixel / (2) Flask dict", ">= 1.0")
+    ratio("6", "3", "(6) pixel / (3) Postal's design", ">= 3.0")
     ratio("7b", "7a", "(7) TLS handshakes ours / nginx", ">= 0.9")
     if "7a" in med and "7b" in med:
         # wrk needs more CPU per handshake than either server, so its core sets
@@ -755,29 +746,29 @@ def report(
             f"({ours_cap:,.0f} / {nginx_cap:,.0f} handshakes/s; wrk's core: "
             f"{1e6 / med['7b']['wrk_us']:,.0f} / {1e6 / med['7a']['wrk_us']:,.0f})"
         )
-    ratio(8, 5, "(8) two workers / (5) one", ">= 1.7")
-    if 5 in med and 8 in med:
+    ratio("8", "5", "(8) two workers / (5) one", ">= 1.7")
+    if "5" in med and "8" in med:
         # In (8) wrk and MariaDB share the two cores with the workers, so req/s
         # cannot double; the CPU per request says whether a worker got slower.
         print(
             f"{'(8) by CPU: us per request, one / two workers':44} "
-            f"{med[5]['cpu_us']:.0f} / {med[8]['cpu_us']:.0f} (wrk {med[8]['wrk_us']:.0f} us/req "
+            f"{med['5']['cpu_us']:.0f} / {med['8']['cpu_us']:.0f} (wrk {med['8']['wrk_us']:.0f} us/req "
             f"on the same cores)"
         )
         # The most two cores can serve when every request also costs wrk's and
         # MariaDB's CPU on them: 2 s of CPU a second over the three per request.
-        per_request = med[8]["cpu_us"] + med[8]["wrk_us"] + med[8]["db_us"]
+        per_request = med["8"]["cpu_us"] + med["8"]["wrk_us"] + med["8"]["db_us"]
         print(
             f"{'(8) ceiling of this machine for that ratio':44} "
-            f"{2e6 / per_request / med[5]['rps']:6.2f}x   (the run used "
-            f"{per_request * med[8]['rps'] / 1e6:.2f} of 2 cores: workers, wrk, MariaDB)"
+            f"{2e6 / per_request / med['5']['rps']:6.2f}x   (the run used "
+            f"{per_request * med['8']['rps'] / 1e6:.2f} of 2 cores: workers, wrk, MariaDB)"
         )
-    if 5 in med and 9 in med:
+    if "5" in med and "9" in med:
         print(
             f"{'(9) access log (common, to a file) costs':44} "
-            f"{med[9]['cpu_us'] - med[5]['cpu_us']:+.0f} us CPU per request"
+            f"{med['9']['cpu_us'] - med['5']['cpu_us']:+.0f} us CPU per request"
         )
-    ratio(1, 5, "(1) nginx / (5) ours", "the machine's ceiling")
+    ratio("1", "5", "(1) nginx / (5) ours", "the machine's ceiling")
     print(
         f"\nresident memory per worker after {args.links:,} distinct links clicked: "
         + ", ".join(f"{x:.1f} MB" for x in rss)

@@ -57,7 +57,7 @@ class FastServerConfig:
 
 @dataclass(frozen=True)
 class MainDbConfig:
-    """Postal's ``main_db`` section (used when ``tracking.store`` is ``mysql``)."""
+    """Postal's ``main_db`` section (used when ``tracking.store`` is ``mysql`` or ``postal``)."""
 
     host: str = "127.0.0.1"
     port: int = _port(3306)
@@ -178,7 +178,9 @@ class TrackingConfig:
     """``tracking``: what Postal has no key for. Unknown keys here are errors."""
 
     data_dir: str = "./data"
-    store: Literal["sqlite", "mysql"] = "sqlite"
+    #: Who owns the data: ``sqlite`` and ``mysql`` are this project's own
+    #: databases; ``postal`` is Postal's, read as Postal wrote it (docs/postal.md).
+    store: Literal["sqlite", "mysql", "postal"] = "sqlite"
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     trusted_proxies: tuple[str, ...] = ()
     pixel_position: Literal["bottom", "top"] = "bottom"

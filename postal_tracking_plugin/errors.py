@@ -27,3 +27,7 @@ class AlreadyExists(StoreError):
 
 class UsageError(Error):
     """A command-line argument is invalid."""
+
+
+class PostalOwnsThis(StoreError):
+    """``tracking.store: postal``: the change asked for is Postal's to make, in its web interface."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import trustme
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.store import open_store
 

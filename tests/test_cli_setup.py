@@ -13,11 +13,11 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import MYSQL
-from conftest import drop_mysql_databases
-from conftest import mysql_config_data
-from conftest import mysql_reachable
-from conftest import need
+from _support import MYSQL
+from _support import drop_mysql_databases
+from _support import mysql_config_data
+from _support import mysql_reachable
+from _support import need
 from postal_tracking_plugin.cli import main
 from postal_tracking_plugin.dns_check import check_track_domain
 
@@ -138,14 +138,15 @@ def test_mysql_init_creates_postal_tables_and_message_database(mysql_dir: tuple[
     assert charset == "utf8mb4"
 
 
-def test_mysql_init_leaves_existing_postal_tables_alone(mysql_dir: tuple[Path, str]) -> None:
+def test_mysql_init_leaves_existing_tables_alone(mysql_dir: tuple[Path, str]) -> None:
     cwd, database = mysql_dir
     conn = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
                            password=MYSQL["password"], autocommit=True)
     try:
         with conn.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{database}`")
-            # Postal 3's servers table, with a row, and no track_certificates
+            # a servers table with a column of its own and a row, and no
+            # track_certificates (Postal's own databases: test_postal_mode.py)
             cursor.execute(f"CREATE TABLE `{database}`.`servers` (id int(11) NOT NULL "
                            "AUTO_INCREMENT PRIMARY KEY, name varchar(255), token varchar(255), "
                            "permalink varchar(255), deleted_at datetime(6), extra_postal_col int)")

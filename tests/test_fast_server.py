@@ -23,7 +23,7 @@ from web_live import rows
 from web_live import store_certificate
 from web_live import tls_client_context
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.cli import main as cli_main
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.default_certificate import default_certificate_paths

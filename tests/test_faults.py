@@ -31,8 +31,8 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import free_port
-from conftest import need
+from _support import free_port
+from _support import need
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.store import Link

@@ -289,7 +289,7 @@ def test_the_tracking_event_hook_can_be_called_the_plain_pluggy_way() -> None:
 def test_the_readme_example_host_runs(
     write_config: Callable[..., Config], tmp_path: Path
 ) -> None:
-    """Runs exactly examples/host.py, the file the README shows."""
+    """Runs exactly examples/host.py, the file docs/relay.md shows."""
     config = write_config(
         {
             "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
@@ -302,7 +302,7 @@ def test_the_readme_example_host_runs(
     store.add_track_domain(server, TRACK_DOMAIN, ssl_enabled=False, dns_status="OK")
     store.close()
     host = ROOT / "examples" / "host.py"
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "relay.md").read_text()
     assert host.read_text().strip() in readme
     result = subprocess.run(
         [sys.executable, str(host), config.source, "Main", "news@example.com", "ann@example.net"],

@@ -26,12 +26,12 @@ import yaml
 from pebble_acme import Pebble
 from pebble_acme import available
 
-from conftest import drop_mysql_databases
-from conftest import free_port
-from conftest import mysql_config_data
-from conftest import mysql_reachable
-from conftest import need
-from conftest import port_free
+from _support import drop_mysql_databases
+from _support import free_port
+from _support import mysql_config_data
+from _support import mysql_reachable
+from _support import need
+from _support import port_free
 from postal_tracking_plugin.certificates import run_scheduled_renewal
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store

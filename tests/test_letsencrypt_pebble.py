@@ -24,11 +24,11 @@ from pebble_acme import Pebble
 from pebble_acme import StoreResponder
 from pebble_acme import available
 
-from conftest import drop_mysql_databases
-from conftest import free_port
-from conftest import mysql_config_data
-from conftest import mysql_reachable
-from conftest import need
+from _support import drop_mysql_databases
+from _support import free_port
+from _support import mysql_config_data
+from _support import mysql_reachable
+from _support import need
 from postal_tracking_plugin.certificates._state import acquire_lock
 from postal_tracking_plugin.certificates._state import release_lock
 from postal_tracking_plugin.config import load_config

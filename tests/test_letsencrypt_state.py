@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.certificates import certificate_report
 from postal_tracking_plugin.certificates import renew_after
 from postal_tracking_plugin.certificates import run_scheduled_renewal

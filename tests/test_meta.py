@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import configparser
 import importlib
 import pkgutil
 import subprocess
@@ -99,3 +101,46 @@ def test_entry_points_are_registered() -> None:
     assert scripts["postal-tracking"] == "postal_tracking_plugin.cli:main"
     plugins = {e.name: e.value for e in entry_points(group="postal.plugins")}
     assert plugins["tracking"] == "postal_tracking_plugin.hooks.tracking"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every subcommand's parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _parsers(sub)
+    return found
+
+
+def test_every_help_fits_an_80_column_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from postal_tracking_plugin.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to this
+    for parser in _parsers(build_parser()):
+        for line in parser.format_help().splitlines():
+            assert len(line) <= 80, f"{parser.prog} --help: {line!r}"
+
+
+def test_license_and_py_typed_are_shipped() -> None:
+    """MIT in setup.cfg matches a LICENSE file; py.typed marks all three packages typed."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert cfg["metadata"]["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    package_data = {
+        name: {p.strip() for p in value.split(",")}
+        for name, value in cfg["options.package_data"].items()
+    }
+    for package, folder in (("postal_tracking_plugin", "postal_tracking_plugin"),
+                            ("postal_tracking_plugin.hooks", "hooks"),
+                            ("postal_tracking_plugin.web", "web")):
+        assert "py.typed" in package_data[package], package
+        assert (ROOT / folder / "py.typed").is_file(), folder
+
+
+def test_tests_import_helpers_from_support_not_conftest() -> None:
+    """pytest loads conftest.py itself; helpers live in _support.py (Flask's split)."""
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        imports = _imports(path, "tests")
+        assert "conftest" not in imports, f"{path.name}: import helpers from _support, not conftest"

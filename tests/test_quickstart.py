@@ -12,7 +12,7 @@ from pathlib import Path
 from web_live import raw_exchange
 from web_live import rows
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 

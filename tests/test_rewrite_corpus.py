@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import lxml.html
 import pytest
 
-from conftest import need
+from _support import need
 from postal_tracking_plugin.rewrite._html import rewrite_html
 from postal_tracking_plugin.rewrite._plan import Tracker
 from postal_tracking_plugin.rewrite._plan import TrackingPlan

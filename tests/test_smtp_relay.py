@@ -33,7 +33,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from aiosmtpd.smtp import LoginPassword
 
-from conftest import free_port
+from _support import free_port
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import FastServerConfig
 from postal_tracking_plugin.config import RelayConfig
@@ -537,7 +537,7 @@ def test_bad_relay_settings_fail_at_start_up_naming_the_key(
 
 
 def test_the_readme_relay_configuration_loads() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "relay.md").read_text()
     section = readme[readme.index("## SMTP relay"):]
     block = section[section.index("```yaml\n") + 8 :]
     relay = parse_config(block[: block.index("```")]).tracking.relay

@@ -7,7 +7,7 @@ import re
 import pymysql
 import pytest
 
-from conftest import MYSQL
+from _support import MYSQL
 from postal_tracking_plugin.errors import AlreadyExists
 from postal_tracking_plugin.errors import NotFound
 from postal_tracking_plugin.errors import StoreError
@@ -48,26 +48,56 @@ def test_track_domains(store: Store) -> None:
     assert td.excluded_click_domains == ("a.com", "*.b.com")
     assert td.ssl_enabled and td.track_clicks and td.track_loads and td.dns_ok
     assert store.track_domain_for_sender(server.id, "EXAMPLE.com") == td
-    # a second tracking domain on the same sending domain reuses the domains row
-    td2 = store.add_track_domain(server, "t.example.com", dns_status="Missing")
-    assert td2.domain_id == td.domain_id
+    # Postal's rules: one tracking domain per sending domain and server, and
+    # a first label of [a-z0-9-] only
+    with pytest.raises(AlreadyExists, match="one per domain and server"):
+        store.add_track_domain(server, "t.example.com")
     with pytest.raises(AlreadyExists):
         store.add_track_domain(server, "click.example.com")
     with pytest.raises(StoreError, match="full name"):
         store.add_track_domain(server, "localhost")
+    with pytest.raises(StoreError, match="only a-z, 0-9 and '-'"):
+        store.add_track_domain(server, "cl_ick.example.org")
+    td2 = store.add_track_domain(server, "t.example.org", dns_status="Missing")
+    assert td2.domain_id != td.domain_id
 
     changed = store.update_track_domain(td, track_loads=False, excluded_click_domains=[])
     assert changed.track_loads is False and changed.excluded_click_domains == ()
     assert [d.full_name for d in store.list_track_domains(server.id)] == [
         "click.example.com",
-        "t.example.com",
+        "t.example.org",
     ]
     store.update_track_domain(td, dns_status="Invalid", dns_error="points elsewhere")
     assert store.track_domain_for_sender(server.id, "example.com") is None
     store.remove_track_domain(td2)
-    assert store.find_track_domain("t.example.com") is None
+    assert store.find_track_domain("t.example.org") is None
     with pytest.raises(NotFound):
-        store.get_track_domain("t.example.com")
+        store.get_track_domain("t.example.org")
+
+
+def test_an_organisations_domain_is_used_not_shadowed(store: Store) -> None:
+    """Postal picks a name's domains row by ``owner_type DESC``: a new server-owned row would win."""
+    server = store.add_server("Main")
+    with store.main() as db:
+        db.execute("UPDATE servers SET organization_id = 7 WHERE id = %s", (server.id,))
+        org_domain = db.insert(
+            "INSERT INTO domains (name, owner_type, owner_id, dkim_private_key, outgoing) "
+            "VALUES ('orgmail.com', 'Organization', 7, 'KEY', 1)"
+        )
+    server = store.get_server("Main")
+    td = store.add_track_domain(server, "click.orgmail.com", dns_status="OK")
+    assert td.domain_id == org_domain
+    with store.main(readonly=True) as db:
+        rows = db.query("SELECT id, owner_type FROM domains WHERE name = 'orgmail.com'")
+    assert [(r["id"], r["owner_type"]) for r in rows] == [(org_domain, "Organization")]
+
+
+def test_a_message_is_stored_pending_as_postal_writes_it(store: Store) -> None:
+    server = store.add_server("Main")
+    message_id = store.save_tracked_message(server.id, {"token": random_token()}, [])
+    with store.messages(server.id, readonly=True) as db:
+        row = db.one("SELECT status FROM messages WHERE id = %s", (message_id,))
+    assert row == {"status": "Pending"}
 
 
 def test_messages_links_clicks_loads(store: Store) -> None:

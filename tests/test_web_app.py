@@ -18,7 +18,7 @@ from web_live import raw_exchange
 from web_live import rows
 from web_live import with_settings
 
-from conftest import need
+from _support import need
 from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import open_store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,16 +61,36 @@ def test_accepted_sockets_have_tcp_nodelay(
     assert seen and all(seen), seen
 
 
-def test_keep_alive_answers_in_one_write_per_response(sqlite_store: tuple[Config, Store]) -> None:
+def test_keep_alive_answers_in_one_write_per_response(
+    sqlite_store: tuple[Config, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and body leave in one send: two would stall on the client's delayed ACK."""
+    import gevent._socket3
+
     live = start(*sqlite_store)
+    sends: list[int] = []  # bytes per send() on the server's side of the connection
+    original = gevent._socket3.socket.send
+
+    def send(self: Any, data: Any, *args: Any, **kwargs: Any) -> int:
+        if self.getsockname()[1] == live.http_port:
+            sends.append(len(data))
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(gevent._socket3.socket, "send", send)  # sendall() goes through send()
     try:
         with socket.create_connection((live.host, live.http_port), timeout=10) as sock:
-            for _ in range(3):
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for path in ("/", "/img/nosuch/token", "/", "/nosuch/token"):
+                before = len(sends)
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
                 data = b""
-                while not data.endswith(b"Hello."):
+                while b"\r\n\r\n" not in data:
                     data += sock.recv(4096)
-                assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"\r\nContent-Length: (\d+)", head, re.I)[1])  # type: ignore[index]
+                while len(body) < length:
+                    body += sock.recv(4096)
+                assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 404 ")), head
+                assert sends[before:] == [len(head) + 4 + len(body)], (path, sends[before:])
     finally:
         live.stop()
 

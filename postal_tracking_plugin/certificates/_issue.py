@@ -183,6 +183,7 @@ class Issuer:
         """
         if not domains:
             return []
+        self.store.check_can_issue_certificates()
         account = require_account(self.config)
         outcomes = []
         with renewal_lock(self.store) as holder:

@@ -23,10 +23,11 @@ def register(sub: Any) -> None:
         "fast-server",
         help="run the tracking web server (clicks, opens, HTTP-01 answers) in the foreground",
         description=(
-            "Serve Postal's tracking URLs on fast_server.bind_address: HTTP on fast_server.port "
-            "and HTTPS on fast_server.ssl_port, each tracking domain's certificate chosen by SNI. "
-            "SIGTERM stops it gracefully (requests in flight finish, events are flushed); SIGHUP "
-            "reloads the configuration and certificates."
+            "Serve Postal's tracking URLs on fast_server.bind_address: HTTP on\n"
+            "fast_server.port and HTTPS on fast_server.ssl_port, each tracking domain's\n"
+            "certificate chosen by SNI. SIGTERM stops it gracefully (requests in flight\n"
+            "finish, events are flushed); SIGHUP reloads the configuration and\n"
+            "certificates."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

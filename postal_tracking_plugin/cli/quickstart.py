@@ -34,11 +34,11 @@ def register(sub: Any) -> None:
         "quickstart",
         help="set up a demo in DIR (SQLite), track the sample newsletter, run the fast server",
         description=(
-            "Write DIR/postal.yml (fast server on 127.0.0.1), initialise the store, add a demo "
-            "server and the tracking domain click.example.com, rewrite the bundled sample "
-            "newsletter into DIR/sample-newsletter.tracked.eml, print its tracked links, and run "
-            "the fast server in the foreground (Ctrl-C stops it). Then `curl -i` a printed link "
-            "and run `postal-tracking -c DIR/postal.yml stats`."
+            "Write DIR/postal.yml (fast server on 127.0.0.1), initialise the store, add a\n"
+            "demo server and the tracking domain click.example.com, rewrite the bundled\n"
+            "sample newsletter into DIR/sample-newsletter.tracked.eml, print its tracked\n"
+            "links, and run the fast server in the foreground (Ctrl-C stops it). Then\n"
+            "`curl -i` a printed link and run `postal-tracking -c DIR/postal.yml stats`."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

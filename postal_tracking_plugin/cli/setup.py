@@ -14,10 +14,13 @@ def register(sub: Any) -> None:
         "init",
         help="create the data directory, the database schema and a default certificate",
         description=(
-            "Create what the configuration needs: the data directory, Postal's tables (SQLite "
-            "files, or the MySQL main database and every server's message database) and a "
-            "self-signed default certificate for the HTTPS listener when none is configured. "
-            "Safe to run again: it only creates what is missing."
+            "Create what the configuration needs: the data directory, Postal's tables\n"
+            "(SQLite files, or the MySQL main database and every server's message\n"
+            "database) and a self-signed default certificate for the HTTPS listener when\n"
+            "none is configured. With tracking.store: postal, only this project's own\n"
+            "tables are added to Postal's existing databases: no database is created and\n"
+            "nothing of Postal's is changed. Safe to run again: it only creates what is\n"
+            "missing."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,7 +30,8 @@ def register(sub: Any) -> None:
 def run_init(ctx: Context) -> int:
     config = ctx.config
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    ctx.store.create_schema()
+    for note in ctx.store.create_schema():
+        ctx.note(note)
     cert, _key, made = ensure_default_certificate(config)
     ctx.note(f"Data directory: {config.data_dir}")
     ctx.note(f"Store: {ctx.store.describe()} (schema up to date)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..errors import ConfigError
 from ._context import Context
 
 
@@ -42,6 +43,11 @@ def run(ctx: Context) -> int:
     from ..hooks.smtp_relay import SmtpRelay
 
     a = ctx.args
+    if ctx.config.tracking.store == "postal":
+        raise ConfigError(
+            "smtp-relay does not run with tracking.store: postal: Postal tracks the mail it "
+            "sends, so send to Postal's SMTP server directly"
+        )
     if not a.debug:
         # aiosmtpd logs every SMTP command at INFO; our own line per message is enough.
         logging.getLogger("mail.log").setLevel(logging.WARNING)

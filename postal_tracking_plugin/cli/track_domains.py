@@ -7,6 +7,7 @@ from typing import Any
 
 from ..dns_check import check_track_domain
 from ..errors import UsageError
+from ..store import split_track_domain_name
 from ..store import utcnow
 from ._context import Context
 from ._context import table
@@ -99,8 +100,10 @@ def _dns(ctx: Context, full_name: str) -> tuple[str, str | None]:
 
 def run_add(ctx: Context) -> int:
     a = ctx.args
+    ctx.store.check_changeable("tracking domains")
     server = ctx.store.get_server(a.server)
     full_name = a.full_name.lower().rstrip(".")
+    split_track_domain_name(full_name)  # a bad name is refused before any DNS lookup
     status, error = ("OK", None) if a.assume_dns_ok else _dns(ctx, full_name)
     td = ctx.store.add_track_domain(
         server,
@@ -172,6 +175,7 @@ def run_set(ctx: Context) -> int:
 
 
 def run_check_dns(ctx: Context) -> int:
+    ctx.store.check_changeable("tracking domains (Postal checks their DNS itself)")
     if ctx.args.full_name:
         domains = [ctx.store.get_track_domain(ctx.args.full_name)]
     else:

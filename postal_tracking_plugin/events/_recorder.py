@@ -106,7 +106,7 @@ class EventRecorder:
         self._flagger = Flagger.from_config(config)
         self._webhooks = None
         if webhooks is None:
-            webhooks = bool(config.tracking.webhooks.urls) or config.tracking.store == "mysql"
+            webhooks = bool(config.tracking.webhooks.urls) or config.tracking.store in ("mysql", "postal")
         if webhooks:
             from ._webhooks import WebhookQueue
 

@@ -74,7 +74,7 @@ class WebhookQueue:
     def __init__(self, config: Config, store: Store) -> None:
         self.store = store
         self.settings = config.tracking.webhooks
-        self.postal_mode = config.tracking.store == "mysql"
+        self.postal_mode = config.tracking.store in ("mysql", "postal")
         self.urls = tuple(self.settings.urls)
         self._runner: Any = None
         self._stopping = threading.Event()

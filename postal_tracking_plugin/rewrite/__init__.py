@@ -87,7 +87,9 @@ def rewrite_message(
     :param mail_from: the envelope sender (default: the ``From`` address).
 
     Tracking applies when ``fast_server.enabled`` is on and the server has a
-    tracking domain with DNS OK for the ``From`` address's domain. Never raises.
+    tracking domain with DNS OK for the ``From`` address's domain, and never on
+    Postal's own databases (``tracking.store: postal``: Postal tracks the mail
+    it sends). Never raises.
     """
     try:
         return _rewrite_message(raw, config, store, server, rcpt_to, mail_from, new_token)
@@ -113,6 +115,8 @@ def _rewrite_message(
     mail_from: str | None,
     new_token: Callable[[], str],
 ) -> RewriteResult:
+    if not store.tracks_outgoing_mail:
+        return RewriteResult(raw, False, "Postal tracks the mail it sends")
     if len(raw) > config.max_message_bytes:
         return RewriteResult(
             raw, False, f"larger than smtp_server.max_message_size ({len(raw)} bytes)"

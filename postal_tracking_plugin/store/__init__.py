@@ -1,8 +1,10 @@
 """The store: Postal's tables in SQLite (embedded default) or MySQL/MariaDB.
 
-:func:`open_store` picks the backend from ``tracking.store``. Both implement
-:class:`Store`, whose operations are written once above a two-method interface
-(a transaction on the main database, one on a server's message database).
+:func:`open_store` picks the backend from ``tracking.store``: ``sqlite`` and
+``mysql`` are this project's own databases, ``postal`` is Postal's (read as
+Postal wrote it, see :mod:`._postal`). All implement :class:`Store`, whose
+operations are written once above a two-method interface (a transaction on the
+main database, one on a server's message database).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from ._models import Link as Link
 from ._models import Server as Server
 from ._models import TrackDomain as TrackDomain
 from ._store import Store as Store
+from ._store import split_track_domain_name as split_track_domain_name
 from ._tokens import random_token as random_token
 from ._tokens import url_hash as url_hash
 
 
 def open_store(config: Config) -> Store:
     """The store ``config`` names; nothing is connected until first use."""
+    if config.tracking.store == "postal":
+        from ._postal import PostalStore
+
+        return PostalStore(config)
     if config.tracking.store == "mysql":
         from ._mysql import MysqlStore
 
@@ -41,6 +48,7 @@ __all__ = [
     "TrackDomain",
     "open_store",
     "random_token",
+    "split_track_domain_name",
     "url_hash",
     "utcnow",
 ]

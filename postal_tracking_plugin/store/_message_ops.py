@@ -50,8 +50,12 @@ class MessageOperations:
         """Insert a ``messages`` row and its ``links`` rows in one transaction.
 
         ``message`` maps Postal's ``messages`` columns to values; links are
-        written in one batched statement. Returns the message id.
+        written in one batched statement. Returns the message id. A message
+        without a ``status`` is ``Pending``, as Postal writes it (Postal's
+        message list cannot show a NULL status).
         """
+        if not message.get("status"):
+            message = {**message, "status": "Pending"}
         columns = list(message)
         with self.messages(server_id) as db:
             message_id = db.insert(

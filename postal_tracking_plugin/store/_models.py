@@ -22,9 +22,14 @@ class Server:
     permalink: str | None
     mode: str | None
     privacy_mode: bool
+    organization_id: int | None = None
+    #: Postal's retention of the server's messages, in days (None: Postal's default).
+    message_retention_days: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Server:
+        organization = row.get("organization_id")
+        retention = row.get("message_retention_days")
         return cls(
             id=int(row["id"]),
             uuid=row.get("uuid"),
@@ -33,6 +38,8 @@ class Server:
             permalink=row.get("permalink"),
             mode=row.get("mode"),
             privacy_mode=_bool(row.get("privacy_mode"), False),
+            organization_id=int(organization) if organization is not None else None,
+            message_retention_days=int(retention) if retention is not None else None,
         )
 
 

@@ -1,6 +1,9 @@
-"""MySQL/MariaDB backend through PyMySQL: Postal's own databases.
+"""MySQL/MariaDB backend through PyMySQL: Postal-shaped databases of this project's own.
 
-``main_db.database`` holds the main tables; each server's message database is
+``tracking.store: mysql`` is for a MariaDB this project owns (several nodes
+sharing one store); a main database that is Postal's is refused, and
+:class:`~postal_tracking_plugin.store._postal.PostalStore` (``postal``) is
+what reads Postal's own. ``main_db.database`` holds the main tables; each server's message database is
 ``<prefix>-server-<id>`` on the ``message_db`` host, exactly as Postal names
 them. PyMySQL is pure Python, so once gevent has patched ``socket`` its queries
 yield to other greenlets instead of blocking the fast server.
@@ -28,7 +31,9 @@ import pymysql.connections
 import pymysql.err
 
 from ..config import Config
+from ..errors import ConfigError
 from ..errors import StoreError
+from . import _schema
 from ._db import Row
 from ._store import Store
 
@@ -212,7 +217,7 @@ class MysqlStore(Store):
                 )
             return pool
 
-    def _create_database(self, database: str, params: dict[str, Any]) -> None:
+    def _create_database(self, database: str, params: dict[str, Any], collation: str) -> None:
         try:
             conn = pymysql.connect(**params)
         except pymysql.err.Error as exc:
@@ -222,7 +227,7 @@ class MysqlStore(Store):
             with conn.cursor() as cursor:
                 cursor.execute(
                     f"CREATE DATABASE IF NOT EXISTS `{database}` "
-                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                    f"CHARACTER SET utf8mb4 COLLATE {collation}"
                 )
             conn.commit()
         except pymysql.err.Error as exc:
@@ -231,9 +236,14 @@ class MysqlStore(Store):
             _close_quietly(conn)
 
     @contextmanager
-    def _transaction(self, database: str, params: dict[str, Any], create: bool) -> Iterator[Any]:
+    def _transaction(
+        self, database: str, params: dict[str, Any], create: str | None
+    ) -> Iterator[Any]:
+        """One transaction on ``database``, made first with collation ``create`` when given."""
+        if not self._owner_checked:
+            self._check_owner()
         if create:
-            self._create_database(database, params)
+            self._create_database(database, params, create)
         pool = self._pool(database, params)
         conn = pool.acquire()
         broken = False
@@ -254,10 +264,68 @@ class MysqlStore(Store):
             pool.release(conn, broken)
 
     def main(self, *, create: bool = False, readonly: bool = False) -> Any:
-        return self._transaction(self.database, self._main_params, create)
+        collation = _schema.MAIN_COLLATION if create else None
+        return self._transaction(self.database, self._main_params, collation)
 
     def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
-        return self._transaction(self.message_database(server_id), self._msg_params, create)
+        collation = _schema.MESSAGE_COLLATION if create else None
+        return self._transaction(self.message_database(server_id), self._msg_params, collation)
+
+    # -- whose database is this? -------------------------------------------
+
+    #: Whether the main database must be Postal's (``tracking.store: postal``).
+    expects_postal = False
+    _owner_checked = False
+
+    def _check_owner(self) -> None:
+        """Refuse a main database owned by the other kind of store, before any use.
+
+        Postal's main database always has ``organizations``; ours never does.
+        ``tracking.store: mysql`` on Postal's database would add servers and
+        domains behind Postal's back; ``postal`` on ours would find no Postal.
+        """
+        self._owner_checked = True  # first, so that the query below may use main()
+        try:
+            is_postal = self.has_main_table("organizations")
+        except BaseException:
+            self._owner_checked = False
+            raise
+        where = f"`{self.database}` ({self.describe()})"
+        if is_postal and not self.expects_postal:
+            self._owner_checked = False
+            raise ConfigError(
+                f"{where} is Postal's database (it has Postal's organizations table): "
+                f"set tracking.store: postal, so that Postal's servers, domains and messages "
+                f"are only read"
+            )
+        if self.expects_postal and not is_postal:
+            self._owner_checked = False
+            raise ConfigError(
+                f"tracking.store is postal, but {where} has no Postal organizations table: "
+                f"point main_db at Postal's database, or set tracking.store: mysql for a "
+                f"database of this project's own"
+            )
+
+    def has_main_table(self, table: str) -> bool:
+        """Whether the main database has ``table`` (False when the database is missing)."""
+        try:
+            conn = pymysql.connect(**self._main_params)
+        except pymysql.err.Error as exc:
+            p = self._main_params
+            where = f"{p['user']}@{p['host']}:{p['port']}"
+            raise StoreError(f"cannot connect to MySQL {where}: {_reason(exc)}") from None
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT 1 FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                    (self.database, table),
+                )
+                return cursor.fetchone() is not None
+        except pymysql.err.Error as exc:
+            raise StoreError(f"MySQL: {_reason(exc)}") from None
+        finally:
+            _close_quietly(conn)
 
     def message_database_exists(self, server_id: int) -> bool:
         with self.main(readonly=True) as db:

@@ -5,9 +5,15 @@ rendered for either dialect by :func:`create_statements`. SQLite reads those
 type names by affinity (``int(11)`` is INTEGER, ``decimal(18,6)`` NUMERIC), so
 only the primary key and the index syntax differ.
 
-Tables are created with ``IF NOT EXISTS`` only: pointed at a real Postal
-database, nothing of Postal's is dropped or altered; only what is missing is
-created (Postal 3 has no ``track_certificates``, for example).
+Tables are created with ``IF NOT EXISTS`` only, so nothing is ever dropped or
+altered. In ``tracking.store: postal`` only our own tables (:func:`is_ours`)
+and a missing ``track_certificates`` are created: Postal owns the rest.
+
+A message database we create ourselves gets all of Postal's message tables as
+its migrations 1-20 leave them, and Postal's ``migrations`` table saying so, so
+that Postal could adopt and migrate it (``postal upgrade`` starts from
+``MAX(version)``; without the table it would start from 0 and fail on
+``CREATE TABLE messages``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ class Table:
     columns: dict[str, str]
     indexes: dict[str, str] = field(default_factory=dict)
     unique: dict[str, str] = field(default_factory=dict)
+    #: One column, or a key spec such as ```minute`, `type`(8)``.
     primary_key: str = "id"
+
+
+@dataclass(frozen=True)
+class Seed:
+    """Rows a migration inserts where missing: ``values`` of one-column ``table``."""
+
+    table: str
+    column: str
+    values: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -202,7 +218,6 @@ MESSAGES = Table(
         "parsed": "tinyint DEFAULT 0",
         "endpoint_id": _I,
         "endpoint_type": _V,
-        "bounce_type": "varchar(4) DEFAULT NULL",
     },
     indexes={
         "on_message_id": "`message_id`(8)",
@@ -217,6 +232,7 @@ MESSAGES = Table(
         "on_rcpt_to": "`rcpt_to`(12), `timestamp`",
         "on_mail_from": "`mail_from`(12), `timestamp`",
         "on_raw_table": "`raw_table`(14)",
+        "on_status": "`status`(8)",
     },
 )
 
@@ -261,6 +277,119 @@ LOADS = Table(
     },
     indexes={"on_message_id": "`message_id`"},
 )
+
+#: The rest of Postal's message database (migrations 1-20), which this project
+#: never reads or writes: created only in message databases we make ourselves,
+#: so that Postal finds every table its ``migrations`` rows promise.
+DELIVERIES = Table(
+    "deliveries",
+    {
+        "id": _ID,
+        "message_id": _I,
+        "status": _V,
+        "code": _I,
+        "output": "varchar(512) DEFAULT NULL",
+        "details": "varchar(512) DEFAULT NULL",
+        "sent_with_ssl": "tinyint(1) DEFAULT 0",
+        "log_id": "varchar(100) DEFAULT NULL",
+        "timestamp": _TS,
+        "time": "decimal(8,2) DEFAULT NULL",
+    },
+    indexes={"on_message_id": "`message_id`"},
+)
+
+LIVE_STATS = Table(
+    "live_stats",
+    {
+        "type": "varchar(20) NOT NULL",
+        "minute": "int(11) NOT NULL",
+        "count": _I,
+        "timestamp": _TS,
+    },
+    primary_key="`minute`, `type`(8)",
+)
+
+RAW_MESSAGE_SIZES = Table(
+    "raw_message_sizes",
+    {"id": _ID, "table_name": _V, "size": "bigint DEFAULT NULL"},
+    indexes={"on_table_name": "`table_name`(14)"},
+)
+
+STATS = tuple(
+    Table(
+        f"stats_{period}",
+        {
+            "id": _ID,
+            "time": _I,
+            "incoming": "bigint DEFAULT NULL",
+            "outgoing": "bigint DEFAULT NULL",
+            "spam": "bigint DEFAULT NULL",
+            "bounces": "bigint DEFAULT NULL",
+            "held": "bigint DEFAULT NULL",
+        },
+        unique={"on_time": "`time`"},
+    )
+    for period in ("hourly", "daily", "monthly", "yearly")
+)
+
+SPAM_CHECKS = Table(
+    "spam_checks",
+    {
+        "id": _ID,
+        "message_id": _I,
+        "score": "decimal(8,2) DEFAULT NULL",
+        "code": _V,
+        "description": _V,
+    },
+    indexes={"on_message_id": "`message_id`", "on_code": "`code`(8)"},
+)
+
+SUPPRESSIONS = Table(
+    "suppressions",
+    {
+        "id": _ID,
+        "type": _V,
+        "address": _V,
+        "reason": _V,
+        "timestamp": _TS,
+        "keep_until": _TS,
+    },
+    indexes={"on_address": "`address`(6)", "on_keep_until": "`keep_until`"},
+)
+
+#: The message database's own ``webhook_requests`` (Postal's delivery log),
+#: not the main database's queue of the same name.
+MESSAGE_WEBHOOK_REQUESTS = Table(
+    "webhook_requests",
+    {
+        "id": _ID,
+        "uuid": _V,
+        "event": _V,
+        "attempt": _I,
+        "timestamp": _TS,
+        "status_code": "int(1) DEFAULT NULL",
+        "body": "text",
+        "payload": "text",
+        "will_retry": "tinyint DEFAULT NULL",
+        "url": _V,
+        "webhook_id": _I,
+    },
+    indexes={
+        "on_uuid": "`uuid`(8)",
+        "on_event": "`event`(8)",
+        "on_timestamp": "`timestamp`",
+        "on_webhook_id": "`webhook_id`",
+    },
+)
+
+#: Postal's own schema versions of a message database (its migration 01).
+POSTAL_MESSAGE_MIGRATIONS = Table(
+    "migrations", {"version": "int(11) NOT NULL"}, primary_key="version"
+)
+
+#: The last of Postal's message-database migrations this schema matches
+#: (``20_increase_links_url_size``).
+POSTAL_MESSAGE_SCHEMA_VERSION = 20
 
 # -- Our own tables ------------------------------------------------------------
 
@@ -438,7 +567,7 @@ MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
     4: (TRACKING_DASHBOARD_USERS, TRACKING_DASHBOARD_SESSIONS),
 }
-MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
+MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),
     2: (TRACKING_EVENTS,),
     # The all-links-at-once check reads one address's clicks on a message in the
@@ -465,26 +594,67 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index, ...]] = {
         ),
         Index("tracking_events", "on_message_kind_ip_time", drop=True),
     ),
+    # Postal's remaining message tables and its ``migrations`` rows 1-20: a
+    # database we made can be adopted by Postal. Created only where missing;
+    # never in ``tracking.store: postal``, where Postal made the database.
+    5: (
+        DELIVERIES,
+        LIVE_STATS,
+        RAW_MESSAGE_SIZES,
+        *STATS,
+        SPAM_CHECKS,
+        SUPPRESSIONS,
+        MESSAGE_WEBHOOK_REQUESTS,
+        POSTAL_MESSAGE_MIGRATIONS,
+        Seed("migrations", "version", tuple(range(1, POSTAL_MESSAGE_SCHEMA_VERSION + 1))),
+    ),
 }
 
+#: The collations Postal gives its databases: schema.rb's for the main
+#: database, the provisioner's for message databases.
+MAIN_COLLATION = "utf8mb4_general_ci"
+MESSAGE_COLLATION = "utf8mb4_unicode_ci"
 
-def create_statements(table: Table | Index, dialect: str) -> list[str]:
+#: Postal never names a table of its own like this.
+OUR_PREFIX = "tracking_"
+
+
+def is_ours(step: Table | Index | Seed) -> bool:
+    """Whether a migration step touches only a table this project owns."""
+    return (step.name if isinstance(step, Table) else step.table).startswith(OUR_PREFIX)
+
+
+def created_beside_postal(step: Table | Index | Seed) -> bool:
+    """What ``tracking.store: postal`` may create: our tables, and a missing ``track_certificates``.
+
+    Postal 3 dropped the model but kept the table (``db/schema.rb``); were it
+    missing, the fast server still needs somewhere to keep certificates.
+    """
+    return is_ours(step) or (isinstance(step, Table) and step.name == TRACK_CERTIFICATES.name)
+
+
+def create_statements(
+    table: Table | Index, dialect: str, collation: str = MAIN_COLLATION
+) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``.
 
     On MySQL, which has no ``CREATE INDEX IF NOT EXISTS``, the migration
     checks whether an :class:`Index` is there before running its statement.
+    ``collation`` is the MySQL table's (SQLite has one).
     """
     if isinstance(table, Index):
         return [create_index_statement(table, dialect)]
+    composite = "`" in table.primary_key
     if dialect == "mysql":
         cols = [f"`{name}` {decl}" for name, decl in table.columns.items()]
-        cols.append(f"PRIMARY KEY (`{table.primary_key}`)")
+        key = table.primary_key if composite else f"`{table.primary_key}`"
+        cols.append(f"PRIMARY KEY ({key})")
         cols += [f"UNIQUE KEY `{n}` ({spec})" for n, spec in table.unique.items()]
         cols += [f"KEY `{n}` ({spec})" for n, spec in table.indexes.items()]
         return [
             f"CREATE TABLE IF NOT EXISTS `{table.name}` (\n  "
             + ",\n  ".join(cols)
-            + "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+            + f"\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
         ]
     cols = []
     for name, decl in table.columns.items():
@@ -494,6 +664,9 @@ def create_statements(table: Table | Index, dialect: str) -> list[str]:
             cols.append(f"`{name}` {decl} PRIMARY KEY")
         else:
             cols.append(f"`{name}` {decl}")
+    if composite:
+        key_columns = ", ".join(_strip_prefix_length(c) for c in table.primary_key.split(","))
+        cols.append(f"PRIMARY KEY ({key_columns})")
     statements = [f"CREATE TABLE IF NOT EXISTS `{table.name}` (\n  " + ",\n  ".join(cols) + "\n)"]
     for kind, specs in (("UNIQUE INDEX", table.unique), ("INDEX", table.indexes)):
         for index, spec in specs.items():

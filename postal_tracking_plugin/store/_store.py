@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,9 +36,13 @@ _TRACK_DOMAIN_SQL = (
 
 
 class Store(MessageOperations, DashboardOperations):
-    """Base of :class:`SqliteStore` and :class:`MysqlStore`."""
+    """Base of :class:`SqliteStore`, :class:`MysqlStore` and :class:`PostalStore`."""
 
     dialect: str = ""
+
+    #: Whether the rewriter stores messages here and tracks them. False for
+    #: Postal's own databases: Postal tracks the mail it sends itself.
+    tracks_outgoing_mail: bool = True
 
     # -- provided by each backend ------------------------------------------
 
@@ -61,19 +66,31 @@ class Store(MessageOperations, DashboardOperations):
 
     # -- schema ----------------------------------------------------------------
 
-    def create_schema(self) -> None:
+    def create_schema(self) -> list[str]:
         """Create the main database's missing tables, and every server's message tables.
 
-        Idempotent; never drops or alters Postal's tables (our own may gain an index).
+        Idempotent; never drops or alters Postal's tables (our own may gain an
+        index). Returns notes for the user (nothing to say here).
         """
         with self.main(create=True) as db:
-            _migrate(db, _schema.MAIN_MIGRATIONS)
+            _migrate(db, _schema.MAIN_MIGRATIONS, _schema.MAIN_COLLATION)
         for server in self.list_servers():
             self.create_message_schema(server.id)
+        return []
 
     def create_message_schema(self, server_id: int) -> None:
         with self.messages(server_id, create=True) as db:
-            _migrate(db, _schema.MESSAGE_MIGRATIONS)
+            _migrate(db, _schema.MESSAGE_MIGRATIONS, _schema.MESSAGE_COLLATION)
+
+    def check_changeable(self, what: str) -> None:
+        """Raise :class:`PostalOwnsThis` when ``what`` (servers, tracking domains) is Postal's.
+
+        The store's own methods refuse such changes anyway; a command calls this
+        first so that it refuses before doing anything else (a DNS lookup).
+        """
+
+    def check_can_issue_certificates(self) -> None:
+        """Raise :class:`PostalOwnsThis` where Postal's own job issues certificates."""
 
     def ping(self) -> None:
         """Raise :class:`StoreError` unless the main database answers."""
@@ -136,15 +153,25 @@ class Store(MessageOperations, DashboardOperations):
 
     # -- domains and tracking domains ---------------------------------------
 
-    def ensure_domain(self, db: Db, server_id: int, name: str) -> int:
-        """The id of sending domain ``name`` of the server, added if missing."""
+    def ensure_domain(self, db: Db, server: Server, name: str) -> int:
+        """The id of sending domain ``name`` of the server, added if missing.
+
+        A domain may belong to the server or to its organisation (Postal's
+        ``owner_type 'Organization'``, ``server_id`` NULL). An existing row of
+        either kind is used, never shadowed: Postal picks among a name's rows
+        with ``ORDER BY owner_type DESC``, so a new server-owned row would win
+        over the organisation's and DKIM would sign with the wrong key.
+        """
         row = db.one(
-            "SELECT id FROM domains WHERE name = %s AND (server_id = %s OR "
-            "(owner_type = 'Server' AND owner_id = %s)) ORDER BY id",
-            (name, server_id, server_id),
+            "SELECT id FROM domains WHERE name = %s AND (server_id = %s "
+            "OR (owner_type = 'Server' AND owner_id = %s) "
+            "OR (owner_type = 'Organization' AND owner_id = %s)) "
+            "ORDER BY owner_type DESC, id",
+            (name, server.id, server.id, server.organization_id),
         )
         if row:
             return int(row["id"])
+        server_id = server.id
         now = utcnow()
         return db.insert(
             "INSERT INTO domains (server_id, uuid, name, verification_method, verified_at, "
@@ -165,19 +192,24 @@ class Store(MessageOperations, DashboardOperations):
         dns_status: str | None = None,
         dns_error: str | None = None,
     ) -> TrackDomain:
-        label, _, domain_name = full_name.lower().strip(".").partition(".")
-        if not label or "." not in domain_name:
-            raise StoreError(
-                f"{full_name!r} is not a tracking domain name: give the full name, "
-                f"such as click.example.com"
-            )
+        label, domain_name = split_track_domain_name(full_name)
         now = utcnow()
         with self.main() as db:
             if db.one(
                 _TRACK_DOMAIN_SQL + "WHERE td.name = %s AND d.name = %s", (label, domain_name)
             ):
                 raise AlreadyExists(f"tracking domain {full_name} exists already")
-            domain_id = self.ensure_domain(db, server.id, domain_name)
+            domain_id = self.ensure_domain(db, server, domain_name)
+            taken = db.one(
+                _TRACK_DOMAIN_SQL + "WHERE td.domain_id = %s AND td.server_id = %s",
+                (domain_id, server.id),
+            )
+            if taken:
+                raise AlreadyExists(
+                    f"{domain_name} has a tracking domain on server {server.name!r} already "
+                    f"({taken['name']}.{domain_name}); Postal allows one per domain and server: "
+                    f"remove it first"
+                )
             db.insert(
                 "INSERT INTO track_domains (uuid, server_id, domain_id, name, dns_checked_at, "
                 "dns_status, dns_error, created_at, updated_at, ssl_enabled, track_clicks, "
@@ -311,22 +343,63 @@ class Store(MessageOperations, DashboardOperations):
         return found
 
 
-def _migrate(db: Db, migrations: dict[int, tuple[_schema.Table | _schema.Index, ...]]) -> None:
-    for statement in _schema.create_statements(_schema.TRACKING_MIGRATIONS, db.dialect):
+#: A tracking domain's label, as Postal's TrackDomain validates it.
+_LABEL_RE = re.compile(r"\A[a-z0-9-]+\Z")
+
+
+def split_track_domain_name(full_name: str) -> tuple[str, str]:
+    """``click.example.com`` -> ``("click", "example.com")``, by Postal's rules, or StoreError."""
+    label, _, domain_name = full_name.lower().strip(".").partition(".")
+    if not label or "." not in domain_name:
+        raise StoreError(
+            f"{full_name!r} is not a tracking domain name: give the full name, "
+            f"such as click.example.com"
+        )
+    if not _LABEL_RE.match(label):
+        raise StoreError(
+            f"{full_name!r}: a tracking domain's first label may hold only a-z, 0-9 and '-' "
+            f"(Postal's rule), such as click.example.com"
+        )
+    return label, domain_name
+
+
+Step = _schema.Table | _schema.Index | _schema.Seed
+
+
+def _migrate(
+    db: Db,
+    migrations: dict[int, tuple[Step, ...]],
+    collation: str,
+    keep: Callable[[Step], bool] = lambda step: True,
+) -> None:
+    """Run the migrations ``db`` lacks, each step only where ``keep`` allows it."""
+    for statement in _schema.create_statements(_schema.TRACKING_MIGRATIONS, db.dialect, collation):
         db.execute(statement)
     done = {int(r["version"]) for r in db.query("SELECT version FROM tracking_migrations")}
     for version in sorted(migrations):
         if version in done:
             continue
         for table in migrations[version]:
+            if not keep(table):
+                continue
+            if isinstance(table, _schema.Seed):
+                _seed(db, table)
+                continue
             if isinstance(table, _schema.Index) and _index_done(db, table):
                 continue  # done by a run that stopped before recording its version
-            for statement in _schema.create_statements(table, db.dialect):
+            for statement in _schema.create_statements(table, db.dialect, collation):
                 db.execute(statement)
         db.execute(
             "INSERT INTO tracking_migrations (version, applied_at) VALUES (%s, %s)",
             (version, utcnow()),
         )
+
+
+def _seed(db: Db, seed: _schema.Seed) -> None:
+    present = {int(r["v"]) for r in db.query(f"SELECT `{seed.column}` AS v FROM `{seed.table}`")}
+    missing = [(v,) for v in seed.values if v not in present]
+    if missing:
+        db.executemany(f"INSERT INTO `{seed.table}` (`{seed.column}`) VALUES (%s)", missing)
 
 
 def _index_done(db: Db, index: _schema.Index) -> bool:
