@@ -26,8 +26,8 @@ from test_dashboard import PASSWORD
 from test_dashboard import account  # noqa: F401 - fixture
 from test_stats import campaign  # noqa: F401 - fixture
 
-from conftest import free_port
-from conftest import need
+from _support import free_port
+from _support import need
 from postal_tracking_plugin.cli import main
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.store import Link

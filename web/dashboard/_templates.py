@@ -168,8 +168,8 @@ DOMAIN = """{% extends "base.html" %}{% block title %}{{ d.full_name }}{% endblo
 <p><button type="submit" id="save">Save</button></p></fieldset></form>
 {% if not readonly %}
 <form method="post" class="inline" action="{{ url_for('dashboard.check_dns', name=d.full_name) }}">{{ csrf_field() }}<button type="submit" id="check-dns">Check DNS now</button></form>
-<form method="post" class="inline" action="{{ url_for('dashboard.get_certificate', name=d.full_name) }}">{{ csrf_field() }}<button type="submit" id="get-certificate">Get the certificate now</button></form>
 {% endif %}
+<form method="post" class="inline" action="{{ url_for('dashboard.get_certificate', name=d.full_name) }}">{{ csrf_field() }}<button type="submit" id="get-certificate">Get the certificate now</button></form>
 {% endblock %}"""
 
 HEALTH = """{% extends "base.html" %}{% block title %}Health{% endblock %}{% block body %}
