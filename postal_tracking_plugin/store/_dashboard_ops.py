@@ -86,9 +86,14 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def _bucket_sql(dialect: str, seconds: int) -> str:
-    """The bucket number of ``x.timestamp`` (Unix seconds; positive, so truncation is floor)."""
+    """The bucket number of ``x.timestamp`` (Unix seconds; positive, so truncation is floor).
+
+    MariaDB's integer ``DIV`` on the decimal column: ``FLOOR(x.timestamp / 3600)``
+    (a decimal division per row) made the series query over 1M events 4x slower
+    (3.1 s against 0.75 s on the benchmark's data).
+    """
     if dialect == "mysql":
-        return f"FLOOR(x.timestamp / {int(seconds)})"
+        return f"x.timestamp DIV {int(seconds)}"
     return f"CAST(x.timestamp / {int(seconds)} AS INTEGER)"
 
 
@@ -107,6 +112,21 @@ class DashboardOperations:
         """Every figure of one server (or one of its messages), as plain data.
 
         The shape is ``postal-tracking stats --json``'s, one entry of ``servers``.
+        ``top=0`` leaves out the top links (their queries are the dearest).
+        """
+        return self.tracking_overview(server, flt, top=top)[0]
+
+    def tracking_overview(
+        self, server: Any, flt: Filter, *, top: int = 10
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """:meth:`tracking_stats` and, from the same scan, the hourly series.
+
+        The series has one point per hour with counted events, oldest first:
+        ``start`` (Unix seconds) and ``opens_people``, ``opens_machines``,
+        ``clicks_people``, ``clicks_machines``. The flag reasons and the series
+        come from one ``GROUP BY`` over ``tracking_events`` (hour, kind, flag,
+        counted, reason), read from one covering index: a million events
+        cost one pass, not two.
         """
         mw, m_params = flt.messages_where()
         ew, e_params = flt.events_where()
@@ -136,15 +156,39 @@ class DashboardOperations:
             )
             opens = figures(db, "loads", "open")
             clicks = figures(db, "clicks", "click")
-            reasons = db.query(
-                f"SELECT x.reason, x.kind, x.bot, COUNT(*) AS n FROM tracking_events x "
-                f"WHERE x.reason IS NOT NULL AND {ew} GROUP BY x.reason, x.kind, x.bot "
-                "ORDER BY n DESC, x.reason",
+            groups = db.query(
+                f"SELECT {_bucket_sql(db.dialect, 3600)} AS b, x.kind, x.bot, x.counted, "
+                f"x.reason, COUNT(*) AS n FROM tracking_events x WHERE {ew} "
+                # ORDER BY NULL: MariaDB sorts a GROUP BY's rows unless told not to.
+                "GROUP BY b, x.kind, x.bot, x.counted, x.reason ORDER BY NULL",
                 e_params,
             )
-            ranked = _top_links(db, flt, ew, e_params)
+            ranked = _top_links(db, flt, ew, e_params) if top > 0 or flt.message_id else []
+        reasons: dict[tuple[str, str, int], int] = {}
+        series: dict[int, dict[str, Any]] = {}
+        for r in groups:
+            n = int(r["n"])
+            if r["reason"] is not None:
+                key = (str(r["reason"]), str(r["kind"]), int(r["bot"]))
+                reasons[key] = reasons.get(key, 0) + n
+            if int(r["counted"]) != 1:
+                continue
+            start = int(r["b"]) * 3600
+            point = series.setdefault(
+                start,
+                {
+                    "start": start,
+                    "opens_people": 0,
+                    "opens_machines": 0,
+                    "clicks_people": 0,
+                    "clicks_machines": 0,
+                },
+            )
+            kind = "opens" if r["kind"] == "open" else "clicks"
+            point[f"{kind}_{'machines' if int(r['bot']) else 'people'}"] += n
+        flags = sorted(reasons.items(), key=lambda item: (-item[1], item[0][0]))
         tracked = int(sent["tracked"] or 0)
-        return {
+        report = {
             "server": {"id": server.id, "name": server.name, "token": server.token},
             "message": flt.message_id,
             "messages": {"sent": int(sent["sent"] or 0), "tracked": tracked},
@@ -157,48 +201,12 @@ class DashboardOperations:
                 "click_rate_all": _rate(clicks["all"]["unique"], tracked),
             },
             "flags": [
-                {
-                    "reason": r["reason"],
-                    "kind": r["kind"],
-                    "bot": bool(r["bot"]),
-                    "events": int(r["n"]),
-                }
-                for r in reasons
+                {"reason": reason, "kind": kind, "bot": bool(bot), "events": n}
+                for (reason, kind, bot), n in flags
             ],
             "top_links": ranked[: max(top, 0)] if flt.message_id is None else ranked,
         }
-
-    def tracking_series(self, server_id: int, flt: Filter, bucket: int) -> list[dict[str, Any]]:
-        """Counted opens and clicks per ``bucket`` seconds, people and machines apart.
-
-        One row per bucket that has events, oldest first: ``start`` (Unix
-        seconds) and ``opens_people``, ``opens_machines``, ``clicks_people``,
-        ``clicks_machines``.
-        """
-        ew, params = flt.events_where()
-        with self.messages(server_id, readonly=True) as db:
-            rows = db.query(
-                f"SELECT {_bucket_sql(db.dialect, bucket)} AS b, x.kind, x.bot, COUNT(*) AS n "
-                f"FROM tracking_events x WHERE x.counted = 1 AND {ew} "
-                "GROUP BY b, x.kind, x.bot",
-                params,
-            )
-        series: dict[int, dict[str, Any]] = {}
-        for r in rows:
-            start = int(r["b"]) * bucket
-            point = series.setdefault(
-                start,
-                {
-                    "start": start,
-                    "opens_people": 0,
-                    "opens_machines": 0,
-                    "clicks_people": 0,
-                    "clicks_machines": 0,
-                },
-            )
-            kind = "opens" if r["kind"] == "open" else "clicks"
-            point[f"{kind}_{'machines' if int(r['bot']) else 'people'}"] += int(r["n"])
-        return [series[k] for k in sorted(series)]
+        return report, [series[k] for k in sorted(series)]
 
     def link_series(
         self, server_id: int, flt: Filter, bucket: int, urls: list[str]
@@ -409,9 +417,13 @@ def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[
     if flt.message_id is not None:
         link_where, link_params = "l.message_id = %s", [flt.message_id]
     cw, c_params = flt.events_where()
+    # Clicks are grouped by link and message first, so the join with links
+    # reads one row per clicked link rather than one per click.
     links = db.query(
-        "SELECT l.url, COUNT(DISTINCT x.message_id) AS all_unique, COUNT(*) AS all_total "
-        f"FROM clicks x JOIN links l ON l.id = x.link_id WHERE {cw} GROUP BY l.url",
+        "SELECT l.url, COUNT(DISTINCT t.message_id) AS all_unique, SUM(t.n) AS all_total "
+        "FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n FROM clicks x "
+        f"WHERE {cw} GROUP BY x.link_id, x.message_id) t "
+        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
         c_params,
     )
     if flt.message_id is not None:
@@ -421,9 +433,10 @@ def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[
             if r["url"] not in clicked:
                 links.append({"url": r["url"], "all_unique": 0, "all_total": 0})
     people_links = db.query(
-        "SELECT l.url, COUNT(DISTINCT x.message_id) AS people_unique "
-        "FROM tracking_events x JOIN links l ON l.id = x.link_id "
-        f"WHERE x.kind = 'click' AND {_PEOPLE} AND {ew} GROUP BY l.url",
+        "SELECT l.url, COUNT(DISTINCT t.message_id) AS people_unique "
+        "FROM (SELECT DISTINCT x.link_id, x.message_id FROM tracking_events x "
+        f"WHERE x.kind = 'click' AND {_PEOPLE} AND {ew}) t "
+        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
         e_params,
     )
     people_by_url = {r["url"]: int(r["people_unique"]) for r in people_links}

@@ -87,10 +87,7 @@ OVERVIEW = """{% extends "base.html" %}{% block title %}{{ server.name }}{% endb
 {% if s.flags %}<table id="flags"><tr><th>Reason</th><th>Kind</th><th>Counts as</th><th>Events</th></tr>
 {% for f in s.flags %}<tr><td>{{ f.reason }}</td><td>{{ f.kind }}</td><td>{{ 'machine' if f.bot else 'person behind a proxy' }}</td><td class="n">{{ f.events }}</td></tr>{% endfor %}
 </table>{% else %}<p>No flagged events in this range.</p>{% endif %}
-<h2>Top links</h2>
-{% if s.top_links %}<table><tr><th>People</th><th>All</th><th>Clicks</th><th>URL</th></tr>
-{% for l in s.top_links %}<tr><td class="n">{{ l.unique_people }}</td><td class="n">{{ l.unique_all }}</td><td class="n">{{ l.clicks }}</td><td>{{ l.url }}</td></tr>{% endfor %}
-</table>{% else %}<p>No clicks in this range.</p>{% endif %}
+<p><a href="{{ url_for('dashboard.links', server=server.token, **form) }}">Top links</a></p>
 {% endblock %}"""
 
 MESSAGES = """{% extends "base.html" %}{% block title %}Messages{% endblock %}{% block body %}
