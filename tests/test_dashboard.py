@@ -332,3 +332,53 @@ def test_check_dns_now_and_get_the_certificate_now(
                     follow_redirects=True)
     html = r.get_data(as_text=True)
     assert "No certificate for click.example.com" in html and "DNS check" in html
+
+
+def test_tag_and_range_agree_with_stats(
+    client: FlaskClient, store: Store, backend_config: Config, capsys: Any
+) -> None:
+    from postal_tracking_plugin.store import random_token
+
+    server = store.add_server("Main")
+    day = 86400.0
+    base = 1_780_000_000.0  # 2026-05-28T20:26:40Z: opens that day, on the 30th and the 31st
+    events = []
+    for i, tag in enumerate(["spring", "spring", "news"]):
+        message_id = store.save_tracked_message(
+            server.id,
+            {"token": random_token(), "scope": "outgoing", "tag": tag, "timestamp": base,
+             "tracked_links": 0, "tracked_images": 1, "parsed": 1},
+            [],
+        )
+        for n, (after, bot, reason) in enumerate(
+            [(3600.0, False, None), (2 * day, True, "apple-privacy-proxy"), (3 * day, False, None)]
+        ):
+            events.append({
+                "event_id": f"t-{i}-{n}", "kind": "open", "method": "GET",
+                "message_id": message_id, "link_id": None, "ip_address": "203.0.113.5",
+                "user_agent": "Mozilla/5.0", "timestamp": base + after + i,
+                "bot": bot, "bot_reason": reason,
+            })
+    store.record_events(server.id, events)
+    _login(client)
+    assert backend_config.source
+    for query, args in (
+        ("tag=spring", ["--tag", "spring"]),
+        ("from=2026-05-30&to=2026-05-30", ["--since", "2026-05-30", "--until", "2026-05-31"]),
+        ("tag=news&from=2026-05-29", ["--tag", "news", "--since", "2026-05-29"]),
+    ):
+        html = client.get(f"/servers/{server.token}/?{query}").get_data(as_text=True)
+        assert main(["-c", backend_config.source, "stats", "--json", *args]) == 0
+        (report,) = json.loads(capsys.readouterr().out)["servers"]
+        shown = _figures(html)
+        assert shown["opens-all"] == report["opens"]["all"]["total"]
+        assert shown["opens-people"] == report["opens"]["people"]["total"]
+        assert shown["unique-opens-all"] == report["opens"]["all"]["unique"]
+        assert shown["sent"] == report["messages"]["sent"]
+    # What those reports said, by hand: two spring messages, three opens each.
+    html = client.get(f"/servers/{server.token}/?tag=spring").get_data(as_text=True)
+    assert _figures(html)["opens-all"] == 6 and _figures(html)["opens-people"] == 4
+    assert _figures(html)["sent"] == 2
+    one_day = client.get(f"/servers/{server.token}/?from=2026-05-30&to=2026-05-30")
+    assert _figures(one_day.get_data(as_text=True))["opens-all"] == 3  # the proxy's opens
+    assert "hourly" in one_day.get_data(as_text=True)

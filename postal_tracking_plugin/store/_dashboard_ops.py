@@ -64,7 +64,19 @@ class Filter:
             params.append(self.tag)
         return " AND ".join(where), params
 
+    def events_from(self, table: str) -> str:
+        """``table`` as ``x``, joined to its messages as ``tm`` when a tag is asked for.
+
+        With a tag, the tag's messages are found first and their events read
+        by message id: a scan of every event, each checked against the tag's
+        messages, took seconds on a million events.
+        """
+        if self.tag and self.message_id is None:
+            return f"messages tm JOIN {table} x ON x.message_id = tm.id"
+        return f"{table} x"
+
     def events_where(self, alias: str = "x") -> tuple[str, list[Any]]:
+        """The condition on events (of ``FROM {events_from(...)}``) and its parameters."""
         where, params = ["1 = 1"], []
         if self.since is not None:
             where.append(f"{alias}.timestamp >= %s")
@@ -76,7 +88,7 @@ class Filter:
             where.append(f"{alias}.message_id = %s")
             params.append(self.message_id)
         elif self.tag:
-            where.append(f"{alias}.message_id IN (SELECT id FROM messages WHERE tag = %s)")
+            where.append("tm.tag = %s")
             params.append(self.tag)
         return " AND ".join(where), params
 
@@ -134,12 +146,12 @@ class DashboardOperations:
         def figures(db: Any, table_name: str, kind: str) -> dict[str, Any]:
             everything = db.one(
                 f"SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-                f"FROM {table_name} x WHERE {ew}",
+                f"FROM {flt.events_from(table_name)} WHERE {ew}",
                 e_params,
             )
             people = db.one(
                 "SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-                f"FROM tracking_events x WHERE x.kind = %s AND {_PEOPLE} AND {ew}",
+                f"FROM {flt.events_from('tracking_events')} WHERE x.kind = %s AND {_PEOPLE} AND {ew}",
                 [kind, *e_params],
             )
             return {
@@ -158,7 +170,7 @@ class DashboardOperations:
             clicks = figures(db, "clicks", "click")
             groups = db.query(
                 f"SELECT {_bucket_sql(db.dialect, 3600)} AS b, x.kind, x.bot, x.counted, "
-                f"x.reason, COUNT(*) AS n FROM tracking_events x WHERE {ew} "
+                f"x.reason, COUNT(*) AS n FROM {flt.events_from('tracking_events')} WHERE {ew} "
                 # ORDER BY NULL: MariaDB sorts a GROUP BY's rows unless told not to.
                 "GROUP BY b, x.kind, x.bot, x.counted, x.reason ORDER BY NULL",
                 e_params,
@@ -218,7 +230,7 @@ class DashboardOperations:
         with self.messages(server_id, readonly=True) as db:
             rows = db.query(
                 f"SELECT l.url, {_bucket_sql(db.dialect, bucket)} AS b, COUNT(*) AS n "
-                "FROM tracking_events x JOIN links l ON l.id = x.link_id "
+                f"FROM {flt.events_from('tracking_events')} JOIN links l ON l.id = x.link_id "
                 f"WHERE x.kind = 'click' AND x.counted = 1 AND {ew} "
                 f"AND l.url IN ({', '.join(['%s'] * len(urls))}) GROUP BY l.url, b",
                 [*params, *urls],
@@ -421,7 +433,7 @@ def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[
     # reads one row per clicked link rather than one per click.
     links = db.query(
         "SELECT l.url, COUNT(DISTINCT t.message_id) AS all_unique, SUM(t.n) AS all_total "
-        "FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n FROM clicks x "
+        f"FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n FROM {flt.events_from('clicks')} "
         f"WHERE {cw} GROUP BY x.link_id, x.message_id) t "
         "JOIN links l ON l.id = t.link_id GROUP BY l.url",
         c_params,
@@ -434,7 +446,7 @@ def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[
                 links.append({"url": r["url"], "all_unique": 0, "all_total": 0})
     people_links = db.query(
         "SELECT l.url, COUNT(DISTINCT t.message_id) AS people_unique "
-        "FROM (SELECT DISTINCT x.link_id, x.message_id FROM tracking_events x "
+        f"FROM (SELECT DISTINCT x.link_id, x.message_id FROM {flt.events_from('tracking_events')} "
         f"WHERE x.kind = 'click' AND {_PEOPLE} AND {ew}) t "
         "JOIN links l ON l.id = t.link_id GROUP BY l.url",
         e_params,
