@@ -240,16 +240,6 @@ class DashboardOperations:
             out[r["url"]][int(r["b"]) * bucket] = int(r["n"])
         return out
 
-    def tags(self, server_id: int, limit: int = 200) -> list[str]:
-        """The tags (campaigns) of the server's outgoing messages, for the tag filter."""
-        with self.messages(server_id, readonly=True) as db:
-            rows = db.query(
-                "SELECT DISTINCT m.tag FROM messages m WHERE m.scope = 'outgoing' "
-                "AND m.tag IS NOT NULL AND m.tag <> '' ORDER BY m.tag LIMIT %s",
-                (limit,),
-            )
-        return [str(r["tag"]) for r in rows]
-
     # -- messages ------------------------------------------------------------
 
     def search_messages(

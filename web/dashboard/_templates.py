@@ -58,9 +58,7 @@ LOGIN = """{% extends "base.html" %}{% block title %}Log in{% endblock %}{% bloc
 FILTER = """<form method="get" class="filter">
 <label>From <input type="date" name="from" value="{{ form.get('from','') }}"></label>
 <label>To <input type="date" name="to" value="{{ form.get('to','') }}"></label>
-<label>Tag <select name="tag"><option value="">all</option>
-{% for t in tags %}<option {{ 'selected' if form.get('tag') == t }}>{{ t }}</option>{% endfor %}
-</select></label> <button type="submit" id="show">Show</button></form>"""
+<label>Tag <input name="tag" value="{{ form.get('tag','') }}" placeholder="all"></label> <button type="submit" id="show">Show</button></form>"""
 
 OVERVIEW = """{% extends "base.html" %}{% block title %}{{ server.name }}{% endblock %}{% block body %}
 <h1>{{ server.name }} <small>({{ server.token }})</small></h1>

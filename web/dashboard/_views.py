@@ -181,7 +181,6 @@ def overview(server: str) -> Any:
         server=srv,
         s=stats,
         form=request.args,
-        tags=store.tags(srv.id),
         bucket=bucket,
         series=series,
         label=lambda start: label(start, bucket),
@@ -252,8 +251,7 @@ def links(server: str) -> Any:
         series = _by([{"start": h, "clicks": n} for h, n in sorted(points.items())], bucket)
         spark[url] = " ".join(f"{label(p['start'], bucket)}: {p['clicks']}" for p in series)
     return _page(
-        "links.html", server=srv, top=top, spark=spark, form=request.args,
-        tags=store.tags(srv.id), bucket=bucket,
+        "links.html", server=srv, top=top, spark=spark, form=request.args, bucket=bucket,
     )
 
 
