@@ -382,3 +382,22 @@ def test_tag_and_range_agree_with_stats(
     one_day = client.get(f"/servers/{server.token}/?from=2026-05-30&to=2026-05-30")
     assert _figures(one_day.get_data(as_text=True))["opens-all"] == 3  # the proxy's opens
     assert "hourly" in one_day.get_data(as_text=True)
+
+
+def test_login_returns_to_the_page_asked_for(client: FlaskClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 302 and "next=" in r.headers["Location"]
+    page = client.get(r.headers["Location"]).get_data(as_text=True)
+    action = re.search(r'<form method="post" action="([^"]+)"', page)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert action and token
+    r = client.post(
+        action.group(1).replace("&amp;", "&"),
+        data={"email": EMAIL, "password": PASSWORD, "csrf_token": token.group(1)},
+    )
+    assert r.status_code == 302 and r.headers["Location"].startswith("/health")
+    evil = client.post(
+        "/login?next=//evil.example/", data={"email": EMAIL, "password": PASSWORD,
+                                               "csrf_token": _csrf(client)},
+    )
+    assert evil.headers["Location"] == "/"

@@ -48,7 +48,7 @@ form.inline{display:inline} label{margin-right:12px}
 LOGIN = """{% extends "base.html" %}{% block title %}Log in{% endblock %}{% block body %}
 <h1>Log in</h1>
 {% if error %}<div class="flash error" id="login-error">{{ error }}</div>{% endif %}
-<form method="post" action="{{ url_for('dashboard.login') }}">{{ csrf_field() }}
+<form method="post" action="{{ url_for('dashboard.login', next=request.args.get('next')) }}">{{ csrf_field() }}
 <p><label>E-mail <input type="email" name="email" value="{{ email or '' }}" required autofocus></label></p>
 <p><label>Password <input type="password" name="password" required></label></p>
 <p><button type="submit">Log in</button></p></form>
