@@ -33,27 +33,28 @@ if len(sys.argv) > 1 and sys.argv[1] == "--serve-baseline":
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from dataclasses import field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import NamedTuple
 
-from _support import MYSQL  # noqa: E402
-from _support import drop_mysql_databases  # noqa: E402
-from _support import free_port  # noqa: E402
+from _support import MYSQL
+from _support import drop_mysql_databases
+from _support import free_port
 
 RANDPATH_LUA = """
 local paths = {}
@@ -455,7 +456,14 @@ class Setup:
     def baseline(self, kind: str) -> list[str]:
         """This script again, serving a baseline app (see ``serve_baseline``)."""
         me = str(Path(__file__).resolve())
-        return [sys.executable, me, "--serve-baseline", kind, str(self.ports[kind]), str(self.workdir)]
+        return [
+            sys.executable,
+            me,
+            "--serve-baseline",
+            kind,
+            str(self.ports[kind]),
+            str(self.workdir),
+        ]
 
     def ours(self, config: str, *extra: str, workers: int = 1) -> list[str]:
         """The fast server as ``fast-server`` runs it, on one of the configurations."""
@@ -512,12 +520,21 @@ VARIANTS = [
             lambda s: s.ours("log"), port="lg"),
 ]  # fmt: skip
 
-# Each configuration of ours: its store and its (HTTP, HTTPS) port keys.
+
+class OurConfig(NamedTuple):
+    """A postal.yml the fast server variants run on (``Setup.ours(name)``)."""
+
+    store: str
+    http: str  # the keys into Setup.ports
+    https: str
+    access_log: str | None = None
+
+
 CONFIGS = {
-    "sqlite": ("sqlite", "sq", "sqs", None),
-    "mysql": ("mysql", "my", "mys", None),
-    "w2": ("mysql", "w2", "w2s", None),
-    "log": ("mysql", "lg", "lgs", "common"),
+    "sqlite": OurConfig("sqlite", "sq", "sqs"),
+    "mysql": OurConfig("mysql", "my", "mys"),
+    "w2": OurConfig("mysql", "w2", "w2s"),
+    "log": OurConfig("mysql", "lg", "lgs", access_log="common"),
 }
 
 HOW_TO = """\
@@ -589,14 +606,14 @@ def main() -> int:
         f"work directory {workdir}; filling {args.links:,} links into SQLite and MariaDB ...",
         flush=True,
     )
-    keys = {"ngx", "ngxs", "dict", "postal"} | {k for c in CONFIGS.values() for k in c[1:3]}
+    keys = {v.port for v in VARIANTS} | {k for c in CONFIGS.values() for k in (c.http, c.https)}
     ports: dict[str, int] = {}
     while len(set(ports.values())) < len(keys):  # free_port picks at random: no two alike
         ports = {k: free_port() for k in sorted(keys)}
     setup = Setup(workdir, workdir / "servers.log", ports)
-    for name, (store, http, https, access_log) in CONFIGS.items():
+    for name, c in CONFIGS.items():
         setup.configs[name] = write_config(
-            workdir, name, store, database, ports[http], ports[https], access_log=access_log
+            workdir, name, c.store, database, ports[c.http], ports[c.https], access_log=c.access_log
         )
     clicks, pixels, pairs = fill(setup.configs["sqlite"], args.links, token)
     m_clicks, m_pixels, m_pairs = fill(setup.configs["mysql"], args.links, token)

@@ -305,6 +305,29 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
 _SECTION_NAMES = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
 
 
+def listen_addresses(config: Config) -> list[tuple[str, int, bool]]:
+    """Where the fast server listens: ``(address, port, tls)``, HTTP then HTTPS per address.
+
+    A :class:`ConfigError` naming the key to set when the fast server is disabled
+    or has no address. Nothing is bound here (a busy port is the server's error),
+    so the CLI checks this before starting the server, without importing it.
+    """
+    fs = config.fast_server
+    where = config.source or "postal.yml"
+    if not fs.enabled:
+        raise ConfigError(
+            f"the fast server is disabled: set fast_server.enabled: true and "
+            f"fast_server.bind_address in {where}"
+        )
+    if not fs.bind_address:
+        raise ConfigError(
+            f"fast_server.bind_address is not set in {where}: set it to the IP address(es) "
+            f"the tracking domains point at"
+        )
+    both = ((fs.port, False), (fs.ssl_port, True))
+    return [(address, port, tls) for address in fs.bind_address for port, tls in both]
+
+
 def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> Any:
     if data is None:
         data = {}
@@ -332,7 +355,7 @@ def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> An
 def _coerce(hint: Any, value: Any, key: str, where: str, meta: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", where, strict=hint in _STRICT)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

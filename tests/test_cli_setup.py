@@ -37,6 +37,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_sqlite_init_servers_and_track_domains(tmp_path: Path) -> None:
     (tmp_path / "postal.yml").write_text("tracking: {data_dir: ./data}\n")
     first = run("init", cwd=tmp_path)

@@ -349,6 +349,7 @@ def _wait_for_rows(store: Store, server_id: int, expected: set[str], timeout: fl
         time.sleep(0.25)
 
 
+@pytest.mark.slow
 def test_store_outage_of_ten_seconds_loses_no_acknowledged_click(
     setup: dict[str, Any], mariadb: PrivateMariaDB
 ) -> None:
@@ -397,6 +398,7 @@ def test_store_outage_of_ten_seconds_loses_no_acknowledged_click(
     assert set(counts) - acked == set()  # nothing recorded that was not asked for
 
 
+@pytest.mark.slow
 def test_kill_9_under_load_then_restart_replays_every_acknowledged_click(
     setup: dict[str, Any], mariadb: PrivateMariaDB
 ) -> None:
@@ -470,6 +472,7 @@ def _send_raw(port: int, data: bytes) -> None:
                 pass
 
 
+@pytest.mark.slow
 def test_malformed_requests_leave_memory_flat_and_good_requests_answered(
     setup: dict[str, Any],
 ) -> None:
@@ -499,6 +502,7 @@ def test_malformed_requests_leave_memory_flat_and_good_requests_answered(
     assert after - before < 8 * 1024
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_spool_replayed(
     setup: dict[str, Any], mariadb: PrivateMariaDB
 ) -> None:

@@ -36,8 +36,10 @@ from postal_tracking_plugin.certificates import run_scheduled_renewal
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
-NAMES = ("click.example.test", "track.example.test")
-BROKEN = "broken.example.test"
+pytestmark = pytest.mark.slow  # 20-40 s against real Pebble
+
+NAMES = ("click.example.test", "track.example2.test")
+BROKEN = "broken.example3.test"
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -181,7 +183,7 @@ def test_issue_serve_renew_and_fail_end_to_end(cluster: dict) -> None:
     registered = cli(main, "register-lets-encrypt", "ops@example.test")
     assert registered.returncode == 0, registered.stderr
 
-    # broken.example.test's DNS points where no fast server listens: its challenge fails.
+    # broken.example3.test's DNS points where no fast server listens: its challenge fails.
     request = urllib.request.Request(
         f"http://127.0.0.1:{pebble.challtestsrv_port}/add-a",
         data=json.dumps({"host": BROKEN + ".", "addresses": ["127.0.0.9"]}).encode(),

@@ -34,6 +34,8 @@ from postal_tracking_plugin.certificates._state import release_lock
 from postal_tracking_plugin.config import load_config
 from postal_tracking_plugin.store import open_store
 
+pytestmark = pytest.mark.slow  # 3-26 s each against real Pebble
+
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command, as a user (or cron: stdin/stderr are not a terminal) runs it."""
@@ -135,7 +137,7 @@ def verify_chain(cert_pem: str, chain_pem: str, root_pem: str, name: str) -> x50
 
 def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> None:
     config = load_config(setup)
-    add_domains(setup, "click.example.test", "track.example.test", "broken.example.test")
+    add_domains(setup, "click.example.test", "track.example2.test", "broken.example3.test")
 
     first = cli(setup, "register-lets-encrypt", "ops@example.test")
     assert first.returncode == 0, first.stderr
@@ -147,15 +149,15 @@ def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> N
     assert (config.data_dir / "letsencrypt" / "config" / "accounts").is_dir()
 
     store = open_store(config)
-    # broken.example.test's CNAME "points elsewhere": this responder never answers for it.
-    with StoreResponder(config, "127.0.0.1", pebble.http_port, ignore={"broken.example.test"}):
-        issued = cli(setup, "certs", "issue", "click.example.test", "track.example.test")
+    # broken.example3.test's CNAME "points elsewhere": this responder never answers for it.
+    with StoreResponder(config, "127.0.0.1", pebble.http_port, ignore={"broken.example3.test"}):
+        issued = cli(setup, "certs", "issue", "click.example.test", "track.example2.test")
         assert issued.returncode == 0, issued.stdout + issued.stderr
         assert issued.stderr == ""  # quiet when not on a terminal
 
         root = pebble.root_pem()
         first_certs = {}
-        for name in ("click.example.test", "track.example.test"):
+        for name in ("click.example.test", "track.example2.test"):
             cert = store.get_certificate(name)
             assert cert is not None and cert.active
             leaf = verify_chain(cert.certificate, cert.intermediaries, root, name)
@@ -165,9 +167,9 @@ def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> N
             assert cert.renew_after < cert.expires_at
             first_certs[name] = cert.certificate
 
-        failed = cli(setup, "certs", "issue", "broken.example.test")
+        failed = cli(setup, "certs", "issue", "broken.example3.test")
         assert failed.returncode == 1
-        assert "broken.example.test" in failed.stderr and "got 404" in failed.stderr
+        assert "broken.example3.test" in failed.stderr and "got 404" in failed.stderr
 
         listed = cli(setup, "certs", "list")
         assert listed.returncode == 0, listed.stderr
@@ -175,16 +177,16 @@ def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> N
         row = {ln.split()[0]: ln.split()[1] for ln in lines[1:] if not ln.startswith(" ")}
         assert row == {
             "click.example.test": "active",
-            "track.example.test": "active",
-            "broken.example.test": "failed",
+            "track.example2.test": "active",
+            "broken.example3.test": "failed",
         }
         assert (
-            "last error: the HTTP-01 request for http://broken.example.test:"
+            "last error: the HTTP-01 request for http://broken.example3.test:"
             f"{pebble.http_port}/.well-known/acme-challenge/... got 404: "
             "is the CNAME pointing at this server?"
         ) in listed.stdout
         assert "next attempt:" in listed.stdout and "(failed 1x)" in listed.stdout
-        assert store.get_certificate("broken.example.test").verification_path is None
+        assert store.get_certificate("broken.example3.test").verification_path is None
 
         # Nothing is due and the failure is backing off: renew does nothing, quietly.
         quiet = cli(setup, "certs", "renew")
@@ -197,8 +199,8 @@ def test_register_issue_list_renew_and_failure(setup: Path, pebble: Pebble) -> N
         assert renewed.certificate != first_certs["click.example.test"]
         verify_chain(renewed.certificate, renewed.intermediaries, root, "click.example.test")
         assert (
-            store.get_certificate("track.example.test").certificate
-            == first_certs["track.example.test"]
+            store.get_certificate("track.example2.test").certificate
+            == first_certs["track.example2.test"]
         )
     store.close()
 

@@ -95,14 +95,14 @@ def test_renewal_lock_one_holder_at_a_time(store: Store) -> None:
 def test_status_in_words_and_only_registered_domains(store: Store, backend_config) -> None:
     server = store.add_server("Main")
     store.add_track_domain(server, "click.example.com", dns_status="OK")
-    store.add_track_domain(server, "nodns.example.com", dns_status="Missing")
-    store.add_track_domain(server, "plain.example.com", dns_status="OK", ssl_enabled=False)
+    store.add_track_domain(server, "nodns.example.net", dns_status="Missing")
+    store.add_track_domain(server, "plain.example.org", dns_status="OK", ssl_enabled=False)
     issuer = Issuer(backend_config, store)
     assert [td.full_name for td in issuer.due()] == ["click.example.com"]
     with pytest.raises(Exception, match="not a tracking domain"):
         issuer.named(["random-sni-name.example.org"])
-    with pytest.raises(Exception, match="DNS check of nodns.example.com has not passed"):
-        issuer.named(["nodns.example.com"])
+    with pytest.raises(Exception, match="DNS check of nodns.example.net has not passed"):
+        issuer.named(["nodns.example.net"])
     error = explain_issue_failure(CERTBOT_404, "click.example.com", "https://acme.test/dir")
     assert error == (
         "the HTTP-01 request for http://click.example.com/.well-known/acme-challenge/... got 404: "
@@ -112,10 +112,10 @@ def test_status_in_words_and_only_registered_domains(store: Store, backend_confi
     report = {r.domain: r for r in certificate_report(store)}
     assert report["click.example.com"].status == "failed"
     assert report["click.example.com"].last_error == error
-    assert report["nodns.example.com"].status == "none"
-    assert "check-dns" in report["nodns.example.com"].note
-    assert report["plain.example.com"].status == "none"
-    assert "SSL is off" in report["plain.example.com"].note
+    assert report["nodns.example.net"].status == "none"
+    assert "check-dns" in report["nodns.example.net"].note
+    assert report["plain.example.org"].status == "none"
+    assert "SSL is off" in report["plain.example.org"].note
 
     # A renewal that fails while the certificate is still valid: still served, error shown.
     store.save_certificate(
@@ -134,6 +134,7 @@ def cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Compl
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     (tmp_path / "postal.yml").write_text(

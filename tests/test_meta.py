@@ -7,6 +7,7 @@ import ast
 import configparser
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +57,9 @@ def _imports(path: Path, package: str) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
+            if node.level:  # relative to ``package``, the one the file is in
                 base = package.split(".")
-                if path.name == "__init__.py":
-                    base = base + ["__init__"]
-                base = base[: len(base) - node.level]
+                base = base[: len(base) - node.level + 1]
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
@@ -74,24 +73,128 @@ def _package_of(path: Path, top: Path, name: str) -> str:
     return ".".join([name, *parts]) if parts else name
 
 
-def test_core_never_imports_web_or_hooks_and_nothing_imports_the_cli() -> None:
-    core = ROOT / "postal_tracking_plugin"
-    for path in core.rglob("*.py"):
-        if "cli" in path.relative_to(core).parts:
-            continue
-        imports = _imports(path, _package_of(path, core, "postal_tracking_plugin"))
-        bad = {
-            i
-            for i in imports
-            if i.startswith(("postal_tracking_plugin.web", "postal_tracking_plugin.hooks",
-                             "postal_tracking_plugin.cli"))
-        }
-        assert not bad, f"{path} imports {bad}"
-    for top, name in ((ROOT / "hooks", "postal_tracking_plugin.hooks"),
-                      (ROOT / "web", "postal_tracking_plugin.web")):
-        for path in top.rglob("*.py"):
-            imports = _imports(path, _package_of(path, top, name))
-            assert not {i for i in imports if i.startswith("postal_tracking_plugin.cli")}, path
+# The rooms of the package and their floors: a module imports only from its own room
+# and the rooms below it, so the doors run one way. The core's own modules (config,
+# errors, ...) are the ground floor; nothing imports the CLI.
+FLOORS = {
+    "core": 0,
+    "store": 1,
+    "rewrite": 2,
+    "events": 2,
+    "certificates": 2,
+    "hooks": 3,
+    "web": 3,
+    "cli": 4,
+}
+
+# Known exceptions, each (importing file, imported module), to be removed when fixed.
+KNOWN = {
+    # issue 16 item 4: events reaches into the store's private module (being fixed).
+    ("postal_tracking_plugin/events/_bots.py", "postal_tracking_plugin.store._message_ops"),
+    ("postal_tracking_plugin/events/_recorder.py", "postal_tracking_plugin.store._message_ops"),
+    ("postal_tracking_plugin/events/_writer.py", "postal_tracking_plugin.store._message_ops"),
+    # issue 16 item 4: web imports hooks for the tracking-event hook, which the entry
+    # point could hand in instead.
+    ("web/_supervisor.py", "postal_tracking_plugin.hooks"),
+}
+
+TOPS = (
+    (ROOT / "postal_tracking_plugin", "postal_tracking_plugin"),
+    (ROOT / "hooks", "postal_tracking_plugin.hooks"),
+    (ROOT / "web", "postal_tracking_plugin.web"),
+)
+
+
+def _room(module: str, rooms: set[str]) -> str:
+    """``store`` for postal_tracking_plugin.store._models; ``core`` for .config."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in rooms else "core"
+
+
+def _private_owner(module: str) -> str | None:
+    """The package whose private module ``module`` is, or None when it is public."""
+    parts = module.split(".")
+    for i, part in enumerate(parts[1:], 1):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def _door_violations(tops: tuple[tuple[Path, str], ...], root: Path) -> list[str]:
+    """Imports that go up a floor, sideways between rooms, or into another package's
+    private module (a subpackage may use its parent's)."""
+    found: list[str] = []
+    core = tops[0][0]
+    rooms = {d.name for d in core.iterdir() if (d / "__init__.py").is_file()}
+    rooms |= {name.split(".")[1] for _, name in tops[1:]}
+    for top, name in tops:
+        for path in sorted(top.rglob("*.py")):
+            package = _package_of(path, top, name)
+            here = _room(f"{package}.x", rooms)
+            shown = path.relative_to(root).as_posix()
+            for module in sorted(_imports(path, package)):
+                if not module.startswith("postal_tracking_plugin"):
+                    continue
+                there = _room(module, rooms)
+                if there not in FLOORS or here not in FLOORS:
+                    found.append(f"{shown}: add the room of {module} to FLOORS in test_meta.py")
+                    continue
+                owner = _private_owner(module)
+                if owner is not None and not package.startswith(owner):
+                    # name the private module itself, not the names imported from it
+                    module = ".".join(module.split(".")[: owner.count(".") + 2])
+                    what = "another package's private module"
+                elif there != here and FLOORS[there] >= FLOORS[here]:
+                    module = ".".join(module.split(".")[:2])
+                    what = "a room up or beside"
+                else:
+                    continue
+                line = f"{shown} imports {module}: {what} ({here} -> {there})"
+                if (shown, module) not in KNOWN and line not in found:
+                    found.append(line)
+    return found
+
+
+def test_the_doors_run_one_way_and_private_modules_stay_private() -> None:
+    """Core <- store <- rewrite/events/certificates <- hooks/web <- cli, and no package
+    imports another's private module (tests are outside: they may open any door)."""
+    assert _door_violations(TOPS, ROOT) == []
+
+
+def test_the_door_check_catches_a_private_import_and_an_upward_one(tmp_path: Path) -> None:
+    core = tmp_path / "postal_tracking_plugin"
+    for folder in ("store", "events"):
+        (core / folder).mkdir(parents=True)
+        (core / folder / "__init__.py").write_text("")
+    (core / "__init__.py").write_text("")
+    (core / "store" / "_rows.py").write_text("")
+    (core / "events" / "recorder.py").write_text(
+        "from postal_tracking_plugin.store._rows import x\n"
+    )
+    (core / "store" / "ops.py").write_text("from ..events import recorder\nfrom . import _rows\n")
+    found = _door_violations(((core, "postal_tracking_plugin"),), tmp_path)
+    assert len(found) == 2, found
+    assert "events/recorder.py imports postal_tracking_plugin.store._rows" in found[0]
+    assert "private" in found[0]
+    assert "store/ops.py imports postal_tracking_plugin.events:" in found[1]
+    assert "(store -> events)" in found[1]
+
+
+def test_the_fast_server_check_loads_neither_web_nor_gevent(tmp_path: Path) -> None:
+    """fast-server checks its addresses from the configuration, before the server loads."""
+    config = tmp_path / "postal.yml"
+    config.write_text("fast_server: {enabled: false}\n")
+    code = (
+        "import sys\n"
+        "from postal_tracking_plugin.cli import main\n"
+        f"assert main(['-c', {str(config)!r}, 'fast-server']) == 1\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('gevent', 'flask', "
+        "'postal_tracking_plugin.web'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert "the fast server is disabled: set fast_server.enabled: true" in result.stderr
 
 
 def test_entry_points_are_registered() -> None:
@@ -132,9 +235,11 @@ def test_license_and_py_typed_are_shipped() -> None:
         name: {p.strip() for p in value.split(",")}
         for name, value in cfg["options.package_data"].items()
     }
-    for package, folder in (("postal_tracking_plugin", "postal_tracking_plugin"),
-                            ("postal_tracking_plugin.hooks", "hooks"),
-                            ("postal_tracking_plugin.web", "web")):
+    for package, folder in (
+        ("postal_tracking_plugin", "postal_tracking_plugin"),
+        ("postal_tracking_plugin.hooks", "hooks"),
+        ("postal_tracking_plugin.web", "web"),
+    ):
         assert "py.typed" in package_data[package], package
         assert (ROOT / folder / "py.typed").is_file(), folder
 
@@ -144,3 +249,30 @@ def test_tests_import_helpers_from_support_not_conftest() -> None:
     for path in sorted((ROOT / "tests").glob("*.py")):
         imports = _imports(path, "tests")
         assert "conftest" not in imports, f"{path.name}: import helpers from _support, not conftest"
+
+
+def _anchor(heading: str) -> str:
+    """The fragment GitHub gives a Markdown heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_the_readme_is_short_and_every_docs_link_lands() -> None:
+    """README at most 150 lines (the reference is in docs/); relative links and their
+    #anchors point at files and headings that exist."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 150
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target} does not exist"
+            if fragment and linked.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", linked.read_text())
+                anchors = {_anchor(h) for h in headings}
+                assert fragment in anchors, f"{page.name}: no heading for #{fragment}"

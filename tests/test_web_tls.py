@@ -77,6 +77,7 @@ def test_https_click(tls_site: dict[str, Any], ca: trustme.CA) -> None:
     assert b"\r\nLocation: https://example.com/secure\r\n" in data
 
 
+@pytest.mark.slow
 def test_a_certificate_stored_while_running_is_served_without_restart(
     tls_site: dict[str, Any], ca: trustme.CA
 ) -> None:

@@ -7,11 +7,12 @@ import socket
 from dataclasses import dataclass
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.config import listen_addresses
 from postal_tracking_plugin.errors import Error
 
 
 class ServerError(Error):
-    """The fast server cannot start (disabled, no address, a port in use)."""
+    """The fast server cannot listen (a port in use, an address not this machine's)."""
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,8 @@ class ListenSpec:
 
 
 def listen_specs(config: Config) -> list[ListenSpec]:
-    """What to bind, or a :class:`ServerError` naming the key to set."""
-    fs = config.fast_server
-    where = config.source or "postal.yml"
-    if not fs.enabled:
-        raise ServerError(
-            f"the fast server is disabled: set fast_server.enabled: true and "
-            f"fast_server.bind_address in {where}"
-        )
-    if not fs.bind_address:
-        raise ServerError(
-            f"fast_server.bind_address is not set in {where}: set it to the IP address(es) "
-            f"the tracking domains point at"
-        )
-    specs = []
-    for address in fs.bind_address:
-        specs.append(ListenSpec(address, fs.port, False))
-        specs.append(ListenSpec(address, fs.ssl_port, True))
-    return specs
+    """What to bind, or the :class:`ConfigError` of :func:`listen_addresses`."""
+    return [ListenSpec(*where) for where in listen_addresses(config)]
 
 
 def bind(spec: ListenSpec, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from ..config import listen_addresses
 from ..errors import UsageError
 from ._context import Context
 
@@ -41,10 +42,8 @@ def register(sub: Any) -> None:
 
 
 def run_fast_server(ctx: Context) -> int:
-    from postal_tracking_plugin.web.server import listen_specs
-
     config = ctx.config
-    listen_specs(config)  # disabled / no address: one line, before anything starts
+    listen_addresses(config)  # disabled / no address: one line, before anything starts
     workers = ctx.args.workers
     if workers is not None and workers < 1:
         raise UsageError("--workers must be 1 or more")
