@@ -52,7 +52,8 @@ class Filter:
     def messages_where(self) -> tuple[str, list[Any]]:
         if self.message_id is not None:
             return "m.id = %s", [self.message_id]
-        where, params = ["m.scope = 'outgoing'"], []
+        where: list[str] = ["m.scope = 'outgoing'"]
+        params: list[Any] = []
         if self.since is not None:
             where.append("m.timestamp >= %s")
             params.append(self.since)
@@ -77,7 +78,8 @@ class Filter:
 
     def events_where(self, alias: str = "x") -> tuple[str, list[Any]]:
         """The condition on events (of ``FROM {events_from(...)}``) and its parameters."""
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if self.since is not None:
             where.append(f"{alias}.timestamp >= %s")
             params.append(self.since)
@@ -255,7 +257,8 @@ class DashboardOperations:
         limit: int = 50,
     ) -> list[Row]:
         """Outgoing messages, newest first. ``rcpt``/``subject`` match a part; ``tag``/``token`` exactly."""
-        where, params = ["m.scope = 'outgoing'"], []
+        where: list[str] = ["m.scope = 'outgoing'"]
+        params: list[Any] = []
         if rcpt:
             where.append("m.rcpt_to LIKE %s ESCAPE '!'")
             params.append(f"%{_like(rcpt)}%")

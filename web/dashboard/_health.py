@@ -7,6 +7,7 @@ machine's (``<data_dir>/spool``); fast servers on other machines have their own.
 
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from typing import Any
 
@@ -79,7 +80,7 @@ def checks(config: Config, store: Any) -> list[tuple[str, str, bool]]:
     if not statuses:
         out.append(("Last certificate run", "none yet", True))
     else:
-        last = max(statuses, key=lambda s: s.updated_at)
+        last = max(statuses, key=lambda s: s.updated_at or _dt.datetime.min)
         failed = [s for s in statuses if s.status == "failed"]
         text = f"{last.updated_at:%Y-%m-%d %H:%M} UTC: {last.domain} {last.status}"
         if last.last_error and last.status == "failed":
