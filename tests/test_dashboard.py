@@ -21,7 +21,7 @@ from postal_tracking_plugin.errors import ConfigError
 from postal_tracking_plugin.rewrite import rewrite_message
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.web.dashboard import create_app
-from postal_tracking_plugin.web.dashboard._listen import dashboard_address
+from postal_tracking_plugin.web.dashboard.listen import dashboard_address
 
 EMAIL, PASSWORD = "ops@example.com", "correct horse battery"
 
@@ -401,3 +401,25 @@ def test_login_returns_to_the_page_asked_for(client: FlaskClient) -> None:
                                                "csrf_token": _csrf(client)},
     )
     assert evil.headers["Location"] == "/"
+
+
+def test_health_shows_spool_backlog_webhooks_and_certificate_runs(
+    client: FlaskClient, store: Store, backend_config: Config
+) -> None:
+    from postal_tracking_plugin.certificates._state import mark_failed
+
+    server = store.add_server("Main")
+    store.add_track_domain(server, "click.example.com", dns_status="OK")
+    spool = backend_config.data_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / "123-dead.lock").write_text("")  # a stream whose process died, never replayed
+    (spool / "123-dead.00000000.jsonl").write_bytes(b'{"event_id":"x"}\n' * 10)
+    mark_failed(store, "click.example.com", "the CA could not reach http://click.example.com")
+    _login(client)
+    html = client.get("/health").get_data(as_text=True)
+    rows = dict(re.findall(r"<tr><th>([^<]+)</th><td[^>]*>([^<]+)</td></tr>", html))
+    assert rows["Spool backlog"] == "170 bytes not yet in the store, 1 stream(s)"
+    assert rows["Webhooks waiting"].startswith("0 standalone deliveries")
+    assert "click.example.com failed" in rows["Last certificate run"]
+    assert "1 domain(s) failing" in rows["Last certificate run"]
+    assert rows["Writer, Main"] == "no events recorded yet"

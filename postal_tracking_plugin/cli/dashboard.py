@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def run(ctx: Context) -> int:
-    from postal_tracking_plugin.web.dashboard._listen import dashboard_address
+    from postal_tracking_plugin.web.dashboard.listen import dashboard_address
 
     dashboard_address(ctx.config, ctx.args.listen)  # a bad address: one line, now
     ctx.store.create_schema()

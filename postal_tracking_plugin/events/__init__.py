@@ -11,5 +11,6 @@ from ._bots import Rules as Rules
 from ._bots import is_bot_reason as is_bot_reason
 from ._recorder import EVENT_KEYS as EVENT_KEYS
 from ._recorder import EventRecorder as EventRecorder
+from ._spool import spool_backlog as spool_backlog
 
-__all__ = ["EVENT_KEYS", "EventRecorder", "Flagger", "Rules", "is_bot_reason"]
+__all__ = ["EVENT_KEYS", "EventRecorder", "Flagger", "Rules", "is_bot_reason", "spool_backlog"]

@@ -321,6 +321,14 @@ class DashboardOperations:
             postal = db.one("SELECT COUNT(*) AS n FROM webhook_requests")
         return {"standalone": int(ours["n"]), "postal": int(postal["n"])}
 
+    def certificate_runs(self) -> list[Row]:
+        """Each domain's last certificate attempt (``tracking_certificate_status``), newest first."""
+        with self.main(readonly=True) as db:
+            return db.query(
+                "SELECT domain, status, last_error, updated_at FROM tracking_certificate_status "
+                "WHERE updated_at IS NOT NULL ORDER BY updated_at DESC, domain"
+            )
+
     # -- dashboard accounts --------------------------------------------------
 
     def add_dashboard_user(self, email: str, password_hash: str) -> int:

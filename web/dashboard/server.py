@@ -13,7 +13,7 @@ from typing import Any
 
 from postal_tracking_plugin.config import Config
 
-from ._listen import dashboard_address
+from .listen import dashboard_address
 
 log = logging.getLogger("postal_tracking_plugin.dashboard")
 
