@@ -231,7 +231,9 @@ def main() -> int:
 
         def stats() -> None:
             with contextlib.redirect_stdout(io.StringIO()) as out:
-                code = cli_main(["-c", str(config_path), "stats", "--json", "--server", "bench"])
+                code = cli_main(
+                    ["--debug", "-c", str(config_path), "stats", "--json", "--server", "bench"]
+                )
             assert code == 0 and '"servers"' in out.getvalue()
 
         with store.messages(server.id, readonly=True) as db:
