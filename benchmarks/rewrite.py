@@ -15,6 +15,13 @@ in documents per second and MB/s, plus rewrite-and-store milliseconds per
 message with a small HTML body and a large attachment. All three (a)-(c) make
 their tokens with the same ``random_token`` (Postal also makes one per link).
 Figures vary with load: compare the ratios, measured side by side here.
+
+Then the pathological inputs (``--pathological-only`` prints only these): each
+piece that once made some part of the rewriter scan to the end of the input and
+start again one character later, repeated 10,000 and 40,000 times into one
+whole message, through :func:`rewrite`. Linear time shows as a 40k/10k ratio
+near 4 (a quadratic scan shows as 16); the worst milliseconds per MB over them
+is the figure to compare with the corpus's.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from postal_tracking_plugin.store import open_store
 from postal_tracking_plugin.store import random_token
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_CORPUS = HERE.parent.parent / "shared" / "corpus" / "html"
+DEFAULT_CORPUS = HERE.parent / "tests" / "corpus" / "html"
 PLAN = TrackingPlan("click.example.com", "https", "srvtok")
 
 # -- (c) Postal's MessageParser, transliterated -------------------------------------
@@ -133,7 +140,8 @@ def what_each_tracks(docs: list[str]) -> list[str]:
                 if not urlsplit(link).hostname:
                     py_hostless += 1
     return [
-        f"  (a) tracks {ours_links} links; never <base href>, host-less or placeholder URLs",
+        f"  (a) tracks {ours_links} links (relative ones resolved against <base href>); "
+        f"never the <base href> itself, host-less or placeholder URLs",
         f"  (b) tracks {py_links} links, {py_hostless} of them host-less (http:// placeholders), "
         f"and re-serialises every document",
         f"  (c) tracks {postal_links} links and rewrites {sum(base_tags)} <base href> tags "
@@ -257,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--messages", type=int, default=100, help="rewrite+store runs per backend")
     parser.add_argument("--no-mysql", action="store_true")
+    parser.add_argument("--pathological-only", action="store_true",
+                        help="print only the pathological inputs' section")
+    parser.add_argument("--limit", type=float, default=60.0,
+                        help="seconds after which a pathological run is stopped")
     args = parser.parse_args(argv)
+    if args.pathological_only:
+        pathological(args.limit)
+        return 0
 
     paths = sorted(args.corpus.glob("*.html"))
     if not paths:
@@ -329,7 +344,99 @@ def main(argv: list[str] | None = None) -> int:
           f"({peak / len(raw):.2f}x the message; with the input itself "
           f"{(peak + len(raw)) / len(raw):.2f}x)")
     print(f"  attachment bytes identical: {'yes' if identical else 'NO'}")
+    print()
+    pathological(args.limit)
     return 0
+
+
+# -- pathological inputs ------------------------------------------------------------
+
+# (what it attacks, part subtype, piece repeated)
+PATHOLOGICAL: list[tuple[str, str, str]] = [
+    ("start tag <a never closed", "html", "<a "),
+    ("start tag <a, quoted value never closed", "html", '<a href="https://a.example/'),
+    ("other start tag never closed", "html", "<p "),
+    ("raw-text start tag never closed", "html", "<style "),
+    ("end tag never closed", "html", "</p "),
+    ("</body never closed", "html", "</body "),
+    ("conditional comment opener", "html", "<!--[if"),
+    ("conditional comments nested, with href", "html", "<!--[if mso]>href "),
+    ("comment never closed", "html", "<!-- <a href=x>"),
+    ("opt-out links beside +notrack text", "html",
+     '<a data-no-track href="https://a.example/">https+notrack://b.example/</a> '),
+    ("tracked links, 1000-link limit", "html", '<a href="https://a.example/">x</a>'),
+    ("text URL then closing brackets", "plain", ")"),
+    ("200-octet lines (the 998-octet line check)", "plain", "x" * 200 + "\n"),
+]
+
+
+def _pathological_message(subtype: str, piece: str, count: int) -> bytes:
+    if subtype == "plain" and piece == ")":
+        body = "see https://a.example/x" + ")" * count + " ok"
+    elif subtype == "plain":
+        body = "https://a.example/\n" + piece * count
+    else:
+        body = piece * count
+    return (
+        "From: a@example.com\nTo: b@example.org\nSubject: x\nMIME-Version: 1.0\n"
+        f"Content-Type: text/{subtype}; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+        + body
+    ).encode("utf-8")
+
+
+def _time_rewrite(raw: bytes) -> tuple[float, str]:
+    """Best seconds of up to 20 runs (fewer once they took 0.5 s), and how it ended."""
+    best = float("inf")
+    outcome = "ok"
+    spent = time.perf_counter()
+    for _ in range(20):
+        start = time.perf_counter()
+        try:
+            result = rewrite(raw, PLAN)
+            outcome = result.untouched or "ok"
+        except Exception as exc:  # noqa: BLE001 - a crash is a finding too
+            outcome = f"raised {type(exc).__name__}"
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() - spent > 0.5:
+            break
+    return best, outcome
+
+
+def _time_in_child(raw: bytes, limit: float) -> tuple[float, str]:
+    """:func:`_time_rewrite` in a forked child stopped after ``limit`` seconds (then inf)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    child = context.Process(target=lambda: queue.put(_time_rewrite(raw)))
+    child.start()
+    child.join(limit)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return float("inf"), f"stopped after {limit:.0f} s"
+    return queue.get()
+
+
+def pathological(limit: float = 60.0) -> None:
+    """Print each pathological input's time at 10,000 and 40,000 repetitions.
+
+    Each run is stopped after ``limit`` seconds (shown as inf), so that a quadratic
+    rewriter still finishes the table.
+    """
+    print("pathological inputs, whole message through rewrite(), best of up to 20 runs:")
+    print(f"  {'input':44} {'10k ms':>8} {'40k ms':>9} {'ratio':>6} {'40k MB':>7} {'ms/MB':>7}")
+    worst = (0.0, "")
+    for name, subtype, piece in PATHOLOGICAL:
+        small, _ = _time_in_child(_pathological_message(subtype, piece, 10_000), limit)
+        raw = _pathological_message(subtype, piece, 40_000)
+        large, outcome = _time_in_child(raw, limit)
+        per_mb = large * 1000 / (len(raw) / 1e6)
+        worst = max(worst, (per_mb, name))
+        note = "" if outcome == "ok" else f"  ({outcome[:40]})"
+        print(f"  {name:44} {small * 1000:8.1f} {large * 1000:9.1f} {large / small:6.1f}"
+              f" {len(raw) / 1e6:7.2f} {per_mb:7.0f}{note}")
+    print(f"  worst: {worst[0]:.0f} ms per MB ({worst[1]})")
 
 
 def _qp(text: str) -> bytes:

@@ -164,3 +164,25 @@ def test_unknown_server_and_malformed_message_never_raise(
     broken = SAMPLE.replace(b'boundary="=_example_alt_7f3e"', b"")
     result = rewrite_message(broken, config=config, store=store, server=server)
     assert result.data is broken and result.reason.startswith("malformed")
+
+
+@pytest.mark.parametrize(
+    ("subject", "stored"),
+    [
+        ("Caf\u00e9 \u65e5\u672c \u2013 news".encode(), "Caf\u00e9 \u65e5\u672c \u2013 news"),  # RFC 6532
+        (b"=?utf-8?q?caf=C3=A9?= and caf\xc3\xa9", "caf\u00e9 and caf\u00e9"),
+        (b"caf\xe9 (not UTF-8)", "caf\ufffd (not UTF-8)"),
+    ],
+)
+def test_eight_bit_subject_is_stored_as_written(
+    store: Store, server: Server, config: Config, subject: bytes, stored: str
+) -> None:
+    raw = (
+        b"From: news@example.com\r\nTo: a@example.org\r\nSubject: " + subject + b"\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n<a href='https://a.example/'>x</a>\r\n"
+    )
+    result = rewrite_message(raw, config=config, store=store, server="Main")
+    assert result.tracked
+    row = store.find_message(server.id, result.message_token)
+    assert row is not None and row["subject"] == stored

@@ -7,14 +7,12 @@ import itertools
 import pytest
 
 from postal_tracking_plugin.rewrite._html import rewrite_html
+from postal_tracking_plugin.rewrite._plan import PIXEL_HTML
 from postal_tracking_plugin.rewrite._plan import Tracker
 from postal_tracking_plugin.rewrite._plan import TrackingPlan
 
 CLICK = "https://click.example.com/srvtok/"
-PIXEL = (
-    "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
-    "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
-)
+PIXEL = PIXEL_HTML.format(src="https://click.example.com/img/srvtok/M000")
 
 
 def tracker(**plan: object) -> Tracker:
@@ -261,3 +259,143 @@ def test_unterminated_constructs_do_not_hide_or_invent_links() -> None:
     out, urls = run(html)
     assert urls == ["https://a.example/1"]
     assert out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>'):]
+
+
+PIXEL_AT = "<img src='https://click.example.com/img/"
+
+
+@pytest.mark.parametrize(
+    ("html", "before"),
+    [
+        ("<p>x</p><!-- never closed <p>", "<!-- never closed"),
+        ('<p>x</p><a href="https://a.example/" class="never closed', "<a href="),
+        ("<p>x</p><a", "<a"),
+        ("<p>x</p></", "</"),
+        ("<p>x</p><!", "<!"),
+        ("<p>x</p></p class='x", "</p class"),
+        ("<p>x</p><style>p { color: red }", "<style>"),
+        ("<p>x</p><title>never closed", "<title>"),
+        ("<p>x</p><plaintext>all text", "<plaintext>"),
+        ("<p>x</p><!--[if mso]><p>never closed", "<!--[if mso]>"),
+    ],
+)
+def test_pixel_goes_before_a_construct_left_open_at_the_end(html: str, before: str) -> None:
+    """Appended after an unterminated comment or unfinished tag, no browser would see it."""
+    out, _ = run(html, track_loads=True)
+    assert out.index(PIXEL_AT) == html.rindex(before)
+    assert out.replace(PIXEL, "") == html
+
+
+def test_pixel_still_goes_at_the_end_after_a_lone_less_than() -> None:
+    out, _ = run("<p>1 < 2 <", track_loads=True)
+    assert out == "<p>1 < 2 <" + PIXEL
+
+
+@pytest.mark.parametrize(
+    "condition", ["!mso", " ! mso ", "!(mso)", "!mso 12", "!MSO"]
+)
+def test_links_in_downlevel_hidden_conditional_comments_are_not_tracked(condition: str) -> None:
+    """``<!--[if !mso]> ... <![endif]-->`` is a comment to browsers and skipped by Outlook."""
+    html = f'<!--[if {condition}]><a href="https://hidden.example/">x</a><![endif]--><a href="https://shown.example/">y</a>'
+    out, urls = run(html)
+    assert urls == ["https://shown.example/"]
+    assert out == html.replace("https://shown.example/", CLICK + "L000")
+
+
+def test_downlevel_revealed_and_mso_only_links_are_tracked() -> None:
+    html = (
+        '<!--[if !mso]><!--><a href="https://revealed.example/">x</a><!--<![endif]-->'
+        '<!--[if mso | IE]><a href="https://outlook.example/">y</a><![endif]-->'
+    )
+    _, urls = run(html)
+    assert urls == ["https://revealed.example/", "https://outlook.example/"]
+
+
+@pytest.mark.parametrize(
+    "piece",
+    ["<a ", '<a href="https://a.example/', "<p ", "<style ", "</p ", "</body ", "<!--[if",
+     "<!--[if mso]>href ", '<!--[if mso]><a href="https://a.example/">', "<!-- <a href=x>"],
+)
+def test_pathological_repetitions_are_read_as_a_browser_reads_them(piece: str) -> None:
+    """The inputs of benchmarks/rewrite.py's pathological section (the benchmark times them).
+
+    Each repeats one construct that never ends; a browser reads the rest of the
+    document as one tag or comment, so at most the first conditional link is tracked.
+    """
+    html = "<p>x</p>" + piece * 2000
+    out, urls = run(html, track_loads=True)
+    assert urls == (["https://a.example/"] if piece.startswith("<!--[if mso]><a") else [])
+    assert out.index(PIXEL_AT) == len("<p>x</p>")
+    assert out.replace(PIXEL, "").replace(CLICK + "L000", "https://a.example/") == html
+
+
+def test_relative_links_under_a_base_href_are_tracked_as_the_url_opened() -> None:
+    """``<base href>`` makes relative links absolute in every client (item 10)."""
+    html = (
+        '<head><base href="https://shop.example/en/"></head><body>'
+        '<a href="sale?id=1&amp;x=2">a</a><a href="/top">b</a><a href="../fr/">c</a>'
+        '<a href="//cdn.example/x">d</a><a href="#top">e</a><a href="mailto:a@example.com">f</a>'
+        '<a href="https://other.example/">g</a><a href="{{url}}">h</a><a href="">i</a></body>'
+    )
+    out, urls = run(html)
+    assert urls == [
+        "https://shop.example/en/sale?id=1&x=2",
+        "https://shop.example/top",
+        "https://shop.example/fr/",
+        "https://cdn.example/x",
+        "https://other.example/",
+    ]
+    assert '<base href="https://shop.example/en/">' in out  # the base itself is never rewritten
+    assert '<a href="#top">e</a><a href="mailto:a@example.com">f</a>' in out
+
+
+@pytest.mark.parametrize(
+    "base",
+    ['<base target="_blank">', '<base href="/relative/">', '<base href="ftp://files.example/">',
+     '<!-- <base href="https://shop.example/"> -->'],
+)
+def test_relative_links_stay_without_an_absolute_http_base(base: str) -> None:
+    _, urls = run(f'{base}<a href="sale">a</a><a href="https://a.example/">b</a>')
+    assert urls == ["https://a.example/"]
+
+
+def test_only_the_first_base_href_counts() -> None:
+    html = '<base target=x><base href="https://one.example/"><base href="https://two.example/"><a href="p">x</a>'
+    assert run(html)[1] == ["https://one.example/p"]
+
+
+def test_pixel_is_a_bare_image_hidden_by_inline_important_rules() -> None:
+    """No <p> wrapper for p:first-of-type and friends to meet; hiding no author rule overrides."""
+    out, _ = run("<body><p>x</p></body>", track_loads=True)
+    pixel = out[len("<body><p>x</p>") : -len("</body>")]
+    assert pixel.startswith("<img ") and "<p" not in pixel
+    style = pixel[pixel.index("style='") + 7 :]
+    assert "display:none!important" in style and "visibility:hidden!important" in style
+    assert "visibility:none" not in style and "mso-hide:all" in style
+
+
+@pytest.mark.parametrize(
+    ("html", "closed"),
+    [
+        ('<p>see <a href="https://a.example/">the offer', True),
+        ('<p>see <a href="https://a.example/">the offer</a> now', False),
+        ('<p>see <a href="https://a.example/">the offer</A > now', False),
+        ('<p><area href="https://a.example/">', False),
+        ("<p>no link", False),
+    ],
+)
+def test_pixel_closes_a_link_left_open_before_it(html: str, closed: bool) -> None:
+    """Appended inside an open <a>, the pixel would be part of the author's link."""
+    out, _ = run(html, track_loads=True)
+    assert out.endswith(("</a>" if closed else "") + PIXEL)
+    assert out.count(PIXEL) == 1
+
+
+def test_a_base_href_applies_inside_conditional_comments_too() -> None:
+    html = '<base href="https://shop.example/en/"><!--[if mso]><v:roundrect href="sale"><![endif]-->'
+    assert run(html)[1] == ["https://shop.example/en/sale"]
+
+
+def test_pixel_at_the_top_closes_no_link() -> None:
+    out, _ = run('<body><a href="https://a.example/">x</a></body>', track_loads=True, pixel_position="top")
+    assert out == f'<body>{PIXEL}<a href="{CLICK}L000">x</a></body>'

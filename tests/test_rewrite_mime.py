@@ -15,8 +15,10 @@ import pytest
 import postal_tracking_plugin
 from postal_tracking_plugin.rewrite import TrackingPlan
 from postal_tracking_plugin.rewrite import rewrite
+from postal_tracking_plugin.rewrite._plan import PIXEL_HTML
 
 PLAN = TrackingPlan("click.example.com", "https", "srvtok")
+NO_PIXEL = TrackingPlan("click.example.com", "https", "srvtok", track_loads=False)
 CLICK = "https://click.example.com/srvtok/"
 SAMPLE = Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newsletter.eml"
 
@@ -114,7 +116,7 @@ def test_nested_multiparts_only_inline_text_parts(eol: str) -> None:
     assert out.count(pixel) == 1  # one pixel, in the first HTML body part
     first_html = out.index(CLICK + "L001")
     assert first_html < out.index(pixel) < out.index(CLICK + "L002")
-    container = out[out.index("<p class='ampimg'"): out.index("</p>", out.index(pixel)) + 4]
+    container = out[out.index("<img src='https://click.example.com/" + pixel): out.index(">", out.index(pixel)) + 1]
     assert out.replace(container, "") == expected  # everything else byte for byte
     assert eol in out and (eol == "\r\n" or "\r\n" not in out)
 
@@ -192,9 +194,8 @@ def test_base64_part_keeps_base64_and_its_charset() -> None:
     assert head == raw.partition(b"\r\n\r\n")[0]
     assert all(len(line) <= 76 for line in body.split(b"\r\n"))
     decoded = base64.b64decode(body).decode("utf-8")
-    assert decoded == html.replace("https://a.example/\u65e5", CLICK + "L000") + (
-        "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
-        "<img src='https://click.example.com/img/srvtok/M000' alt=''></p>"
+    assert decoded == html.replace("https://a.example/\u65e5", CLICK + "L000") + PIXEL_HTML.format(
+        src="https://click.example.com/img/srvtok/M000"
     )
 
 
@@ -327,3 +328,108 @@ def test_sample_newsletter() -> None:
         assert "https://www.example.com/preferences?u=8f3a2c" in content
         assert "https://www.example.com/unsubscribe" not in content
     assert parse(result.data)["Subject"] == "The Example Monthly \u2013 November 2026"
+
+
+@pytest.mark.parametrize(
+    ("data", "long"),
+    [(b"x" * 998, False), (b"x" * 999, True), (b"a\r\n" + b"x" * 998 + b"\r\nb", False),
+     (b"a\n" + b"x" * 999 + b"\n", True), (b"x" * 500 + b"\r" + b"x" * 500, False), (b"", False)],
+)
+def test_long_line_check_counts_octets_between_line_breaks(data: bytes, long: bool) -> None:
+    from postal_tracking_plugin.rewrite._mime import _has_long_line
+
+    assert _has_long_line(data) is long
+
+
+def test_base64_of_two_separately_padded_chunks_is_left_alone() -> None:
+    """A gateway's footer appended as its own base64: decoding stops at the first "=" (item 2)."""
+    first = base64.encodebytes(b'<p><a href="https://a.example/">ab</a></p>\n')
+    footer = base64.encodebytes(b'<p><a href="https://footer.example/">footer</a></p>\n')
+    assert first.rstrip().endswith(b"=")
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    ) + first + footer
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data == raw and result.links == ()
+
+
+@pytest.mark.parametrize(
+    ("charset", "data"),
+    [
+        ("utf-16", '<a href="https://a.example/">x</a>'.encode("utf-16-be")),  # no BOM: big-endian
+        ("utf-7", b'<a href="https://a.example/">+AGk-</a>'),
+        ("utf-16", '<a href="https://a.example/">x</a>'.encode("utf-16-le")),
+    ],
+)
+def test_a_charset_that_does_not_give_the_same_bytes_back_is_left_alone(charset: str, data: bytes) -> None:
+    """UTF-16 without a BOM read as little-endian came out with a BOM (item 3)."""
+    raw = message(
+        f"Content-Type: text/html; charset={charset}\nContent-Transfer-Encoding: base64\n\n"
+    ) + base64.encodebytes(data)
+    result = rewrite(raw, PLAN, new_token=tokens())
+    decoded = parse(result.data).get_payload(decode=True)
+    assert decoded == data or CLICK.encode(charset)[2:] in decoded
+    if charset == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        assert result.data == raw or decoded.decode("utf-16") == data.decode("utf-16")
+
+
+@pytest.mark.parametrize("padding", ["  ", "\t", " \t "])
+def test_quoted_printable_soft_break_with_transport_padding(padding: str) -> None:
+    """RFC 2045 6.7: white space after a soft break's "=" is transport padding (item 6)."""
+    raw = message(
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        f"Go to https://a.example/long/pa={padding}\nth?x=3D1 now\nnext line=20\n"
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/long/path?x=1"]
+    assert b"next line=20" in result.data  # an untouched line keeps its encoding
+
+
+def test_quoted_printable_lines_with_encoded_line_breaks_stay_as_written() -> None:
+    """``=0A`` inside an encoded line: lines without a link keep their bytes (item 11)."""
+    html = (
+        "<!DOCTYPE html>=0A<html>=0A<head><title>T</title></head>\n"
+        "<body>=0A<p>caf=C3=A9</p>\n"
+        '<a href=3D"https://a.example/x">x</a>=0A<p>after</p>\n'
+        "<p>no link</p>=0A</body></html>\n"
+    )
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n" + html,
+        eol="\n",
+    )
+    result = rewrite(raw, NO_PIXEL, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/x"]
+    out = result.data.decode()
+    for line in html.splitlines():
+        if "href" not in line:
+            assert line + "\n" in out
+    assert f'<a href=3D"{CLICK}L000">x</a>' in out
+    before = binascii.a2b_qp(raw.split(b"\n\n", 1)[1]).decode()
+    after = binascii.a2b_qp(result.data.split(b"\n\n", 1)[1]).decode()
+    assert after.replace(CLICK + "L000", "https://a.example/x") == before
+
+
+def test_two_links_in_one_encoded_line_split_by_encoded_line_breaks() -> None:
+    """One encoded line, three decoded lines, a link on the first and the last."""
+    raw = message(
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        "a https://a.example/1 caf=C3=A9=0D=0A  =0A https:=\n//b.example/2\nuntouched=20\n",
+        eol="\n",
+    )
+    result = rewrite(raw, NO_PIXEL, new_token=tokens())
+    assert [link.url for link in result.links] == ["https://a.example/1", "https://b.example/2"]
+    body = result.data.split(b"\n\n", 1)[1]
+    assert body.endswith(b"\nuntouched=20\n")
+    assert binascii.a2b_qp(body).decode() == f"a {CLICK}L000 caf\u00e9\r\n  \n {CLICK}L001\nuntouched \n"
+
+
+@pytest.mark.parametrize("lossy", ["=\r", "=="])
+def test_quoted_printable_that_a2b_qp_reads_with_loss_is_left_alone(lossy: str) -> None:
+    """``=`` before a lone CR makes a2b_qp drop the rest of the part (links and all)."""
+    raw = message(
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        f'<a href=3D"https://a.example/">a</a> x{lossy}y <a href=3D"https://b.example/">b</a>\n',
+        eol="\n",
+    )
+    result = rewrite(raw, PLAN, new_token=tokens())
+    assert result.data == raw and result.links == ()

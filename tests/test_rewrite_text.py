@@ -39,7 +39,19 @@ def run(text: str, *, flowed: bool = False, **plan: object) -> tuple[str, list[s
         ('"https://a.example/x"', "https://a.example/x", '"'),
         ("'https://a.example/x'", "https://a.example/x", "'"),
         ("https://a.example/p!*'(),;$@x end", "https://a.example/p!*'(),;$@x", " end"),
-        ("https://caf\u00e9.example/\u65e5\u672c\u00a0next", "https://caf\u00e9.example/\u65e5\u672c", "\u00a0next"),
+        ("https://caf\u00e9.example/x\u00a0next", "https://caf\u00e9.example/x", "\u00a0next"),
+        # CJK prose runs on without a space: ideographs, kana and their punctuation end a URL
+        ("\u8a73\u7d30\u306fhttps://example.jp/a?id=1\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002",
+         "https://example.jp/a?id=1", "\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002"),
+        ("\u300chttps://example.jp/a\u300d", "https://example.jp/a", "\u300d"),
+        ("\uff08https://example.cn/a\uff09\u3002", "https://example.cn/a", "\uff09\u3002"),
+        ("https://example.cn/a\u3001\u89c1\u4e0b", "https://example.cn/a", "\u3001\u89c1\u4e0b"),
+        ("https://example.jp/\u65e5\u672c", "https://example.jp/", "\u65e5\u672c"),
+        ("https://example.jp\u3092\u898b\u3066", "https://example.jp", "\u3092\u898b\u3066"),
+        ("https://example.kr/a\uc5d0\uc11c \ubcf4\uae30", "https://example.kr/a", "\uc5d0\uc11c \ubcf4\uae30"),
+        ("\u201chttps://a.example/x\u201d", "https://a.example/x", "\u201d"),
+        ("https://a.example/%E6%97%A5%E6%9C%AC end", "https://a.example/%E6%97%A5%E6%9C%AC", " end"),
+        ("https://caf\u00e9.example/na\u00efve end", "https://caf\u00e9.example/na\u00efve", " end"),
         ("HTTP://A.EXAMPLE/X\r\n", "HTTP://A.EXAMPLE/X", "\r\n"),
     ],
 )
@@ -102,3 +114,10 @@ def test_flowed_text_url_at_a_soft_break_is_left_alone() -> None:
 def test_clicks_off_tracks_nothing_in_text() -> None:
     out, urls = run("https://a.example/", track_clicks=False)
     assert urls == [] and out == "https://a.example/"
+
+
+def test_trailing_brackets_are_trimmed_in_one_count() -> None:
+    """The bracket rule on a long run of ")" (benchmarks/rewrite.py times it)."""
+    out, urls = run("see https://a.example/x(1)" + ")" * 5000 + " ok")
+    assert urls == ["https://a.example/x(1)"]
+    assert out == f"see {CLICK}L000" + ")" * 5000 + " ok"

@@ -1,7 +1,8 @@
 """Message rewriting: tracked links and the open pixel, the way Postal's MessageParser does it.
 
-Two layers. :func:`rewrite` is pure (bytes and a :class:`TrackingPlan` in, new
-bytes and the links out; no I/O). :func:`rewrite_message` is what the send hook,
+Two layers. :func:`rewrite` is pure (bytes and a :class:`TrackingPlan` in, a
+:class:`PureRewrite` out: new bytes and the links; no I/O). :func:`rewrite_message`
+(a :class:`StoredRewrite` out) is what the send hook,
 the SMTP relay and ``postal-tracking rewrite`` call: it decides from the
 configuration and the store whether and how to track, runs :func:`rewrite`,
 stores the ``messages`` and ``links`` rows, and never raises: whatever goes
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from typing import Literal
 
 from ..config import Config
 from ..errors import NotFound
@@ -23,7 +25,7 @@ from ..store import Store
 from ..store import TrackDomain
 from ..store import random_token
 from ._core import MessageHeaders as MessageHeaders
-from ._core import Rewritten as Rewritten
+from ._core import PureRewrite as PureRewrite
 from ._core import read_headers as read_headers
 from ._core import rewrite as rewrite
 from ._plan import TrackingPlan as TrackingPlan
@@ -34,8 +36,10 @@ _COLUMN = 255  # varchar(255) columns of Postal's messages table
 
 
 @dataclass(frozen=True)
-class RewriteResult:
-    """What :func:`rewrite_message` did to one message.
+class StoredRewrite:
+    """What :func:`rewrite_message` did to one message, its rows stored when tracked.
+
+    (:class:`PureRewrite` is what the pure :func:`rewrite` computed.)
 
     ``data`` is what to send: the original bytes whenever the message was not
     changed. ``reason`` says why it was not tracked (``"tracked"`` when it was).
@@ -50,9 +54,14 @@ class RewriteResult:
     tracked_images: int = 0
 
 
+#: The old names, kept for callers written against 0.1.0 (README.md still says RewriteResult).
+RewriteResult = StoredRewrite
+Rewritten = PureRewrite
+
+
 def plan_for(config: Config, store: Store, track_domain: TrackDomain) -> TrackingPlan:
     """The plan for mail through ``track_domain``: https only with an active certificate."""
-    scheme = "http"
+    scheme: Literal["http", "https"] = "http"
     if track_domain.ssl_enabled:
         certificate = store.get_certificate(track_domain.full_name)
         if certificate is not None and certificate.active:
@@ -77,7 +86,7 @@ def rewrite_message(
     rcpt_to: str | None = None,
     mail_from: str | None = None,
     new_token: Callable[[], str] = random_token,
-) -> RewriteResult:
+) -> StoredRewrite:
     """Track the links and opens of one outgoing message and store its rows.
 
     :param raw: the message as it will be sent (before DKIM signing).
@@ -96,7 +105,7 @@ def rewrite_message(
     except Exception as exc:  # noqa: BLE001 - fail open: the message must go out
         message_id = _message_id(raw)
         log.exception("message %s sent unchanged: %s", message_id, exc)
-        return RewriteResult(raw, False, f"error: {type(exc).__name__}: {exc}")
+        return StoredRewrite(raw, False, f"error: {type(exc).__name__}: {exc}")
 
 
 def _message_id(raw: bytes) -> str:
@@ -114,11 +123,11 @@ def _rewrite_message(
     rcpt_to: str | None,
     mail_from: str | None,
     new_token: Callable[[], str],
-) -> RewriteResult:
+) -> StoredRewrite:
     if not store.tracks_outgoing_mail:
-        return RewriteResult(raw, False, "Postal tracks the mail it sends")
+        return StoredRewrite(raw, False, "Postal tracks the mail it sends")
     if len(raw) > config.max_message_bytes:
-        return RewriteResult(
+        return StoredRewrite(
             raw, False, f"larger than smtp_server.max_message_size ({len(raw)} bytes)"
         )
     headers = read_headers(raw)
@@ -133,7 +142,7 @@ def _rewrite_message(
             try:
                 server = store.get_server(server)
             except NotFound:
-                return RewriteResult(raw, False, f"no server named {server!r}")
+                return StoredRewrite(raw, False, f"no server named {server!r}")
         domain = headers.from_domain or _domain(mail_from)
         if domain is None:
             reason = "no From address"
@@ -162,11 +171,11 @@ def _rewrite_message(
             )
         elif result.untouched.startswith("malformed"):
             log.warning("message %s sent unchanged: %s", message_id, result.untouched)
-        return RewriteResult(raw, False, result.untouched)
+        return StoredRewrite(raw, False, result.untouched)
     if plan is None or track_domain is None:
-        return RewriteResult(result.data, False, reason)
+        return StoredRewrite(result.data, False, reason)
     if not result.links and not result.tracked_images:
-        return RewriteResult(result.data, False, "nothing to track")
+        return StoredRewrite(result.data, False, "nothing to track")
     assert isinstance(server, Server) and result.message_token is not None
     row: dict[str, Any] = {
         "token": result.message_token,
@@ -186,8 +195,8 @@ def _rewrite_message(
         db_id = store.save_tracked_message(server.id, row, result.links)
     except Exception as exc:  # noqa: BLE001 - links not stored must not be sent
         log.error("message %s sent untracked: storing its links failed: %s", message_id, exc)
-        return RewriteResult(raw, False, f"store failed: {exc}")
-    return RewriteResult(
+        return StoredRewrite(raw, False, f"store failed: {exc}")
+    return StoredRewrite(
         data=result.data,
         tracked=True,
         reason="tracked",
@@ -210,8 +219,10 @@ def _cut(value: str | None) -> str | None:
 
 __all__ = [
     "MessageHeaders",
+    "PureRewrite",
     "RewriteResult",
     "Rewritten",
+    "StoredRewrite",
     "TrackingPlan",
     "plan_for",
     "read_headers",

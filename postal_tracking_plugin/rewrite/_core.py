@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import policy
 from email.header import decode_header
 from email.header import make_header
 from email.message import Message
@@ -43,10 +44,12 @@ class MessageHeaders:
 
 
 @dataclass(frozen=True)
-class Rewritten:
-    """The result of :func:`rewrite`.
+class PureRewrite:
+    """What :func:`rewrite` computed: the new bytes and the links to store, nothing stored.
 
-    ``data`` is ``raw`` itself when nothing changed. ``untouched`` names why the
+    (:class:`~postal_tracking_plugin.rewrite.StoredRewrite` is what
+    ``rewrite_message`` did with one, rows stored.) ``data`` is ``raw`` itself
+    when nothing changed. ``untouched`` names why the
     message had to pass unchanged (a DKIM signature, a signed part, malformed
     MIME), else it is None. ``links`` are in document order, one per occurrence.
     """
@@ -61,13 +64,18 @@ class Rewritten:
 
 
 def _text(value: object) -> str | None:
+    """A header field's text: RFC 2047 encoded words decoded, and 8-bit UTF-8 (RFC 6532)
+    read as UTF-8 (octets that are not UTF-8 become U+FFFD)."""
     if value is None:
         return None
     text = str(value)
     try:
-        text = str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, TypeError):
-        pass
+        text = str(policy.default.header_factory("subject", text))
+    except (ValueError, LookupError, UnicodeError, TypeError, IndexError):
+        try:
+            text = str(make_header(decode_header(text)))
+        except (ValueError, LookupError, UnicodeError, TypeError):
+            pass
     return " ".join(text.split()) or None
 
 
@@ -81,16 +89,25 @@ def _address(value: object) -> str | None:
     return None
 
 
+def _raw(msg: Message, name: str) -> str | None:
+    """The first ``name`` field as written (``msg.get`` turns 8-bit octets into U+FFFD)."""
+    name = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == name:
+            return value
+    return None
+
+
 def headers_of(msg: Message, *, x_amp_skip: bool, dkim_signed: bool) -> MessageHeaders:
-    message_id = _text(msg.get("Message-ID"))
+    message_id = _text(_raw(msg, "Message-ID"))
     if message_id:
         message_id = message_id.strip().strip("<>").strip() or None
     return MessageHeaders(
         from_address=_address(msg.get("From")),
         to_address=_address(msg.get("To")),
-        subject=_text(msg.get("Subject")),
+        subject=_text(_raw(msg, "Subject")),
         message_id=message_id,
-        tag=_text(msg.get("X-Postal-Tag")),
+        tag=_text(_raw(msg, "X-Postal-Tag")),
         x_amp_skip=x_amp_skip,
         dkim_signed=dkim_signed,
     )
@@ -109,7 +126,7 @@ def rewrite(
     *,
     new_token: Callable[[], str] = random_token,
     max_links: int = DEFAULT_MAX_LINKS,
-) -> Rewritten:
+) -> PureRewrite:
     """Rewrite one message.
 
     :param plan: where links point and what to track; ``None`` tracks nothing
@@ -128,8 +145,8 @@ def rewrite(
     msg = _mime.parse_headers(raw, 0, header_end)
     headers = headers_of(msg, x_amp_skip=x_amp, dkim_signed=dkim)
 
-    def untouched(reason: str, warnings: tuple[str, ...] = ()) -> Rewritten:
-        return Rewritten(raw, (), 0, None, reason, warnings, headers)
+    def untouched(reason: str, warnings: tuple[str, ...] = ()) -> PureRewrite:
+        return PureRewrite(raw, (), 0, None, reason, warnings, headers)
 
     if dkim:
         return untouched(
@@ -138,21 +155,24 @@ def rewrite(
     if x_amp:
         plan = None
     tracker = Tracker(plan, new_token=new_token, max_links=max_links)
-    edits = list(top_edits)
+    walk = _mime.MimeWalk(
+        raw,
+        tracker,
+        pixel_position=plan.pixel_position if plan else "bottom",
+        eol=_mime.line_ending(raw),
+        edits=list(top_edits),
+    )
     try:
-        _mime.rewrite_entity(
-            raw, 0, len(raw), tracker, edits,
-            pixel_position=plan.pixel_position if plan else "bottom",
-            eol=_mime.line_ending(raw),
-        )
+        walk.entity(0, len(raw))
     except _mime.Untouchable as exc:
         return untouched(str(exc))
     except _mime.Malformed as exc:
         return untouched(f"malformed: {exc}")
     except (ValueError, LookupError, UnicodeError, IndexError, TypeError) as exc:
         return untouched(f"malformed: {type(exc).__name__}: {exc}")
+    edits = walk.edits
     data = _mime.apply_edits(raw, edits) if edits else raw
-    return Rewritten(
+    return PureRewrite(
         data=data,
         links=tuple(tracker.links),
         tracked_images=tracker.images,

@@ -1,10 +1,11 @@
 """Rewrite links in decoded HTML text and insert the open pixel, changing nothing else.
 
-A small tokenizer, written as one regular expression, walks the document the
-way the HTML5 tokenizer splits it (text, tags with their attributes, comments,
+A small tokenizer, written as one regular expression (:mod:`._scanner`), walks
+the document the way the HTML5 tokenizer splits it (text, tags with their attributes, comments,
 raw-text elements such as ``<style>`` and ``<script>``) without building a tree.
-Only the tags that matter stop the scan: ``<a>`` and ``<area>``, ``</body>``
-(and ``<body>`` when the pixel goes at the top), and Outlook's
+Only the tokens that matter stop the scan: ``<a>`` and ``<area>``, ``<base>``,
+``</body>`` (and ``<body>`` when the pixel goes at the top), a construct left
+open at the end (the pixel goes before it), and Outlook's
 ``<!--[if ...]>`` conditional comments that mention ``href``, inside which
 VML elements (``<v:roundrect href=...>``) are tracked too. Everything else,
 including quoted attribute values that happen to contain ``<a href``, is
@@ -17,8 +18,22 @@ would lose doctypes, comments, entities and quoting.
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin
 
 from ._plan import Tracker
+from ._scanner import ATTRS as _ATTRS
+from ._scanner import COND as _COND
+from ._scanner import CONDBODY as _CONDBODY
+from ._scanner import END
+from ._scanner import ENDBODY as _ENDBODY
+from ._scanner import NAME as _NAME
+from ._scanner import SCAN as _SCAN
+from ._scanner import SCAN_BOTTOM as _SCAN_BOTTOM
+from ._scanner import SCAN_VML as _SCAN_VML
+from ._scanner import TAG as _TAG
+from ._scanner import UNFINISHED as _UNFINISHED
+from ._scanner import WS
+from ._scanner import ci
 from ._urls import C0_SPACE
 from ._urls import clean_url
 from ._urls import decode_attribute
@@ -26,147 +41,23 @@ from ._urls import escape_attribute
 from ._urls import strip_notrack
 from ._urls import trackable_host
 
-_WS = r"\t\n\f\r "
-_END = rf"(?=[{_WS}/>])"
-# The rest of a tag after its name, up to the ">" that ends it: a quote only
-# opens a value right after "=" (so "it's" in an unquoted value is no quote).
-_TAG_REST = rf"""[^>"'=]*+(?:(?:=[{_WS}]*+(?:"[^"]*+"|'[^']*+'|[^{_WS}>]*+)|["'])[^>"'=]*+)*+"""
-_RAW = ("script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes")
-_TRACKED = ("a", "area")
-# Comment text up to "-->" or "--!>", unrolled so the engine runs without backtracking.
-_COMMENT_BODY = r"[^-]*+(?:-(?!-!?>)[^-]*+)*+"
-# A conditional comment's text that holds no "href": those are copied through
-# inside the regex; only the others stop the scan.
-_NO_HREF_BODY = r"[^-hH]*+(?:(?:-(?!-!?>)|[hH](?![rR][eE][fF]))[^-hH]*+)*+"
-
-
-def _ci(word: str) -> str:
-    """``word`` case-insensitively, spelt out: faster than re.IGNORECASE on the hot path."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
-
-
-def _names(words: tuple[str, ...]) -> str:
-    """An alternation of tag names, grouped by first letter so most tags fail at once."""
-    groups: dict[str, list[str]] = {}
-    for word in words:
-        groups.setdefault(word[0], []).append(word)
-    alternatives = []
-    for first, group in sorted(groups.items()):
-        rests = sorted((_ci(w[1:]) for w in group), key=len, reverse=True)
-        alternatives.append(_ci(first) + "(?:" + "|".join(rests) + ")")
-    return "(?:" + "|".join(alternatives) + ")"
-
-
-def _not_followed_by(rests: list[str]) -> str:
-    """A look-ahead: none of ``rests`` (the rest of a name; ":" as itself) follows."""
-    alternatives = [
-        ":" if r == ":" else f"{_ci(r)}{_END}" for r in sorted(rests, key=len, reverse=True)
-    ]
-    return "(?!" + "|".join(alternatives) + ")"
-
-
-def _scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
-    """The tokenizer: a possessive loop over what is copied through, then one token that matters.
-
-    ``vml``: inside a conditional comment, where ``<v:...>`` elements are tracked
-    too and ``<body>`` means nothing. ``body_start``: ``<body>`` stops the scan
-    (the pixel goes right after it); without it ``<body>`` is copied through.
-    All variants have the same groups, numbered alike.
-
-    Each turn of the loop takes the text up to a "<" and the token it starts.
-    The regex engine pays per turn, per alternative it enters and per
-    look-around, far more than per character, so the common tokens come first,
-    each behind a first character that lets the engine skip it without entering
-    it: end tags and start tags whose attributes are all double-quoted (99% of
-    the corpus) are read without any look-ahead; a start tag's first letter
-    only needs one when it starts a special name (``<a``, ``<body``,
-    ``<style``, ...) and the second letter continues that name, or when the
-    tag is not in the common shape; the general alternatives behind the
-    fast ones keep the rules exact. No capture groups inside the loop (CPython
-    3.11's re mishandles them under possessive repeats), so raw-text elements
-    get one alternative each.
-    """
-    tracked = _names(_TRACKED) if not vml else f"(?:{_names(_TRACKED)}|[vV]:[a-zA-Z0-9_-]+)"
-    body = ("body",) if body_start and not vml else ()
-    stops = tracked if vml else _names((*_TRACKED, *body))
-    body_end = "" if vml else f"|/{_ci('body')}{_END}"
-    # Names that are not plain start tags, by first letter (VML: "v:" starts one).
-    special: dict[str, list[str]] = {}
-    for word in (*_TRACKED, *_RAW, *body, "plaintext"):
-        special.setdefault(word[0], []).append(word[1:])
-    if vml:
-        special.setdefault("v", []).append(":")
-    plain = "".join(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in special)
-    plain += plain.upper()
-    # A start tag whose attributes are all double-quoted; the general rule is _TAG_REST.
-    fast_attrs = r"""[^>"'=]*+(?:="[^"]*+"[^>"'=]*+)*+"""
-    fast_rest = fast_attrs + ">"
-    fast = {"": rf"[{plain}]{fast_rest}"}
-    general = [f"[{plain}]"]
-    for first, rests in special.items():
-        letter = f"[{first}{first.upper()}]"
-        seconds = {r[0] for r in rests if r}
-        seconds = "".join(sorted(seconds | {c.upper() for c in seconds}))
-        # "a" is a name itself: what ends a name cannot follow it
-        ends = f"{_WS}/" if "" in rests else ""
-        fast[first] = rf"""{letter}[^{seconds}{ends}>"'=]{fast_rest}"""
-        general.append(letter + _not_followed_by(rests))
-    # The most common first (td, tr, table; div, center; span; p; br; img), one level
-    # deep: a nested alternative costs the engine as much as a whole token.
-    order = {c: i for i, c in enumerate(("t", "", "s", "p", "b", "i"))}
-    fast_first = "|".join(v for k, v in sorted(fast.items(), key=lambda kv: order.get(kv[0], 9)))
-    bare = "".join(sorted(c + c.upper() for c in special if "" not in special[c]))
-    raw_text = "".join(
-        rf"|{_ci(name)}{_END}{_TAG_REST}>[^<]*+(?:<(?!/{_ci(name)}{_END})[^<]*+)*+" for name in _RAW
-    )
-    after_lt = (  # what may follow a "<" that is copied through, the common first
-        r"""/[ac-zAC-Z][^>"']*+>|"""  # end tag without quotes (not </b...)
-        + fast_first
-        + f"|[{bare}]>"  # <p>, <b>, <i>, <s>, ...
-        + rf"|!--(?!\[if)(?:-?>|{_COMMENT_BODY}(?:--!?>)?)"  # comment (unterminated: to the end)
-        + rf"|!--\[if[^\]]*+\]>{_NO_HREF_BODY}(?:--!?>|\Z)"  # conditional, nothing to track
-        + r"|!(?!--)[^>]*+>?"  # doctype, CDATA, bogus comment
-        + "".join(f"|{g}{_TAG_REST}>" for g in general)  # any other start tag
-        + rf"|/(?!{_ci('body')}{_END})[a-zA-Z]{_TAG_REST}>"  # any other end tag
-        + r"|\?[^>]*+>?"
-        + r"|/>|/[^a-zA-Z>][^>]*+>?"
-        + raw_text
-        + rf"|{_ci('plaintext')}{_END}[\s\S]*+"
-        + rf"|(?!{stops}{_END}{body_end}|!--\[if)"  # a "<" that is text
-    )
-    boring = rf"(?:[^<]*+<(?:{after_lt}))*+[^<]*+"
-    interesting = (
-        rf"(?:(?P<cond><!--\[if[^\]]*+\]>)(?P<condbody>{_COMMENT_BODY})(?:--!?>)?"
-        rf"|(?P<tag><(?P<name>{stops}){_END}(?P<attrs>{fast_attrs}|{_TAG_REST})>)"
-        rf"|(?P<endbody></{_ci('body')}{_END}{_TAG_REST}>)"
-        r"|<|\Z)"
-    )
-    return re.compile(boring + interesting)
-
-
-_SCAN = _scanner(vml=False)
-# Group numbers, the same in every scanner (the loop has no groups of its own).
-_TAG, _NAME, _ATTRS, _ENDBODY, _CONDBODY = (
-    _SCAN.groupindex[n] for n in ("tag", "name", "attrs", "endbody", "condbody")
-)
-_SCAN_VML = _scanner(vml=True)
-_SCAN_BOTTOM = _scanner(vml=False, body_start=False)  # the pixel goes before </body>
-
 # One attribute: (1) name, (2) "=", then the value (3) double-, (4) single- or (5) un-quoted.
 _ATTR = re.compile(
-    rf"[{_WS}/]*([^{_WS}/>][^{_WS}/>=]*)"
-    rf"(?:([{_WS}]*=[{_WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{_WS}>]*)))?"
+    rf"[{WS}/]*([^{WS}/>][^{WS}/>=]*)"
+    rf"(?:([{WS}]*=[{WS}]*)(?:\"([^\"]*)\"|'([^']*)'|([^{WS}>]*)))?"
 )
+_LINK_END = re.compile(rf"</[aA]{END}")  # an </a> end tag
 _OPT_OUT = frozenset({"data-pm-no-track", "data-no-track", "clicktracking"})
 _NOTRACK_ANY = re.compile(r"(?i)(https?)\+notrack://")
 _NOTRACK_FIND = re.compile(r"\+(?i:notrack)://")
 # The first href of a tag in one call: skip whole attributes until one named
 # href, then capture its value (1) double-, (2) single- or (3) un-quoted.
 _FIRST_HREF = re.compile(
-    rf"(?:[{_WS}/]*+(?!{_ci('href')}[{_WS}/>=])[^{_WS}/>][^{_WS}/>=]*+"
-    rf"(?:[{_WS}]*+=[{_WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{_WS}>]*+))?)*+"
-    rf"[{_WS}/]*+{_ci('href')}[{_WS}]*+=[{_WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{_WS}>]*+))"
+    rf"(?:[{WS}/]*+(?!{ci('href')}[{WS}/>=])[^{WS}/>][^{WS}/>=]*+"
+    rf"(?:[{WS}]*+=[{WS}]*+(?:\"[^\"]*+\"|'[^']*+'|[^{WS}>]*+))?)*+"
+    rf"[{WS}/]*+{ci('href')}[{WS}]*+=[{WS}]*+(?:\"([^\"]*+)\"|'([^']*+)'|([^{WS}>]*+))"
 )
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*:")  # an absolute URL starts with a scheme
 _H = ("h", "H")  # what an http(s) URL starts with (not "": "" in "hH" holds)
 # The quote around each value group of _FIRST_HREF and of _ATTR (None: unquoted).
 _FIRST_HREF_QUOTES = (None, '"', "'", None)
@@ -187,17 +78,33 @@ def html_edits(
 ) -> list[tuple[int, int, str]]:
     """The ``(start, end, new)`` replacements :func:`rewrite_html` makes, in order."""
     edits: list[tuple[int, int, str]] = []
-    pixel_at = _walk(text, 0, len(text), tracker, edits, vml=False, position=pixel_position)
+    last_link: list[int] = []  # where the last <a> start tag ends (before the pixel or not)
+    pixel_at = _walk(
+        text, 0, len(text), tracker, edits, vml=False, position=pixel_position, last_link=last_link
+    )
     if pixel_at is not None:
         pixel = tracker.take_pixel()
         if pixel is not None:
+            if (
+                last_link
+                and last_link[0] <= pixel_at
+                and _LINK_END.search(text, last_link[0], pixel_at) is None
+            ):
+                pixel = "</a>" + pixel  # a link left open: the pixel would sit inside it
             edits.append((pixel_at, pixel_at, pixel))
     if _has_notrack(text):
-        taken = [(s, e) for s, e, _ in edits if e > s]
+        # Each marker not inside a replaced span goes; both lists are in document
+        # order, so one sweep decides (a scan of every span per marker was quadratic).
+        taken = sorted((s, e) for s, e, _ in edits if e > s)
+        markers = []
+        i = 0
         for m in _NOTRACK_ANY.finditer(text):
-            marker = (m.end(1), m.end() - 3)  # the "+notrack" between scheme and "://"
-            if not any(s < marker[1] and marker[0] < e for s, e in taken):
-                edits.append((*marker, ""))
+            start, end = m.end(1), m.end() - 3  # the "+notrack" between scheme and "://"
+            while i < len(taken) and taken[i][1] <= start:
+                i += 1
+            if i == len(taken) or end <= taken[i][0]:
+                markers.append((start, end, ""))
+        edits.extend(markers)
     edits.sort()  # by start, then end: no two edits share both
     return edits
 
@@ -235,8 +142,15 @@ def _walk(
     *,
     vml: bool,
     position: str,
+    base: str | None = None,
+    last_link: list[int] | None = None,
 ) -> int | None:
-    """Collect edits for text[start:stop]; return where the pixel belongs."""
+    """Collect edits for text[start:stop]; return where the pixel belongs.
+
+    ``base``: the document's ``<base href>`` so far (inside a conditional comment);
+    None until a ``<base>`` with an href is seen, "" when that href is not absolute http(s).
+    ``last_link``: set to ``[end]`` of the last ``<a>`` start tag seen.
+    """
     clicks = tracker.clicks
     if vml:
         scan = _SCAN_VML
@@ -245,46 +159,86 @@ def _walk(
     body_tags = scan is _SCAN  # the only scanner that stops at <body>
     body_open: int | None = None
     body_close: int | None = None
+    unfinished: int | None = None  # where a construct starts that runs to the end unclosed
     for m in scan.finditer(text, start, stop):
         kind = m.lastindex  # the outermost group of the token that matched
         if kind == _TAG:
-            if body_tags and text[m.start(_NAME)] in "bB":
-                if body_open is None:
+            name = m.start(_NAME)
+            if text[name] in "bB":
+                if text[name + 1] in "aA":  # <base>: the first with an href sets the base
+                    if base is None:
+                        base = _base_url(text, *m.span(_ATTRS))
+                elif body_tags and body_open is None:
                     body_open = m.end()
-            elif clicks:
-                attrs_start, attrs_end = m.span(_ATTRS)
-                _link(text, attrs_start, attrs_end, tracker, edits)
+            else:
+                if last_link is not None and m.end(_NAME) == name + 1:  # <a>, not <area>
+                    last_link[:] = [m.end()]
+                if clicks:
+                    attrs_start, attrs_end = m.span(_ATTRS)
+                    _link(text, attrs_start, attrs_end, tracker, edits, base or None)
         elif kind == _ENDBODY:
             body_close = m.start(_ENDBODY)
-        elif kind == _CONDBODY and clicks:
+        elif kind == _CONDBODY:
             # Only a conditional comment whose text holds "href" stops the scan.
             body_start, body_end = m.span(_CONDBODY)
-            _walk(text, body_start, body_end, tracker, edits, vml=True, position=position)
+            if clicks:
+                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position,
+                      base=base or None)
+            if body_end == m.end():  # no "-->": a comment to the end
+                unfinished = m.start(_COND)
+        elif kind == _UNFINISHED:
+            unfinished = m.start(_UNFINISHED)
     if vml or not tracker.loads or tracker.images:
         return None
     if position == "top" and body_open is not None:
         return body_open
-    return body_close if body_close is not None else stop
+    if body_close is not None:
+        return body_close
+    return unfinished if unfinished is not None else stop
+
+
+def _base_url(text: str, start: int, end: int) -> str | None:
+    """The absolute http(s) URL of a ``<base>`` tag's href: None without one, "" for another."""
+    if "href" not in text[start:end].lower():
+        return None
+    m = _FIRST_HREF.match(text, start, end)
+    if m is None:
+        return ""
+    url = clean_url(decode_attribute(m.group(m.lastindex or 1)))
+    return url if trackable_host(url) is not None else ""
 
 
 def _link(
-    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+    text: str,
+    start: int,
+    end: int,
+    tracker: Tracker,
+    edits: list[tuple[int, int, str]],
+    base: str | None = None,
 ) -> None:
-    """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes."""
+    """Track the ``href`` among the attributes ``text[start:end]``; drop opt-out attributes.
+
+    ``base``: the absolute URL of the document's ``<base href>``, if any.
+    """
     attrs = text[start:end].lower()
     if "href" not in attrs:
         return  # no href: nothing to track, and opt-out attributes stay (as without one)
     if "track" in attrs and ("no-track" in attrs or "clicktracking" in attrs):
-        _link_slowly(text, start, end, tracker, edits)
-    elif "http" in attrs or "&" in attrs:  # else no href value can be an http(s) URL
+        _link_slowly(text, start, end, tracker, edits, base)
+    elif base or "http" in attrs or "&" in attrs:  # else no href value can be an http(s) URL
         m = _FIRST_HREF.match(text, start, end)
         if m is not None:
             group = m.lastindex or 1
-            _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group])
+            _href(m, group, tracker, edits, _FIRST_HREF_QUOTES[group], base)
 
 
 def _link_slowly(
-    text: str, start: int, end: int, tracker: Tracker, edits: list[tuple[int, int, str]]
+    text: str,
+    start: int,
+    end: int,
+    tracker: Tracker,
+    edits: list[tuple[int, int, str]],
+    base: str | None = None,
 ) -> None:
     """Read every attribute: an opt-out attribute may be there (and is removed)."""
     href: re.Match[str] | None = None
@@ -307,7 +261,7 @@ def _link_slowly(
             edits.append((a.start(), a.end(), ""))
         return
     group = href.lastindex or 1
-    _href(href, group, tracker, edits, _ATTR_QUOTES[group])
+    _href(href, group, tracker, edits, _ATTR_QUOTES[group], base)
 
 
 def _href(
@@ -316,15 +270,23 @@ def _href(
     tracker: Tracker,
     edits: list[tuple[int, int, str]],
     quote: str | None,
+    base: str | None = None,
 ) -> None:
-    """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted)."""
+    """Track one href value, group ``group`` of ``m``, quoted with ``quote`` (None: unquoted).
+
+    With a ``base``, a relative reference is tracked as the URL it resolves to.
+    """
     raw = m.group(group)
     if "&" in raw:
         url = clean_url(decode_attribute(raw))
     elif raw[:1] in _H or raw.lstrip(C0_SPACE)[:1] in _H:
         url = clean_url(raw)
-    else:
+    elif base is None:
         return  # mailto:, #top, {{url}}, a relative link: the common cases, decided at once
+    else:
+        url = clean_url(raw)
+    if base is not None and url and url[0] != "#" and _SCHEME.match(url) is None:
+        url = urljoin(base, url)  # a relative reference: the client opens it resolved
     host = trackable_host(url)
     if host is None:
         plain = strip_notrack(url) if "+" in url else None

@@ -17,10 +17,19 @@ from ..store import Link
 from ..store import random_token
 from ._urls import Exclusions
 
-#: Postal's hidden pixel container; ``{src}`` is the pixel URL.
+#: The open pixel; ``{src}`` is its URL. As inert as the web allows (the browser
+#: tests in tests/test_rewrite_browser.py compare screenshots with and without it):
+#: a bare ``<img>``, not Postal's ``<p class='ampimg'>`` wrapper, so ``p:first-of-type``,
+#: ``p:last-of-type`` and ``p {display: block !important}`` never meet it and no
+#: block box or clone of an open link comes with it; inline ``!important`` hiding,
+#: which no author rule overrides (an inline important declaration beats any
+#: stylesheet's); ``visibility:hidden`` (Postal wrote ``none``, which is not CSS);
+#: ``mso-hide:all`` for Outlook's Word engine, which ignores ``display:none``; and
+#: 1x1 with no height for clients that honour none of these.
 PIXEL_HTML = (
-    "<p class='ampimg' style='display:none;visibility:none;margin:0;padding:0;line-height:0;'>"
-    "<img src='{src}' alt=''></p>"
+    "<img src='{src}' alt='' width='1' height='1' border='0' style='display:none!important;"
+    "visibility:hidden!important;mso-hide:all;width:1px;height:1px;max-height:0;"
+    "overflow:hidden;margin:0;padding:0;border:0'>"
 )
 
 DEFAULT_MAX_LINKS = 1000
