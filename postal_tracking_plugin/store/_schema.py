@@ -614,9 +614,9 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
     # replaces on_timestamp); a tag's events by message (its messages first).
     # One wide index by time served both of the first two, but a full scan of
     # it cost 1.2-1.5 s against 0.2-0.3 s for the narrow one (1M events, a
-    # 128 MB buffer pool). Postal's loads and clicks get a time index only in
-    # databases we made (in postal mode Postal's tables are left as they are).
-    # Timings: benchmarks/dashboard.py.
+    # 128 MB buffer pool). Postal's loads and clicks get no index of ours: a
+    # message database we make stays laid out as Postal's, for Postal to adopt
+    # (tests/test_postal_mode.py). Timings: benchmarks/dashboard.py.
     6: (
         Index(
             "tracking_events",
@@ -634,8 +634,6 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
             "`message_id`, `kind`, `counted`, `bot`, `timestamp`, `reason`",
         ),
         Index("tracking_events", "on_timestamp", drop=True),
-        Index("loads", "tracking_on_timestamp", "`timestamp`, `message_id`"),
-        Index("clicks", "tracking_on_timestamp", "`timestamp`, `message_id`"),
     ),
 }
 
