@@ -1,5 +1,7 @@
 """EventRecorder.click cost on SQLite: the per-process-prefix + counter event id
-against the old ``uuid.uuid4().hex`` per event, measured in the same run.
+against the old ``uuid.uuid4().hex`` per event, and what ``tracking.privacy.anonymize_ip``
+(IPv4, IPv6) and a non-ASCII User-Agent (read again as UTF-8) add to a click,
+each beside the plain click in the same run.
 
 Run: .venv/bin/python benchmarks/recorder.py [N]
 """
@@ -51,9 +53,19 @@ def main() -> None:
         rec._next_id = lambda: uuid.uuid4().hex  # type: ignore[method-assign]
         click_old = _per_call(lambda: rec.click(**kw), n)
         rec._next_id = real_next_id  # type: ignore[method-assign]
+        plain = _per_call(lambda: rec.click(**kw), n)
+        rec._anonymize = True
+        anon_v4 = _per_call(lambda: rec.click(**kw), n)
+        anon_v6 = _per_call(lambda: rec.click(**{**kw, "ip_address": "2001:db8:1:2::3"}), n)
+        rec._anonymize = False
+        utf8_agent = "Mozilla/5.0 café".encode().decode("latin-1")  # as WSGI hands it over
+        utf8 = _per_call(lambda: rec.click(**{**kw, "user_agent": utf8_agent}), n)
         print(f"n={n}")
         print(f"event id   old uuid4().hex: {old_id:7.2f} us   new prefix+counter: {new_id:7.2f} us")
         print(f"click()    with uuid4 ids:  {click_old:7.2f} us   with prefix+counter: {click_new:7.2f} us")
+        print(f"click()    plain:           {plain:7.2f} us   anonymize_ip IPv4: {anon_v4:7.2f} us   "
+              f"IPv6: {anon_v6:7.2f} us")
+        print(f"click()    ASCII agent:     {plain:7.2f} us   UTF-8 agent (decoded): {utf8:7.2f} us")
 
 
 if __name__ == "__main__":

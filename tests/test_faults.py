@@ -546,3 +546,122 @@ def test_a_killed_worker_is_replaced_and_its_spool_replayed(
     assert lost == set()
     assert duplicated == set()
     assert list((setup["data_dir"] / "spool").glob("*.jsonl")) == []
+
+
+def _refuse_inserts(port: int, database: str, code: int | None) -> None:
+    """Make every ``clicks`` insert fail with MySQL error ``code`` (None: stop refusing).
+
+    A trigger is how a table that is full (1114, a full disk) or a server gone
+    read-only (1290, a replica during failover) looks to the writer: the
+    server answers pings, and refuses the write.
+    """
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=database)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS refuse_clicks")
+            if code is not None:
+                cursor.execute(
+                    "CREATE TRIGGER refuse_clicks BEFORE INSERT ON clicks FOR EACH ROW "
+                    f"SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = {code}, "
+                    f"MESSAGE_TEXT = 'refused by the fault test ({code})'"
+                )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_writes_refused_for_ten_seconds_under_load_lose_and_set_aside_nothing(
+    setup: dict[str, Any], mariadb: PrivateMariaDB
+) -> None:
+    """Issue 14, row 1: a store that answers pings but refuses writes (1114, then 1290)."""
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    database = store.message_database(server.id)  # type: ignore[attr-defined]
+    fast.start()
+    load = Load(setup["port"], setup["paths"]).start()
+    time.sleep(2)
+    before = len(load.results)
+    refused_at = time.monotonic()
+    try:
+        _refuse_inserts(mariadb.port, database, 1114)  # table is full
+        time.sleep(5)
+        _refuse_inserts(mariadb.port, database, 1290)  # --read-only
+        time.sleep(5)
+    finally:
+        _refuse_inserts(mariadb.port, database, None)
+    refused = time.monotonic() - refused_at
+    during = len(load.results) - before
+    time.sleep(2)
+    load.stop()
+    acked = set(load.acknowledged())
+    _wait_for_rows(store, server.id, acked)
+    assert fast.terminate() == 0
+    counts = _click_agents(store, server.id)
+    lost = acked - set(counts)
+    duplicated = {agent for agent, n in counts.items() if n > 1}
+    set_aside = sum(
+        len(p.read_text().splitlines()) for p in (setup["data_dir"] / "spool").glob("rejected-*")
+    )
+    print(
+        f"\nwrites refused (1114 then 1290) for {refused:.1f} s under load: requests "
+        f"{len(load.results)} (during the refusal {during}), acknowledged {len(acked)}, "
+        f"written {len(acked & set(counts))}, set aside {set_aside}, lost {len(lost)}, "
+        f"duplicated {len(duplicated)}"
+    )
+    assert during > 100
+    assert lost == set()
+    assert duplicated == set()
+    assert set_aside == 0
+    assert set(counts) - acked == set()
+
+
+def test_two_workers_starting_with_400_unqueued_events_queue_each_webhook_once(
+    setup: dict[str, Any],
+) -> None:
+    """Issue 14, row 3: every worker catches up at start; each webhook is queued once."""
+    fast, store, server = setup["fast"], setup["store"], setup["server"]
+    with store.main() as db:
+        db.insert(
+            "INSERT INTO webhooks (server_id, uuid, name, url, all_events, enabled, sign) "
+            "VALUES (%s, 'w1', 'all', 'https://hooks.example.com/all', 1, 1, 1)",
+            (server.id,),
+        )
+    with store.messages(server.id, readonly=True) as db:
+        message = db.one("SELECT id FROM messages")
+        link = db.one("SELECT id FROM links")
+    now = time.time()
+    store.record_events(
+        server.id,
+        [
+            {
+                "event_id": f"before-restart-{i}",
+                "kind": "click",
+                "method": "GET",
+                "message_id": message["id"],
+                "link_id": link["id"],
+                "ip_address": f"198.51.{i // 250}.{i % 250}",
+                "user_agent": f"reader/{i}",
+                "timestamp": now - 600 + i * 0.001,
+            }
+            for i in range(400)
+        ],
+        webhooks_pending=True,
+    )
+    fast.workers = 2
+    fast.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with store.messages(server.id, readonly=True) as db:
+            left = db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")
+        if not left["n"]:
+            break
+        time.sleep(0.2)
+    assert fast.terminate() == 0
+    with store.main(readonly=True) as db:
+        rows = db.query("SELECT uuid FROM webhook_requests")
+    print(
+        f"\ntwo workers starting with 400 unqueued events: webhook_requests rows {len(rows)}, "
+        f"distinct uuids {len({r['uuid'] for r in rows})}"
+    )
+    assert left["n"] == 0
+    assert len(rows) == 400
+    assert len({r["uuid"] for r in rows}) == 400

@@ -188,7 +188,16 @@ class Issuer:
         outcomes = []
         with renewal_lock(self.store) as holder:
             for i, td in enumerate(domains, 1):
-                acquire_lock(self.store, holder, LOCK_TTL)
+                if not acquire_lock(self.store, holder, LOCK_TTL):
+                    # The lock expired under us (a stalled run, a clock jump) and
+                    # another node took it: two nodes issuing at once would race
+                    # for the same orders and rate limits. Stop; it carries on.
+                    owner = lock_owner(self.store)
+                    raise LockBusy(
+                        f"lost the certificate lock to {owner[0] if owner else 'another node'} "
+                        f"after {i - 1} of {len(domains)} domains: stopped issuing, so that only "
+                        f"one node issues; the new holder renews what is still due"
+                    )
                 if only_due and not is_due(
                     self.store.get_certificate(td.full_name),
                     get_status(self.store, td.full_name),

@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "letsencrypt",
     "smtp_relay",
     "stats",
+    "prune",
+    "forget",
     "users",
     "dashboard",
     "quickstart",

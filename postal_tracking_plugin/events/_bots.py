@@ -43,9 +43,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._hub import cooperate
 from ..config import Config
 from ..errors import ConfigError
-from ..store._message_ops import cooperate
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
@@ -198,6 +198,7 @@ class Flagger:
         )
 
     def __call__(self, db: Any, events: list[dict[str, Any]]) -> None:
+        """Flag ``events``; ``db`` is the store's :class:`FlagQueries` on the open transaction."""
         classify = self.rules.classify
         for i, event in enumerate(events):
             if i and not i % _STEP:
@@ -257,14 +258,7 @@ class Flagger:
         # different links in all than a burst needs.
         summary = {
             int(r["message_id"]): (int(r["links"]), not int(r["min_bot"] or 0))
-            for r in _pairs_query(
-                db,
-                "SELECT message_id, COUNT(DISTINCT COALESCE(link_id, 0)) AS links, "
-                "MIN(bot) AS min_bot FROM tracking_events",
-                "GROUP BY message_id",
-                batch,
-                earliest,
-            )
+            for r in db.click_summary(batch, earliest)
         }
         open_keys = []
         for key, mine in batch.items():
@@ -278,14 +272,7 @@ class Flagger:
         # One row per (message, address, link) already recorded, with its last
         # time: bounded by the links of a message, however hard one address
         # hammers them (which is what this check is for).
-        earlier = _pairs_query(
-            db,
-            "SELECT message_id, ip_address, link_id, MAX(timestamp) AS last, MIN(bot) AS min_bot "
-            "FROM tracking_events",
-            "GROUP BY message_id, ip_address, link_id",
-            wanted,
-            earliest,
-        )
+        earlier = db.click_links(wanted, earliest)
         # Items: (time, link id, event of this batch or None, an earlier row unflagged).
         groups: dict[tuple[int, str], list[tuple[float, int, dict[str, Any] | None, bool]]] = {}
         for r in earlier:
@@ -315,12 +302,7 @@ class Flagger:
                     reflag_from = ts if reflag_from is None else min(reflag_from, ts)
                     reflag_to = max(reflag_to, ts)
             if reflag_from is not None:
-                db.execute(
-                    "UPDATE tracking_events SET bot = 1, reason = 'all-links-at-once' "
-                    "WHERE kind = 'click' AND message_id = %s AND ip_address = %s AND bot = 0 "
-                    "AND timestamp >= %s AND timestamp <= %s",
-                    (message_id, ip, reflag_from - window, reflag_to),
-                )
+                db.flag_clicks(message_id, ip, reflag_from - window, reflag_to, "all-links-at-once")
 
 
 def _in_bursts(items: list[tuple[float, int]], window: float, need: int) -> set[int]:
@@ -368,62 +350,7 @@ def _load_messages(
     if not missing:
         return
     fetched.update(missing)
-    for r in _in_query(
-        db, "SELECT id, timestamp, tracked_links FROM messages WHERE id IN ({})", missing
-    ):
-        messages[int(r["id"])] = r
-
-
-def _pairs_query(
-    db: Any, select: str, group_by: str, pairs: Iterable[tuple[int, str]], earliest: float
-) -> list[Any]:
-    """Rows of ``select ... group_by`` over the clicks since ``earliest`` of these
-    (message, address) pairs, whole messages of about 100 pairs a query.
-
-    Each pair is one ``message_id = %s AND ip_address = %s`` term of an OR,
-    which both databases answer from the (message, kind, address, time) index;
-    lists of messages and of addresses would also match every other pair of
-    the two lists: with many readers in a batch, a scan of the whole window.
-    """
-    by_message: dict[int, list[str]] = {}
-    for message_id, ip in pairs:
-        by_message.setdefault(message_id, []).append(ip)
-    rows: list[Any] = []
-    terms: list[str] = []
-    params: list[Any] = [earliest]
-    messages = sorted(by_message)
-    queried = False
-    for i, message_id in enumerate(messages):
-        for ip in sorted(by_message[message_id]):
-            terms.append("(message_id = %s AND ip_address = %s)")
-            params += (message_id, ip)
-        if len(terms) >= _STEP or i == len(messages) - 1:
-            if queried:
-                cooperate()
-            queried = True
-            rows += db.query(
-                f"{select} WHERE kind = 'click' AND timestamp >= %s AND ({' OR '.join(terms)}) "
-                f"{group_by}",
-                params,
-            )
-            terms, params = [], [earliest]
-    return rows
-
-
-def _in_query(db: Any, sql: str, values: Sequence[Any], extra: Iterable[Any] = ()) -> list[Any]:
-    """Rows of ``sql`` for ``values`` in its ``IN ({})``, 100 values a query.
-
-    PyMySQL parses a result in one stretch of the hub's thread: smaller
-    results, with a yield between them, keep the requests going.
-    """
-    rows: list[Any] = []
-    extra = tuple(extra)
-    for start in range(0, len(values), _STEP):
-        if start:
-            cooperate()
-        chunk = list(values[start : start + _STEP])
-        rows += db.query(sql.format(", ".join(["%s"] * len(chunk))), (*chunk, *extra))
-    return rows
+    messages.update(db.messages_for_flags(missing))
 
 
 def _rules(text: str) -> Iterable[tuple[int, str, str]]:

@@ -16,19 +16,21 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._hub import cooperate
+from .._hub import spawn
 from ..config import Config
 from ..store import Store
-from ..store._message_ops import cooperate
 from ._bots import Flagger
+from ._privacy import Pruner
+from ._privacy import anonymize_ip
 from ._spool import Spool
 from ._spool import fork_generation
+from ._webhooks import WebhookQueue
 from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
@@ -58,20 +60,12 @@ _ANNOUNCE_CHUNK = 100
 _LOG_EVERY = 10.0
 
 
-def gevent_patched() -> bool:
-    """Whether gevent has monkey-patched this process (the fast server does, first thing)."""
-    if "gevent.monkey" not in sys.modules:
-        return False
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("socket") or monkey.is_module_patched("threading"))
-
-
 class EventRecorder:
     """Durable, batched recording of clicks and opens.
 
     :param config: the configuration (``tracking.data_dir``, ``tracking.events``,
-        ``tracking.webhooks``, ``tracking.store``).
+        ``tracking.webhooks``, ``tracking.store``, ``tracking.privacy``,
+        ``tracking.retention_days``).
     :param store: the store events are written to.
     :param hook: called as ``hook(event)`` once per event, after the event is
         durably in the store, with the keys in :data:`EVENT_KEYS`. It runs in
@@ -104,13 +98,16 @@ class EventRecorder:
             max_bytes=ev.spool_max_bytes,
         )
         self._flagger = Flagger.from_config(config)
-        self._webhooks = None
+        self._webhooks: WebhookQueue | None = None
         if webhooks is None:
-            webhooks = bool(config.tracking.webhooks.urls) or config.tracking.store in ("mysql", "postal")
+            webhooks = bool(config.tracking.webhooks.urls) or config.tracking.store in (
+                "mysql",
+                "postal",
+            )
         if webhooks:
-            from ._webhooks import WebhookQueue
-
             self._webhooks = WebhookQueue(config, store)
+        self._anonymize = config.tracking.privacy.anonymize_ip
+        self._pruner = Pruner(config, store, self.spool)
         self.writer = Writer(
             self.spool,
             store,
@@ -121,6 +118,8 @@ class EventRecorder:
             webhooks_pending=self._webhooks is not None,
             periodic=self._periodic,
         )
+        if self._webhooks is not None:
+            self.writer.claimant = self._webhooks.name
         self._webhooks_behind = self._webhooks is not None  # catch up once at start
         self._runner: Any = None
         self._dropped = 0
@@ -141,19 +140,14 @@ class EventRecorder:
         self.spool.adopt_orphans()
         if self._webhooks is not None:
             self._webhooks.start()
-        if gevent_patched():
-            import gevent
-
-            self._runner = gevent.spawn(self._run)
-        else:
-            self._runner = threading.Thread(target=self._run, name="event-writer", daemon=True)
-            self._runner.start()
+        self._runner = spawn(self._run, "event-writer")
 
     def _run(self) -> None:
         self.writer.run()
 
     def _periodic(self) -> None:
-        """Every 30 s in the writer: queue webhooks that an earlier failure (or crash) left."""
+        """Every 30 s in the writer: prune once a day; queue webhooks an earlier failure left."""
+        self._pruner.maybe_run()
         if self._webhooks is None or not self._webhooks_behind:
             return
         try:
@@ -212,6 +206,10 @@ class EventRecorder:
         """Spool a click. Returns the event id, or None if it could not be spooled."""
         try:
             event_id = self._next_id()
+            if self._anonymize and ip_address:
+                ip_address = anonymize_ip(ip_address)
+            if user_agent and not user_agent.isascii():
+                user_agent = decode_agent(user_agent)
             line = (
                 f'{{"event_id":"{event_id}","kind":"click","method":{_str(method)},'
                 f'"server_id":{int(server_id)},"server_token":{_str(server_token)},'
@@ -240,6 +238,10 @@ class EventRecorder:
         """Spool an open. Returns the event id, or None if it could not be spooled."""
         try:
             event_id = self._next_id()
+            if self._anonymize and ip_address:
+                ip_address = anonymize_ip(ip_address)
+            if user_agent and not user_agent.isascii():
+                user_agent = decode_agent(user_agent)
             line = (
                 f'{{"event_id":"{event_id}","kind":"open","method":{_str(method)},'
                 f'"server_id":{int(server_id)},"server_token":{_str(server_token)},'
@@ -322,7 +324,9 @@ class EventRecorder:
     def _recorded(self, server_id: int, events: list[dict[str, Any]]) -> None:
         if self.hook is None and self._webhooks is None:
             return
-        messages = load_messages(self.store, server_id, events)
+        messages = self.store.messages_by_id(
+            server_id, [e["message_id"] for e in events if e.get("message_id") is not None]
+        )
         for event in events:
             message = messages.get(event.get("message_id") or -1)
             if event.get("message_token") is None and message is not None:
@@ -350,7 +354,7 @@ class EventRecorder:
                     log.exception("tracking-event hook failed for event %s", event["event_id"])
 
 
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring_ascii
 
 
 def _str(value: str | None) -> str:
@@ -366,21 +370,14 @@ def _time(value: float | None) -> str:
     return repr(time.time() if value is None else float(value))
 
 
-def load_messages(store: Store, server_id: int, events: list[dict[str, Any]]) -> dict[int, Any]:
-    """``messages`` rows of the events' messages, by id (for tokens and webhook payloads)."""
-    ids = sorted({int(e["message_id"]) for e in events if e.get("message_id") is not None})
-    rows: dict[int, Any] = {}
-    if not ids:
-        return rows
-    with store.messages(server_id, readonly=True) as db:
-        # 100 rows a query: PyMySQL parses a result in one stretch of the hub's thread.
-        for start in range(0, len(ids), _ANNOUNCE_CHUNK):
-            chunk = ids[start : start + _ANNOUNCE_CHUNK]
-            for row in db.query(
-                "SELECT id, token, scope, rcpt_to, mail_from, subject, message_id, timestamp, "
-                "inspected, spam, tag FROM messages "
-                f"WHERE id IN ({', '.join(['%s'] * len(chunk))})",
-                chunk,
-            ):
-                rows[int(row["id"])] = row
-    return rows
+def decode_agent(value: str) -> str:
+    """A User-Agent header as the client sent it: UTF-8 where it decodes, else latin-1.
+
+    WSGI hands headers over as latin-1 (PEP 3333), so a UTF-8 agent arrives as
+    ``cafÃ©``; its bytes are read again as UTF-8. Text that is not latin-1
+    (already decoded by a caller) or not UTF-8 is kept as it is.
+    """
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value

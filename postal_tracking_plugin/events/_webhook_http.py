@@ -43,7 +43,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_private: bool)
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {parts.hostname}: {exc}") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         check_address(address, allow_private)
     sock = socket.create_connection((addresses[0], port), timeout=_TIMEOUT)

@@ -9,6 +9,38 @@ import time
 from typing import Any
 
 SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
+#: Postal's ``webhook_requests.payload`` is a MySQL ``TEXT``: 65,535 bytes.
+POSTAL_PAYLOAD_BYTES = 65535
+#: What an oversized payload's URL and User-Agent are cut to (characters).
+CUT_TO = 2000
+
+
+class PayloadTooLarge(ValueError):
+    """A payload that does not fit Postal's column even once cut."""
+
+
+def postal_payload(payload: dict[str, Any], limit: int = POSTAL_PAYLOAD_BYTES) -> str:
+    """``payload`` as Rails' YAML for ``webhook_requests.payload``, cut to fit ``limit`` bytes.
+
+    A payload too large for Postal's ``TEXT`` column (a link URL of 65,400
+    characters, say) has its ``url`` and ``user_agent`` cut to their first
+    :data:`CUT_TO` characters and gains ``truncated: true``, so receivers can
+    tell; the message and the rest are kept whole. If even that does not fit,
+    :class:`PayloadTooLarge` is raised and that one webhook is skipped.
+    """
+    text = rails_yaml(payload)
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    cut = dict(payload)
+    for key in ("url", "user_agent"):
+        if isinstance(cut.get(key), str):
+            cut[key] = cut[key][:CUT_TO]
+    cut["truncated"] = True
+    text = rails_yaml(cut)
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(f"payload of {size} bytes even with url and user_agent cut")
+    return text
 
 
 def spam_status(message: dict[str, Any]) -> str:

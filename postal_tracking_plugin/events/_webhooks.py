@@ -22,9 +22,12 @@ Standalone (``tracking.webhooks.urls``)
 
 The payload is Postal's: ``{message, url, token, ip_address, user_agent}`` for
 a click, ``{message, ip_address, user_agent}`` for an open, plus our ``bot``
-and ``bot_reason``. Queueing is idempotent (request uuids derive from the event
-id), and events recorded but not yet queued when a process died are queued by
-the next one (``tracking_events.webhooks_queued``).
+and ``bot_reason``. Each event's webhooks are queued once across processes and
+nodes: by the process holding its claim (:class:`WebhookQueue`); request uuids
+derive from the event id, so receivers can dedupe; events recorded but not
+queued when a process died are claimed and queued by another once the claim
+expires (``tracking_events.webhooks_queued``). No SQL here: the store's named
+methods do it (``store/_event_ops.py``).
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .._hub import spawn
 from ..config import Config
 from ..store import Store
 from ._webhook_http import Refused
 from ._webhook_http import post
 from ._webhook_payloads import SIGNATURE_HEADER
+from ._webhook_payloads import PayloadTooLarge
 from ._webhook_payloads import payload_for
-from ._webhook_payloads import rails_yaml
+from ._webhook_payloads import postal_payload
 from ._webhook_payloads import sign
 
 log = logging.getLogger("postal_tracking_plugin.events")
@@ -57,6 +62,9 @@ EVENT_NAMES = {"click": "MessageLinkClicked", "open": "MessageLoaded"}
 RETRIES = {1: 120, 2: 180, 3: 360, 4: 600, 5: 900}
 _NAMESPACE = uuid.UUID("5d0c1c44-7a8e-4f0e-9f5e-3a6f2f7b9c21")
 _LOCK_SECONDS = 60.0
+#: A claim on an event's webhooks older than this is taken over by another
+#: process's catch-up: its holder died between recording and queueing.
+CLAIM_LEASE = 120.0
 #: Finished standalone deliveries are kept this long (for inspection), then deleted.
 KEEP_SECONDS = 7 * 86400
 
@@ -64,12 +72,39 @@ KEEP_SECONDS = 7 * 86400
 # -- queueing --------------------------------------------------------------------
 
 
+def _event_of(server: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The event dict of a ``tracking_events`` row (its URL is filled in from ``links``)."""
+    return {
+        "event_id": row["event_id"],
+        "kind": row["kind"],
+        "method": row["method"],
+        "server_id": server.id,
+        "server_token": server.token,
+        "message_id": row["message_id"],
+        "link_id": row["link_id"],
+        "url": None,
+        "ip_address": row["ip_address"],
+        "user_agent": row["user_agent"],
+        "timestamp": float(row["timestamp"]),
+        "bot": bool(row["bot"]),
+        "bot_reason": row["reason"],
+    }
+
+
 def _utc(ts: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).replace(tzinfo=None)
 
 
 class WebhookQueue:
-    """Queues webhooks for newly recorded events, and (standalone) delivers them."""
+    """Queues webhooks for newly recorded events, and (standalone) delivers them.
+
+    Exactly once across processes and nodes: an event's webhooks are queued
+    only by the process that holds its claim (``tracking_events.webhooks_claimed_by``).
+    The writer claims the events it records in the same INSERT; the catch-up
+    claims events left unqueued with one ``UPDATE ... WHERE webhooks_queued = 0``
+    that only one process wins, taking over claims older than
+    :data:`CLAIM_LEASE` (their process died between recording and queueing).
+    """
 
     def __init__(self, config: Config, store: Store) -> None:
         self.store = store
@@ -79,7 +114,8 @@ class WebhookQueue:
         self._runner: Any = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        #: This process's claims on events and on deliveries.
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- after the writer committed -------------------------------------------
 
@@ -89,7 +125,7 @@ class WebhookQueue:
         events: Sequence[dict[str, Any]],
         messages: dict[int, Any],
     ) -> int:
-        """Queue webhooks for ``events`` (already in the store); returns rows queued."""
+        """Queue webhooks for ``events`` (in the store, claimed by this process); returns rows queued."""
         counted = [
             e
             for e in events
@@ -97,73 +133,49 @@ class WebhookQueue:
             and e.get("message_id") is not None
             and int(e["message_id"]) in messages
         ]
-        link_tokens = self._link_tokens(server_id, [e for e in counted if e["kind"] == "click"])
-        items = [
-            (
-                e,
-                EVENT_NAMES[e["kind"]],
-                payload_for(e, messages[int(e["message_id"])], link_tokens.get(e.get("link_id"))),
-            )
-            for e in counted
-        ]
+        links = self.store.links_by_id(
+            server_id, [e["link_id"] for e in counted if e["kind"] == "click" and e.get("link_id")]
+        )
+        items = []
+        for e in counted:
+            link = links.get(int(e["link_id"])) if e.get("link_id") is not None else None
+            token = link["token"] if link is not None else None
+            payload = payload_for(e, messages[int(e["message_id"])], token)
+            items.append((e, EVENT_NAMES[e["kind"]], payload))
         queued = 0
         if items and self.postal_mode:
             queued += self._queue_postal(server_id, items)
         if items and self.urls:
             queued += self._queue_standalone(items)
             self._wake.set()
-        self._mark_queued(server_id, [e["event_id"] for e in events])
+        self.store.mark_webhooks_queued(server_id, [e["event_id"] for e in events])
         return queued
-
-    def _link_tokens(self, server_id: int, clicks: list[dict[str, Any]]) -> dict[Any, str]:
-        ids = sorted({int(e["link_id"]) for e in clicks if e.get("link_id") is not None})
-        if not ids:
-            return {}
-        with self.store.messages(server_id, readonly=True) as db:
-            rows = db.query(
-                f"SELECT id, token FROM links WHERE id IN ({', '.join(['%s'] * len(ids))})", ids
-            )
-        return {int(r["id"]): r["token"] for r in rows}
 
     def _queue_postal(self, server_id: int, items: list[tuple[dict[str, Any], str, Any]]) -> int:
         now = time.time()
+        names = {name for _e, name, _p in items}
+        hooks = {name: self.store.subscribed_webhooks(server_id, name) for name in names}
+        # retry_after in the past: Postal 3's workers take rows that are
+        # "ready", Postal 2's requeue job those whose retry_after has passed.
+        ready, created = _utc(now - 1), _utc(now)
         rows = []
-        with self.store.main() as db:
-            hooks: dict[str, list[Any]] = {}
-            for name in {name for _e, name, _p in items}:
-                hooks[name] = db.query(
-                    "SELECT DISTINCT w.id, w.url FROM webhooks w "
-                    "LEFT JOIN webhook_events we ON we.webhook_id = w.id "
-                    "WHERE w.server_id = %s AND w.enabled = 1 "
-                    "AND (w.all_events = 1 OR we.event = %s) ORDER BY w.id",
-                    (server_id, name),
+        for event, name, payload in items:
+            if not hooks[name]:
+                continue
+            try:
+                text = postal_payload(payload)
+            except PayloadTooLarge as exc:
+                log.error("webhook of event %s not queued: %s", event["event_id"], exc)
+                continue
+            for hook in hooks[name]:
+                request_uuid = str(uuid.uuid5(_NAMESPACE, f"{event['event_id']}:{hook['id']}"))
+                rows.append(
+                    (server_id, hook["id"], hook["url"], name, request_uuid, text, ready, created)
                 )
-            for event, name, payload in items:
-                for hook in hooks[name]:
-                    request_uuid = str(uuid.uuid5(_NAMESPACE, f"{event['event_id']}:{hook['id']}"))
-                    rows.append(
-                        (
-                            server_id,
-                            hook["id"],
-                            hook["url"],
-                            name,
-                            request_uuid,
-                            rails_yaml(payload),
-                        )
-                    )
-            if not rows:
-                return 0
-            existing = _existing(db, "webhook_requests", [r[4] for r in rows])
-            fresh = [r for r in rows if r[4] not in existing]
-            # retry_after in the past: Postal 3's workers take rows that are
-            # "ready", Postal 2's requeue job those whose retry_after has passed.
-            created = _utc(now)
-            db.executemany(
-                "INSERT INTO webhook_requests (server_id, webhook_id, url, event, uuid, payload, "
-                "attempts, retry_after, created_at) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s)",
-                [(*r, _utc(now - 1), created) for r in fresh],
-            )
-        return len(fresh)
+        inserted, errors = self.store.queue_webhook_requests(rows)
+        for error in errors:
+            log.error("skipped (the others are queued): %s", error)
+        return inserted
 
     def _queue_standalone(self, items: list[tuple[dict[str, Any], str, Any]]) -> int:
         now = time.time()
@@ -172,92 +184,38 @@ class WebhookQueue:
             for url in self.urls:
                 request_uuid = str(uuid.uuid5(_NAMESPACE, f"{event['event_id']}:{url}"))
                 rows.append((request_uuid, url, name, json.dumps(payload), now, now))
-        with self.store.main() as db:
-            existing = _existing(db, "tracking_webhook_deliveries", [r[0] for r in rows])
-            fresh = [r for r in rows if r[0] not in existing]
-            db.executemany(
-                "INSERT INTO tracking_webhook_deliveries (uuid, url, event, payload, attempts, "
-                "retry_after, status, created_at) VALUES (%s, %s, %s, %s, 0, %s, 'pending', %s)",
-                fresh,
-            )
-        return len(fresh)
-
-    def _mark_queued(self, server_id: int, event_ids: list[str]) -> None:
-        if not event_ids:
-            return
-        with self.store.messages(server_id) as db:
-            db.execute(
-                "UPDATE tracking_events SET webhooks_queued = 1 WHERE event_id IN "
-                f"({', '.join(['%s'] * len(event_ids))})",
-                event_ids,
-            )
+        return self.store.queue_webhook_deliveries(rows)
 
     def catch_up(self) -> int:
-        """Queue webhooks of events recorded before a crash cut their queueing short."""
-        from ._recorder import load_messages
+        """Queue webhooks of events recorded but not queued (a crash, a failed queueing).
 
+        Events are claimed first, so processes catching up at once (every
+        fast-server worker does at start) queue each event once.
+        """
         total = 0
         for server in self.store.list_servers():
             if not self.store.message_database_exists(server.id):
                 continue
+            if not self.store.has_events_table(server.id):
+                continue  # a database Postal made, without our table yet
             while True:
-                try:
-                    with self.store.messages(server.id, readonly=True) as db:
-                        rows = db.query(
-                            "SELECT * FROM tracking_events WHERE webhooks_queued = 0 "
-                            "ORDER BY timestamp LIMIT 500"
-                        )
-                except Exception as exc:  # noqa: BLE001 - e.g. a database Postal made, without our table
-                    if self._has_events_table(server.id):
-                        raise
-                    log.debug("server %s has no tracking_events yet: %s", server.id, exc)
-                    break
+                rows = self.store.claim_unqueued_events(server.id, self.name, lease=CLAIM_LEASE)
                 if not rows:
                     break
-                events = []
-                for r in rows:
-                    events.append(
-                        {
-                            "event_id": r["event_id"],
-                            "kind": r["kind"],
-                            "method": r["method"],
-                            "server_id": server.id,
-                            "server_token": server.token,
-                            "message_id": r["message_id"],
-                            "link_id": r["link_id"],
-                            "url": None,
-                            "ip_address": r["ip_address"],
-                            "user_agent": r["user_agent"],
-                            "timestamp": float(r["timestamp"]),
-                            "bot": bool(r["bot"]),
-                            "bot_reason": r["reason"],
-                        }
-                    )
-                urls = self._link_urls(server.id, events)
+                events = [_event_of(server, r) for r in rows]
+                links = self.store.links_by_id(
+                    server.id, [e["link_id"] for e in events if e["link_id"] is not None]
+                )
                 for e in events:
-                    e["url"] = urls.get(e["link_id"])
-                total += self.queue(server.id, events, load_messages(self.store, server.id, events))
+                    link = links.get(int(e["link_id"])) if e["link_id"] is not None else None
+                    e["url"] = link["url"] if link is not None else None
+                messages = self.store.messages_by_id(
+                    server.id, [e["message_id"] for e in events if e["message_id"] is not None]
+                )
+                total += self.queue(server.id, events, messages)
         if total:
             log.info("queued %d webhooks of events recorded before a restart", total)
         return total
-
-    def _has_events_table(self, server_id: int) -> bool:
-        try:
-            with self.store.messages(server_id, readonly=True) as db:
-                db.query("SELECT event_id FROM tracking_events LIMIT 1")
-        except Exception:  # noqa: BLE001 - missing table (or database)
-            return False
-        return True
-
-    def _link_urls(self, server_id: int, events: list[dict[str, Any]]) -> dict[Any, str]:
-        ids = sorted({int(e["link_id"]) for e in events if e.get("link_id") is not None})
-        if not ids:
-            return {}
-        with self.store.messages(server_id, readonly=True) as db:
-            rows = db.query(
-                f"SELECT id, url FROM links WHERE id IN ({', '.join(['%s'] * len(ids))})", ids
-            )
-        return {int(r["id"]): r["url"] for r in rows}
 
     # -- standalone delivery -------------------------------------------------
 
@@ -270,15 +228,7 @@ class WebhookQueue:
                 "so receivers can check the %s header",
                 SIGNATURE_HEADER,
             )
-        from ._recorder import gevent_patched
-
-        if gevent_patched():
-            import gevent
-
-            self._runner = gevent.spawn(self._run)
-        else:
-            self._runner = threading.Thread(target=self._run, name="webhooks", daemon=True)
-            self._runner.start()
+        self._runner = spawn(self._run, "webhooks")
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -289,12 +239,7 @@ class WebhookQueue:
 
     def prune(self, older_than: float = KEEP_SECONDS) -> int:
         """Delete finished deliveries (delivered, failed, refused) older than ``older_than`` s."""
-        with self.store.main() as db:
-            return db.execute(
-                "DELETE FROM tracking_webhook_deliveries WHERE status <> 'pending' "
-                "AND created_at < %s",
-                (time.time() - older_than,),
-            )
+        return self.store.prune_webhook_deliveries(time.time() - older_than)
 
     def _run(self) -> None:
         next_prune = 0.0
@@ -316,23 +261,9 @@ class WebhookQueue:
 
     def deliver_due(self, limit: int = 50) -> int:
         """Send the deliveries whose time has come; returns how many were attempted."""
-        now = time.time()
-        with self.store.main() as db:
-            due = db.query(
-                "SELECT id FROM tracking_webhook_deliveries WHERE status = 'pending' "
-                "AND retry_after <= %s AND (locked_by IS NULL OR locked_at < %s) "
-                f"ORDER BY id LIMIT {int(limit)}",
-                (now, now - _LOCK_SECONDS),
-            )
-            claimed = [
-                r["id"]
-                for r in due
-                if db.execute(
-                    "UPDATE tracking_webhook_deliveries SET locked_by = %s, locked_at = %s "
-                    "WHERE id = %s AND (locked_by IS NULL OR locked_at < %s)",
-                    (self._name, now, r["id"], now - _LOCK_SECONDS),
-                )
-            ]
+        claimed = self.store.claim_due_deliveries(
+            self.name, now=time.time(), lock_seconds=_LOCK_SECONDS, limit=limit
+        )
         for delivery_id in claimed:
             if self._stopping.is_set():
                 break
@@ -340,8 +271,7 @@ class WebhookQueue:
         return len(claimed)
 
     def _deliver(self, delivery_id: int) -> None:
-        with self.store.main(readonly=True) as db:
-            row = db.one("SELECT * FROM tracking_webhook_deliveries WHERE id = %s", (delivery_id,))
+        row = self.store.webhook_delivery(delivery_id)
         if row is None:
             return
         body = json.dumps(
@@ -389,39 +319,13 @@ class WebhookQueue:
             self._finish(delivery_id, "failed", status, error, attempts)
             return
         log.warning("webhook to %s failed (%s); retrying in %d s", row["url"], error, delay)
-        with self.store.main() as db:
-            db.execute(
-                "UPDATE tracking_webhook_deliveries SET attempts = %s, retry_after = %s, "
-                "last_status_code = %s, error = %s, locked_by = NULL, locked_at = NULL "
-                "WHERE id = %s",
-                (attempts, time.time() + delay, status, error, delivery_id),
-            )
+        self.store.retry_webhook_delivery(
+            delivery_id, attempts=attempts, retry_after=time.time() + delay, code=status, error=error
+        )
 
     def _finish(
         self, delivery_id: int, status: str, code: int | None, error: str | None, attempts: int
     ) -> None:
-        with self.store.main() as db:
-            db.execute(
-                "UPDATE tracking_webhook_deliveries SET status = %s, attempts = %s, "
-                "last_status_code = %s, error = %s, delivered_at = %s, locked_by = NULL, "
-                "locked_at = NULL WHERE id = %s",
-                (
-                    status,
-                    attempts,
-                    code,
-                    error,
-                    time.time() if status == "delivered" else None,
-                    delivery_id,
-                ),
-            )
-
-
-def _existing(db: Any, table: str, uuids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(uuids), 500):
-        chunk = uuids[start : start + 500]
-        rows = db.query(
-            f"SELECT uuid FROM {table} WHERE uuid IN ({', '.join(['%s'] * len(chunk))})", chunk
+        self.store.finish_webhook_delivery(
+            delivery_id, status=status, code=code, error=error, attempts=attempts
         )
-        found.update(str(r["uuid"]) for r in rows)
-    return found

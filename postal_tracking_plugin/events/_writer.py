@@ -5,11 +5,12 @@ events are waiting, reads them back from the spool files, and records each
 server's events in one transaction (:meth:`Store.record_events`: multi-row
 INSERTs, ``messages.clicked``/``loaded``, our ``tracking_events`` row with the
 bot flags). Only then does it move the spool's committed position. If the store
-is down it keeps the events where they are and retries with a back-off, logging
-the outage once and the recovery once. A batch that keeps failing while the
-store answers (a server deleted under its events, say) is set aside in
-``spool/rejected-*.jsonl`` after a few attempts, so one bad event cannot stall
-all the others.
+will not write (down, a full disk, read-only, lock timeouts: see
+:meth:`Store.write_refused`) it keeps the events where
+they are and retries with a back-off, however long it takes, logging the
+outage once and the recovery once. A batch that fails for any other reason is
+split until the events that fail on their own are found; only those are set
+aside, each with its error, in ``spool/rejected-*.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,15 +23,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._hub import cooperate
+from .._hub import off_hub
 from ..store import Store
-from ..store._message_ops import cooperate
 from ._spool import Spool
 from ._spool import Stream
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
-#: Attempts of a batch, while the store answers pings, before it is set aside.
-POISON_ATTEMPTS = 5
 #: Events read from the spool at a time, with a yield between the reads.
 READ_STEP = 100
 
@@ -65,10 +65,11 @@ class Writer:
         self.progress = threading.Condition()
         self.failing_since: float | None = None
         self.written = 0  # events this writer committed (new or already present)
-        self._bad_attempts = 0
+        self.set_aside = 0  # events that failed on their own, in rejected-*.jsonl
+        #: Who claims the webhooks of the events this writer records (see WebhookQueue).
+        self.claimant: str | None = None
         self._next_adopt = 0.0
         self._schema_checked: set[int] = set()
-        self._offload: bool | None = None
 
     def run(self) -> None:
         backoff = self.interval
@@ -150,30 +151,44 @@ class Writer:
         for event in events:
             by_server.setdefault(int(event["server_id"]), []).append(event)
         for server_id, batch in by_server.items():
+            self._write_server(server_id, batch)
+
+    def _write_server(self, server_id: int, batch: list[dict[str, Any]]) -> None:
+        """Write one server's events, splitting the batch around events that fail alone.
+
+        "The store will not write now" (:meth:`Store.write_refused`: lost
+        connections, a full disk, a read-only server, lock timeouts, ...)
+        propagates: the events stay in the spool and the loop retries with a
+        back-off, however long it takes. Any other failure splits the batch in
+        halves, each written on its own, down to single events; an event that
+        fails alone while the store answers is set aside with its error. A
+        batch with one bad event costs about ``2 * log2(batch)`` transactions.
+        """
+        try:
             if server_id not in self._schema_checked:
                 self._ensure_schema(server_id)
-            try:
-                fresh = self._run_blocking(
-                    self.store.record_events,
-                    server_id,
-                    batch,
-                    self.flag,
-                    webhooks_pending=self.webhooks_pending,
-                )
-            except Exception as exc:
-                # Only failures while the store answers count towards setting a
-                # batch aside; an outage (or the first query after one) does not.
-                if not self._store_answers():
-                    self._bad_attempts = 0
-                    raise
-                self._bad_attempts += 1
-                if self._bad_attempts >= POISON_ATTEMPTS:
-                    self._bad_attempts = 0
-                    self._set_aside(server_id, batch, exc)
-                    continue
+            fresh = self._run_blocking(
+                self.store.record_events,
+                server_id,
+                batch,
+                self.flag,
+                webhooks_pending=self.webhooks_pending,
+                claimant=self.claimant,
+            )
+        except Exception as exc:
+            if self.store.write_refused(exc):
                 raise
-            cooperate()
-            self._announce(server_id, fresh)
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                self._write_server(server_id, batch[:middle])
+                self._write_server(server_id, batch[middle:])
+                return
+            if not self._store_answers():
+                raise  # it failed because the store went away meanwhile
+            self._set_aside(server_id, batch[0], exc)
+            return
+        cooperate()
+        self._announce(server_id, fresh)
 
     def _run_blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store write; under gevent on SQLite, in gevent's thread pool.
@@ -183,14 +198,8 @@ class Writer:
         its duration; in a native thread (sqlite3 releases the GIL) requests go
         on. PyMySQL yields to the hub by itself and needs none of this.
         """
-        if self._offload is None:
-            from ._recorder import gevent_patched
-
-            self._offload = bool(gevent_patched() and self.store.dialect == "sqlite")
-        if self._offload:
-            import gevent
-
-            return gevent.get_hub().threadpool.apply(func, args, kwargs)
+        if self.store.dialect == "sqlite":
+            return off_hub(func, *args, **kwargs)
         return func(*args, **kwargs)
 
     def _ensure_schema(self, server_id: int) -> None:
@@ -199,7 +208,9 @@ class Writer:
         Postal creates a new server's message database itself, without our
         ``tracking_events``; creating what is missing (never altering) makes it
         usable. A database that does not exist is left alone: its events fail
-        and are eventually set aside.
+        alone and are set aside. A failure here is the server's batch's: an
+        outage is retried, anything else sets that server's events aside and
+        lets the other servers' through.
         """
         if self.store.message_database_exists(server_id):
             self.store.create_message_schema(server_id)
@@ -212,21 +223,27 @@ class Writer:
             return False
         return True
 
-    def _set_aside(self, server_id: int, batch: list[dict[str, Any]], exc: BaseException) -> None:
+    def _set_aside(self, server_id: int, event: dict[str, Any], exc: BaseException) -> None:
+        """Append one event that fails on its own to ``spool/rejected-<date>.jsonl``.
+
+        The line is the event with its error under ``"error"``: moved back into
+        the spool it replays as it is (the writer ignores the key).
+        """
         path = self.spool.directory / f"rejected-{time.strftime('%Y%m%d')}.jsonl"
+        error = f"{type(exc).__name__}: {exc}"
+        line = json.dumps({**event, "error": error}, separators=(",", ":"), ensure_ascii=True)
         with open(path, "ab") as f:
-            for event in batch:
-                f.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            f.write(line.encode("ascii", "backslashreplace") + b"\n")
             f.flush()
             os.fsync(f.fileno())
+        self.set_aside += 1
         log.error(
-            "%d events of server %s failed %d times while the store answers (%s): set aside "
+            "event %s of server %s fails on its own while the store answers (%s): set aside "
             "in %s; fix the cause, then move the file into the spool directory as "
             "NAME.00000000.jsonl beside an empty NAME.lock and it is replayed",
-            len(batch),
+            event.get("event_id"),
             server_id,
-            POISON_ATTEMPTS,
-            exc,
+            error,
             path,
         )
 
@@ -243,7 +260,6 @@ class Writer:
             log.debug("store still failing: %s", exc)
 
     def _succeeded(self, stream: Stream, count: int) -> None:
-        self._bad_attempts = 0
         if self.failing_since is not None:
             log.warning(
                 "the store is back after %.1f s; writing the spooled events",

@@ -6,15 +6,17 @@ A mixin of :class:`~postal_tracking_plugin.store._store.Store`: it needs only
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import Any
 
+from .._hub import cooperate
 from ._db import Db
 from ._db import Row
+from ._event_ops import EventOperations
+from ._event_ops import FlagQueries
 from ._models import Link
 from ._tokens import url_hash
 
@@ -25,20 +27,7 @@ from ._tokens import url_hash
 ROWS_PER_STATEMENT = 100
 
 
-def cooperate() -> None:
-    """Let other greenlets run for a moment, between two steps of the event writer.
-
-    Under gevent's monkey-patching ``time.sleep(0)`` yields to the hub; in a
-    native thread without a hub (gevent's thread pool, where SQLite writes
-    run) it is skipped, since the interpreter switches threads by itself.
-    """
-    hub_local = sys.modules.get("gevent._hub_local")
-    if hub_local is not None and hub_local.get_hub_if_exists() is None:
-        return
-    time.sleep(0)
-
-
-class MessageOperations:
+class MessageOperations(EventOperations):
     """Messages, links, clicks, loads and our ``tracking_events``."""
 
     def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
@@ -98,7 +87,9 @@ class MessageOperations:
     def record_loads(self, server_id: int, loads: Iterable[Sequence[Any]]) -> None:
         """Insert ``loads`` rows ``(message_id, ip, user_agent, timestamp)``.
 
-        Sets ``messages.loaded`` on the first open only, as Postal does.
+        Sets ``messages.loaded`` to the earliest open: Postal sets it on the
+        first open, which is the earliest as long as opens arrive in order;
+        spools drain out of order, so an earlier open replaces a later one.
         Not idempotent: the event recorder uses :meth:`record_events`.
         """
         loads = list(loads)
@@ -111,9 +102,10 @@ class MessageOperations:
         self,
         server_id: int,
         events: Sequence[dict[str, Any]],
-        flag: Callable[[Db, list[dict[str, Any]]], None] | None = None,
+        flag: Callable[[FlagQueries, list[dict[str, Any]]], None] | None = None,
         *,
         webhooks_pending: bool = False,
+        claimant: str | None = None,
     ) -> list[dict[str, Any]]:
         """Record click and open events of one server exactly once, in one transaction.
 
@@ -121,13 +113,16 @@ class MessageOperations:
         ``method``, ``message_id``, ``link_id``, ``ip_address``, ``user_agent`` and
         ``timestamp``. An event whose id is already in ``tracking_events`` is
         skipped, so replaying a spool after a crash never writes a row twice.
-        ``flag(db, new_events)`` runs inside the transaction to set ``bot`` and
-        ``bot_reason`` on each event (and may update earlier rows). Counted
+        ``flag(queries, new_events)`` runs inside the transaction (``queries`` a
+        :class:`FlagQueries` on it) to set ``bot`` and ``bot_reason`` on each
+        event (and may flag earlier rows). Counted
         events (anything but ``HEAD``) also get Postal's ``clicks``/``loads`` rows
         and ``messages.clicked``/``loaded``, in multi-row statements.
         ``webhooks_pending`` marks counted events as still to be queued for
         webhooks (``tracking_events.webhooks_queued = 0``), so a crash between
-        this commit and the queueing is caught up afterwards.
+        this commit and the queueing is caught up afterwards; ``claimant``
+        claims them in the same statement (``webhooks_claimed_by``), so no
+        other process's catch-up queues them while the claim is fresh.
 
         :returns: the events that were new, in order.
         """
@@ -154,7 +149,7 @@ class MessageOperations:
                 event.setdefault("bot", False)
                 event.setdefault("bot_reason", None)
             if flag is not None:
-                flag(db, fresh)
+                flag(FlagQueries(db), fresh)
                 cooperate()
             clicks = []
             loads = []
@@ -163,6 +158,7 @@ class MessageOperations:
             for e in fresh:
                 method = (e.get("method") or "GET").upper()
                 counted = method != "HEAD"
+                pending = webhooks_pending and counted
                 if counted:
                     if e["kind"] == "click":
                         clicks.append(
@@ -186,13 +182,15 @@ class MessageOperations:
                         e["message_id"],
                         e.get("link_id"),
                         e["ip_address"],
-                        (e["user_agent"] or "")[:255],
+                        _agent(e["user_agent"]),
                         e["timestamp"],
                         int(bool(e["bot"])),
                         e["bot_reason"],
                         int(counted),
-                        int(not webhooks_pending or not counted),
+                        int(not pending),
                         now,
+                        claimant if pending else None,
+                        now if pending and claimant else None,
                     )
                 )
             cooperate()
@@ -202,7 +200,7 @@ class MessageOperations:
                 db,
                 "INSERT INTO tracking_events (event_id, kind, method, message_id, link_id, "
                 "ip_address, user_agent, timestamp, bot, reason, counted, webhooks_queued, "
-                "recorded_at) VALUES",
+                "recorded_at, webhooks_claimed_by, webhooks_claimed_at) VALUES",
                 tracked,
             )
         return fresh
@@ -219,13 +217,13 @@ def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
     _insert_rows(
         db,
         "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) VALUES",
-        [(m, li, ip, (ua or "")[:255], ts) for m, li, ip, ua, ts in clicks],
+        [(m, li, ip, _agent(ua), ts) for m, li, ip, ua, ts in clicks],
     )
     _set_message_times(db, "clicked", latest, only_if="`clicked` IS NULL OR `clicked` < {new}")
 
 
 def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
-    """``loads`` rows in one statement, and ``messages.loaded`` on the first open only."""
+    """``loads`` rows in one statement, and ``messages.loaded`` = the earliest open."""
     if not loads:
         return
     first: dict[int, float] = {}
@@ -234,9 +232,14 @@ def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
     _insert_rows(
         db,
         "INSERT INTO loads (message_id, ip_address, user_agent, timestamp) VALUES",
-        [(m, ip, (ua or "")[:255], ts) for m, ip, ua, ts in loads],
+        [(m, ip, _agent(ua), ts) for m, ip, ua, ts in loads],
     )
-    _set_message_times(db, "loaded", first, only_if="`loaded` IS NULL")
+    _set_message_times(db, "loaded", first, only_if="`loaded` IS NULL OR `loaded` > {new}")
+
+
+def _agent(user_agent: str | None) -> str | None:
+    """A User-Agent as stored: at most 255 characters; missing stays NULL, as Postal's."""
+    return None if user_agent is None else user_agent[:255]
 
 
 def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if: str) -> None:
@@ -286,7 +289,7 @@ def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
         bind = params.append
         values = []
         for row in rows[start : start + ROWS_PER_STATEMENT]:
-            texts = []
+            texts: list[str] = []
             put = texts.append
             for value in row:
                 kind = type(value)

@@ -10,7 +10,9 @@ yield to other greenlets instead of blocking the fast server.
 
 Each database gets a small pool of connections, made lazily. A connection idle
 for a while is pinged (and reconnected) before use, and one that fails with a
-lost-connection error is thrown away rather than returned to the pool.
+lost-connection error is thrown away rather than returned to the pool, as is
+one left by anything but an error the server answered (a greenlet killed
+mid-query would leave its answer on the wire for the next user).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class _Connection(pymysql.connections.Connection):
     def _create_ssl_ctx(self, sslp: Any) -> Any:
         if not sslp:
             return _preferred_tls_context()
-        return super()._create_ssl_ctx(sslp)
+        return super()._create_ssl_ctx(sslp)  # type: ignore[misc]  # not in the stubs
 
 
 class _Pool:
@@ -111,7 +113,10 @@ class _Pool:
 
     def acquire(self) -> Any:
         if not self._slots.acquire(timeout=self._timeout):
-            raise StoreError(f"no free connection to {self._describe()} within {self._timeout} s")
+            # From a TimeoutError: the event writer reads "not now, retry", not "bad event".
+            raise StoreError(
+                f"no free connection to {self._describe()} within {self._timeout} s"
+            ) from TimeoutError()
         try:
             conn, last_used = self._idle.get_nowait()
         except queue.Empty:
@@ -132,14 +137,16 @@ class _Pool:
             hint = ": run `postal-tracking init` first" if _code(exc) == _UNKNOWN_DATABASE else ""
             raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}{hint}") from None
 
-    def release(self, conn: Any, broken: bool) -> None:
-        if broken:
-            # The server went away or restarted: the idle connections are most
-            # likely dead too, so the next caller starts afresh.
+    def release(self, conn: Any, *, discard: bool = False, server_gone: bool = False) -> None:
+        """Put ``conn`` back, or close it (``discard``); ``server_gone`` closes the idle ones too."""
+        if discard or server_gone:
             _close_quietly(conn)
-            self.close()
         else:
             self._idle.put((conn, time.monotonic()))
+        if server_gone:
+            # The server went away or restarted: the idle connections are most
+            # likely dead too, so the next caller starts afresh.
+            self.close()
         self._slots.release()
 
     def close(self) -> None:
@@ -159,7 +166,7 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     if len(args) >= 2:
         return f"{args[1]} (error {args[0]})"
     return str(exc) or type(exc).__name__
@@ -174,7 +181,7 @@ class MysqlStore(Store):
         main, msg = config.main_db, config.message_db
         self.database = main.database
         self.prefix = config.message_db_prefix
-        common = {
+        common: dict[str, Any] = {
             "charset": "utf8mb4",
             "autocommit": False,
             "connect_timeout": 5,
@@ -182,14 +189,14 @@ class MysqlStore(Store):
             "write_timeout": 30,
             "cursorclass": pymysql.cursors.DictCursor,
         }
-        self._main_params = {
+        self._main_params: dict[str, Any] = {
             "host": main.host,
             "port": main.port,
             "user": main.username,
             "password": main.password or "",
             **common,
         }
-        self._msg_params = {
+        self._msg_params: dict[str, Any] = {
             "host": msg.host or main.host,
             "port": msg.port or main.port,
             "user": msg.username or main.username,
@@ -246,22 +253,28 @@ class MysqlStore(Store):
             self._create_database(database, params, create)
         pool = self._pool(database, params)
         conn = pool.acquire()
-        broken = False
+        gone = discard = False
         try:
             with conn.cursor() as cursor:
                 yield _MysqlDb(cursor)
             conn.commit()
         except pymysql.err.Error as exc:
-            broken = _is_lost(exc)
-            _rollback_quietly(conn)
+            # An error the server answered leaves the connection in step: kept.
+            gone = _is_lost(exc)
+            if not gone:
+                _rollback_quietly(conn)
             if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
                 raise StoreError(f"MySQL database `{database}`: {_reason(exc)}") from exc
             raise
         except BaseException:
-            _rollback_quietly(conn)
+            # Anything else may have struck mid-query (a greenlet killed while
+            # it waited for the answer, a timeout, Ctrl-C): the answer may still
+            # be on the wire, and the next user would read it as its own (or
+            # fail with "error 0"). Thrown away; the server rolls back on close.
+            discard = True
             raise
         finally:
-            pool.release(conn, broken)
+            pool.release(conn, discard=discard, server_gone=gone)
 
     def main(self, *, create: bool = False, readonly: bool = False) -> Any:
         collation = _schema.MAIN_COLLATION if create else None

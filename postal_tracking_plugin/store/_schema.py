@@ -55,6 +55,15 @@ class Index:
         return self.name if dialect == "mysql" else f"{self.table}_{self.name}"
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column added to a table that earlier migrations created (``ALTER TABLE ... ADD``)."""
+
+    table: str
+    name: str
+    declaration: str
+
+
 _V = "varchar(255) DEFAULT NULL"
 _I = "int(11) DEFAULT NULL"
 _DT = "datetime DEFAULT NULL"
@@ -567,7 +576,7 @@ MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
     4: (TRACKING_DASHBOARD_USERS, TRACKING_DASHBOARD_SESSIONS),
 }
-MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
+MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed | Column, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),
     2: (TRACKING_EVENTS,),
     # The all-links-at-once check reads one address's clicks on a message in the
@@ -608,6 +617,12 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
         POSTAL_MESSAGE_MIGRATIONS,
         Seed("migrations", "version", tuple(range(1, POSTAL_MESSAGE_SCHEMA_VERSION + 1))),
     ),
+    # Webhook claims: one ``UPDATE ... WHERE webhooks_queued = 0`` that only one
+    # process wins; a claim older than the lease is taken over (its holder died).
+    6: (
+        Column("tracking_events", "webhooks_claimed_by", "varchar(64) DEFAULT NULL"),
+        Column("tracking_events", "webhooks_claimed_at", "decimal(18,6) DEFAULT NULL"),
+    ),
     # The dashboard's and stats' figures, each read from an index alone:
     # people counts by (kind, flag, time) with the message for unique counts;
     # the hourly series and the flag reasons in one pass by time (which
@@ -617,7 +632,7 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed, ...]] = {
     # 128 MB buffer pool). Postal's loads and clicks get no index of ours: a
     # message database we make stays laid out as Postal's, for Postal to adopt
     # (tests/test_postal_mode.py). Timings: benchmarks/dashboard.py.
-    6: (
+    7: (
         Index(
             "tracking_events",
             "on_kind_counted_bot_time_message",
@@ -646,12 +661,12 @@ MESSAGE_COLLATION = "utf8mb4_unicode_ci"
 OUR_PREFIX = "tracking_"
 
 
-def is_ours(step: Table | Index | Seed) -> bool:
+def is_ours(step: Table | Index | Seed | Column) -> bool:
     """Whether a migration step touches only a table this project owns."""
     return (step.name if isinstance(step, Table) else step.table).startswith(OUR_PREFIX)
 
 
-def created_beside_postal(step: Table | Index | Seed) -> bool:
+def created_beside_postal(step: Table | Index | Seed | Column) -> bool:
     """What ``tracking.store: postal`` may create: our tables, and a missing ``track_certificates``.
 
     Postal 3 dropped the model but kept the table (``db/schema.rb``); were it
@@ -661,7 +676,7 @@ def created_beside_postal(step: Table | Index | Seed) -> bool:
 
 
 def create_statements(
-    table: Table | Index, dialect: str, collation: str = MAIN_COLLATION
+    table: Table | Index | Column, dialect: str, collation: str = MAIN_COLLATION
 ) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``dialect``.
 
@@ -671,6 +686,8 @@ def create_statements(
     """
     if isinstance(table, Index):
         return [create_index_statement(table, dialect)]
+    if isinstance(table, Column):
+        return [f"ALTER TABLE `{table.table}` ADD COLUMN `{table.name}` {table.declaration}"]
     composite = "`" in table.primary_key
     if dialect == "mysql":
         cols = [f"`{name}` {decl}" for name, decl in table.columns.items()]

@@ -21,6 +21,7 @@ from . import _schema
 from ._dashboard_ops import DashboardOperations
 from ._db import Db
 from ._db import utcnow
+from ._event_ops import column_exists
 from ._message_ops import MessageOperations
 from ._models import Certificate
 from ._models import Server
@@ -363,7 +364,7 @@ def split_track_domain_name(full_name: str) -> tuple[str, str]:
     return label, domain_name
 
 
-Step = _schema.Table | _schema.Index | _schema.Seed
+Step = _schema.Table | _schema.Index | _schema.Seed | _schema.Column
 
 
 def _migrate(
@@ -387,6 +388,8 @@ def _migrate(
                 continue
             if isinstance(table, _schema.Index) and _index_done(db, table):
                 continue  # done by a run that stopped before recording its version
+            if isinstance(table, _schema.Column) and column_exists(db, table.table, table.name):
+                continue
             for statement in _schema.create_statements(table, db.dialect, collation):
                 db.execute(statement)
         db.execute(
