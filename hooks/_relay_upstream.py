@@ -1,28 +1,39 @@
-"""The relay's upstream side: blocking ``smtplib`` delivery, run in worker threads.
+"""The relay's upstream side: blocking ``smtplib`` transactions, run in worker threads.
 
 Never called on the asyncio loop (``smtplib`` blocks); the relay's handler
-hands it to a thread pool. Connections are kept open between messages (a small
-pool, checked with ``RSET`` before reuse), since connecting, greeting, TLS and
-AUTH cost more than sending a message; within a transaction, one connection
-carries every per-recipient copy. Failures are returned as data (a reply code
-and text per recipient), not raised, so the handler can choose the one reply
-the client gets.
+hands each call to a thread pool. A client's transaction holds one
+:class:`UpstreamConnection` from its ``MAIL`` to the reply to its final dot,
+so each ``RCPT`` is checked with the upstream while the client waits (and
+refused with the upstream's own reply). Connections are pooled between
+transactions (connecting, greeting, TLS and AUTH cost more than a message)
+and retired after ``upstream_connection_max_age``, as Postfix's
+``smtp_connection_reuse_time_limit`` does, so an upstream reload is picked up.
+
+Failures are returned as :class:`Reply` values, never raised, with one
+exception: :class:`UpstreamError` when no connection can be had at all. A
+reply whose outcome cannot be known (the final dot was sent, no answer came
+within ``upstream_data_done_timeout``) is marked ``unknown``.
+
+What this is not: a queue. Nothing is kept once the client has its answer.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from postal_tracking_plugin.config import RelayConfig
 
-#: Reply for a recipient that could not be tried because the upstream was unusable.
+log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
+
+#: Reply code for a recipient that could not be tried because the upstream was unusable.
 TEMPORARY = 451
 
 #: An idle upstream connection older than this is closed rather than reused
@@ -30,14 +41,29 @@ TEMPORARY = 451
 IDLE_SECONDS = 20.0
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 @dataclass(frozen=True)
-class Copy:
-    """One message to send upstream and the recipients it goes to."""
+class Reply:
+    """One upstream reply (or what stands for it when none came)."""
 
-    data: bytes
-    rcpt_to: tuple[str, ...]
+    code: int
+    text: str
+    #: The final dot was sent and no reply came: the upstream may have queued it.
+    unknown: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500 and not self.unknown
+
+    def line(self) -> str:
+        """The reply as one SMTP reply line for our client (CR/LF flattened, bounded)."""
+        return one_line(f"{self.code} {self.text}")
 
 
 class UpstreamError(Exception):
@@ -72,8 +98,130 @@ def parse_hostport(value: str, key: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class UpstreamConnection:
+    """One greeted (and maybe TLS, AUTH) connection; one transaction at a time."""
+
+    def __init__(self, smtp: smtplib.SMTP, *, tls: bool, data_done_timeout: float) -> None:
+        self.smtp = smtp
+        self.tls = tls
+        self.data_done_timeout = data_done_timeout
+        self.born = time.monotonic()
+        self.idle_since = self.born
+        #: The connection failed; it is closed and never reused.
+        self.broken = False
+        #: MAIL was accepted and neither DATA's end nor RSET has closed the transaction.
+        self.in_transaction = False
+        self.reused = False
+
+    @property
+    def smtputf8(self) -> bool:
+        return self.smtp.has_extn("smtputf8")
+
+    def size_limit(self) -> int | None:
+        """The upstream's SIZE (RFC 1870), None when unlimited or not said."""
+        value = self.smtp.esmtp_features.get("size", "").strip()
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+    def mail(self, sender: str, *, smtputf8: bool) -> Reply:
+        """``MAIL FROM``; SMTPUTF8 is asked for when the client did and the upstream has it."""
+        options = []
+        if self.smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        utf8 = (smtputf8 or not sender.isascii()) and self.smtputf8
+        if utf8:
+            options.append("SMTPUTF8")
+        if not sender.isascii() and not utf8:
+            return Reply(553, "5.6.7 The upstream does not offer SMTPUTF8, which the sender "
+                              "address needs")
+        self.smtp.command_encoding = "utf-8" if utf8 else "ascii"
+        reply = self._command(self.smtp.mail, sender, options)
+        self.in_transaction = reply.ok
+        return reply
+
+    def rcpt(self, recipient: str) -> Reply:
+        if not recipient.isascii() and self.smtp.command_encoding != "utf-8":
+            return Reply(553, "5.6.7 The upstream does not offer SMTPUTF8, which this "
+                              "recipient address needs")
+        return self._command(self.smtp.rcpt, recipient)
+
+    def rset(self) -> bool:
+        """End an open transaction; False (and closed) when the connection is gone."""
+        if self.broken:
+            return False
+        reply = self._command(self.smtp.rset)
+        self.in_transaction = False
+        if not reply.ok:
+            self.close()
+        return reply.ok
+
+    def data(self, content: bytes) -> Reply:
+        """``DATA``, the content and the final dot; waits ``data_done_timeout`` for the reply.
+
+        Failures before the final dot was sent are plain temporary failures
+        (nothing was delivered); no reply after it is ``unknown``.
+        """
+        reply = self._command(self.smtp.docmd, "DATA")
+        if reply.code != 354:
+            return reply  # the transaction is still open: release() sends RSET
+        self.in_transaction = False
+        # re.sub returns its input when nothing matches: no copy of a large message then.
+        payload = _LEADING_DOT.sub(b"..", _BARE_LF.sub(b"\r\n", content))
+        end = b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
+        try:
+            if len(payload) < 1024 * 1024:
+                self.smtp.send(payload + end)
+            else:  # two writes; TCP_NODELAY (see Upstream._connect) keeps the dot from waiting
+                self.smtp.send(payload)
+                self.smtp.send(end)
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            return Reply(TEMPORARY, f"4.4.2 Connection to the upstream lost while sending the "
+                                    f"message: {_reason(exc)}")
+        sock = self.smtp.sock
+        try:
+            if sock is not None:
+                sock.settimeout(self.data_done_timeout)
+            code, text = self.smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            return Reply(
+                TEMPORARY,
+                f"4.4.2 No reply from the upstream to the end of the message within "
+                f"{self.data_done_timeout:g} s ({_reason(exc)}); it may have been delivered",
+                unknown=True,
+            )
+        if sock is not None and self.smtp.sock is sock:
+            sock.settimeout(self.smtp.timeout)
+        return Reply(code, _decode(text))
+
+    def _command(self, method: object, *args: object) -> Reply:
+        try:
+            code, text = method(*args)  # type: ignore[operator]
+        except UnicodeEncodeError as exc:
+            # Never sent: smtplib encodes a command before writing it.
+            return Reply(553, f"5.6.7 Address cannot be sent to the upstream: {exc.reason}")
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            return Reply(TEMPORARY, f"4.4.2 Connection to the upstream lost: {_reason(exc)}")
+        return Reply(int(code), _decode(text))
+
+    def close(self) -> None:
+        self.broken = True
+        self.in_transaction = False
+        self.smtp.close()
+
+    def quit(self) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        try:
+            self.smtp.quit()
+        except (OSError, smtplib.SMTPException):
+            self.smtp.close()
+
+
 class Upstream:
-    """How to reach the upstream SMTP server, from ``tracking.relay``."""
+    """How to reach the upstream SMTP server, from ``tracking.relay``, and the pool of connections."""
 
     def __init__(
         self,
@@ -89,14 +237,20 @@ class Upstream:
         self.username = relay.upstream_username
         self.password = relay.upstream_password or ""
         self.timeout = relay.upstream_timeout
+        self.data_done_timeout = relay.upstream_data_done_timeout
+        self.max_age = relay.upstream_connection_max_age
         self.local_hostname = local_hostname
         self.max_idle = max_idle
-        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        #: The upstream's SIZE from its latest EHLO (None: not known yet, or unlimited).
+        self.size_limit: int | None = None
+        #: Whether its latest EHLO offered SMTPUTF8 (None: not known yet).
+        self.smtputf8: bool | None = None
+        self._idle: list[UpstreamConnection] = []
         self._lock = threading.Lock()
-        self._ssl_context: ssl.SSLContext | None = None
-        if self.tls != "none":
+        self._verified: ssl.SSLContext | None = None
+        if self.tls in ("starttls", "implicit"):
             try:
-                self._ssl_context = ssl.create_default_context(
+                self._verified = ssl.create_default_context(
                     cafile=str(ca_file) if ca_file else None
                 )
             except (OSError, ssl.SSLError) as exc:
@@ -104,146 +258,158 @@ class Upstream:
                 raise ValueError(
                     f"tracking.relay.upstream_ca_file: cannot load {ca_file}: {reason}"
                 ) from None
+        # Opportunistic TLS verifies nothing (Postfix's "may"): it only defeats eavesdropping.
+        self._unverified = ssl.create_default_context()
+        self._unverified.check_hostname = False
+        self._unverified.verify_mode = ssl.CERT_NONE
 
     def describe(self) -> str:
         tls = "" if self.tls == "none" else f" ({self.tls} TLS)"
         return f"{self.host}:{self.port}{tls}"
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """Verifies the upstream's certificate and host name (system CAs or ``ca_file``)."""
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
-        return self._ssl_context
+    def begin(self, sender: str, *, smtputf8: bool) -> tuple[UpstreamConnection, Reply]:
+        """A connection with ``MAIL FROM`` sent; its reply (the caller releases the connection).
 
-    def acquire(self) -> smtplib.SMTP:
-        """An idle connection that still answers ``RSET``, else a new one (:meth:`connect`)."""
+        A pooled connection the upstream dropped meanwhile is replaced once,
+        which costs nothing: ``MAIL`` delivers nothing.
+
+        :raises UpstreamError: no connection can be had.
+        """
+        while True:
+            conn = self.acquire()
+            reply = conn.mail(sender, smtputf8=smtputf8)
+            if conn.broken and conn.reused:
+                continue
+            return conn, reply
+
+    def acquire(self) -> UpstreamConnection:
+        """An idle connection young enough, else a new one (:meth:`connect`)."""
+        now = time.monotonic()
         while True:
             with self._lock:
-                conn, since = self._idle.pop() if self._idle else (None, 0.0)
+                conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self.connect()
-            if time.monotonic() - since > IDLE_SECONDS:
-                _quit(conn)
+            if now - conn.idle_since > IDLE_SECONDS or now - conn.born > self.max_age:
+                conn.quit()
                 continue
-            try:
-                code, _ = conn.rset()
-            except (OSError, smtplib.SMTPException):
-                code = 0
-            if code == 250:
-                return conn
-            conn.close()
+            conn.reused = True
+            return conn
 
-    def release(self, conn: smtplib.SMTP, *, reusable: bool) -> None:
-        """Keep ``conn`` for the next message, or close it."""
-        if reusable:
+    def release(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for the next transaction (RSET first if one is open), or close it."""
+        if conn.in_transaction:
+            conn.rset()
+        if conn.broken:
+            return
+        conn.idle_since = time.monotonic()
+        if conn.idle_since - conn.born <= self.max_age:
             with self._lock:
                 if len(self._idle) < self.max_idle:
-                    self._idle.append((conn, time.monotonic()))
+                    self._idle.append(conn)
                     return
-        _quit(conn)
+        conn.quit()
 
     def close_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            _quit(conn)
+        for conn in idle:
+            conn.quit()
 
-    def connect(self) -> smtplib.SMTP:
+    def connect(self) -> UpstreamConnection:
         """An open, greeted, authenticated connection; :class:`UpstreamError` otherwise."""
+        if self.tls != "opportunistic":
+            return self._connect(self.tls)
+        try:
+            return self._connect("opportunistic")
+        except _HandshakeFailed as exc:
+            # As Postfix at "may": a failed handshake is retried in plain text.
+            log.warning("smtp-relay: %s; continuing without TLS", exc)
+            return self._connect("none")
+
+    def _connect(self, tls: str) -> UpstreamConnection:
         where = f"upstream {self.host}:{self.port}"
         try:
-            if self.tls == "implicit":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+            if tls == "implicit":
+                assert self._verified is not None
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
                     self.host,
                     self.port,
                     local_hostname=self.local_hostname,
                     timeout=self.timeout,
-                    context=self.ssl_context(),
+                    context=self._verified,
                 )
             else:
-                conn = smtplib.SMTP(
+                smtp = smtplib.SMTP(
                     self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout
                 )
         except smtplib.SMTPConnectError as exc:
             raise UpstreamError(TEMPORARY, f"{where} refused the connection: {_text(exc)}") from None
         except (OSError, smtplib.SMTPException) as exc:
             raise UpstreamError(TEMPORARY, f"{where} is unreachable: {_reason(exc)}") from None
+        encrypted = tls == "implicit"
         try:
-            conn.ehlo_or_helo_if_needed()
-            if self.tls == "starttls":
-                if not conn.has_extn("starttls"):
-                    raise UpstreamError(
-                        TEMPORARY,
-                        f"{where} does not offer STARTTLS (tracking.relay.upstream_tls)",
-                    )
-                conn.starttls(context=self.ssl_context())
-                conn.ehlo()
+            # Without it, a short write after a long one waits for the delayed ACK (40 ms
+            # on Linux): splitting the final dot from the data halved the throughput.
+            if smtp.sock is not None:
+                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            smtp.ehlo_or_helo_if_needed()
+            if tls == "starttls" and not smtp.has_extn("starttls"):
+                raise UpstreamError(
+                    TEMPORARY, f"{where} does not offer STARTTLS (tracking.relay.upstream_tls)"
+                )
+            if tls in ("starttls", "opportunistic") and smtp.has_extn("starttls"):
+                context = self._verified if tls == "starttls" else self._unverified
+                try:
+                    smtp.starttls(context=context)
+                    smtp.ehlo()
+                    encrypted = True
+                except smtplib.SMTPResponseException as exc:
+                    if tls != "opportunistic":
+                        raise
+                    # Refused (454): the session is still plain text and usable.
+                    log.warning("smtp-relay: %s refused STARTTLS: %s; continuing without TLS",
+                                where, _text(exc))
+                except ssl.SSLError as exc:
+                    if tls == "opportunistic":
+                        raise _HandshakeFailed(f"{where}: TLS handshake failed: {exc}") from None
+                    raise
             if self.username:
-                conn.login(self.username, self.password)
-        except UpstreamError:
-            _quit(conn)
+                smtp.login(self.username, self.password)
+        except (UpstreamError, _HandshakeFailed):
+            smtp.close()
             raise
         except smtplib.SMTPAuthenticationError as exc:
-            _quit(conn)
+            _quit(smtp)
             raise UpstreamError(
                 TEMPORARY,
                 f"{where} refused our login as {self.username!r}: {_text(exc)} "
                 f"(tracking.relay.upstream_username / upstream_password)",
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
-            _quit(conn)
+            smtp.close()
             raise UpstreamError(TEMPORARY, f"{where} failed during set-up: {_reason(exc)}") from None
+        conn = UpstreamConnection(smtp, tls=encrypted, data_done_timeout=self.data_done_timeout)
+        self.size_limit = conn.size_limit()
+        self.smtputf8 = conn.smtputf8
         return conn
 
 
-def send_copies(
-    conn: smtplib.SMTP,
-    mail_from: str,
-    copies: Iterable[Copy],
-    *,
-    smtputf8: bool = False,
-) -> tuple[dict[str, tuple[int, str]], bool]:
-    """Send each copy on ``conn``: the recipients that failed, and whether ``conn`` still works.
-
-    A recipient missing from the failures was accepted by the upstream (with
-    their code and text otherwise). Once the connection is lost, the remaining
-    copies fail with a temporary code (they were not tried). ``copies`` may be
-    a generator: each copy is built only when the previous one is sent.
-    """
-    failed: dict[str, tuple[int, str]] = {}
-    lost: tuple[int, str] | None = None
-    refused: dict[str, tuple[int, bytes | str]]
-    for copy in copies:
-        if lost is not None:
-            failed.update(dict.fromkeys(copy.rcpt_to, lost))
-            continue
-        options = []
-        if conn.has_extn("8bitmime"):
-            options.append("BODY=8BITMIME")
-        if smtputf8 and conn.has_extn("smtputf8"):
-            options.append("SMTPUTF8")
-        data = _BARE_LF.sub(b"\r\n", copy.data)
-        try:
-            refused = conn.sendmail(mail_from, list(copy.rcpt_to), data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients
-        except smtplib.SMTPSenderRefused as exc:
-            refused = dict.fromkeys(copy.rcpt_to, (exc.smtp_code, exc.smtp_error))
-        except smtplib.SMTPDataError as exc:
-            refused = dict.fromkeys(copy.rcpt_to, (exc.smtp_code, exc.smtp_error))
-        except (OSError, smtplib.SMTPException) as exc:
-            lost = (TEMPORARY, f"connection to the upstream lost: {_reason(exc)}")
-            refused = dict.fromkeys(copy.rcpt_to, lost)
-        for rcpt, (code, text) in refused.items():
-            failed[rcpt] = (int(code), _decode(text))
-    return failed, lost is None
+class _HandshakeFailed(Exception):
+    """Opportunistic STARTTLS was offered but the handshake failed."""
 
 
-def _quit(conn: smtplib.SMTP) -> None:
+def one_line(text: str, limit: int = 400) -> str:
+    """An SMTP reply line: no CR/LF from upstream text, not too long."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
     try:
-        conn.quit()
+        smtp.quit()
     except (OSError, smtplib.SMTPException):
-        conn.close()
+        smtp.close()
 
 
 def _decode(text: bytes | str) -> str:

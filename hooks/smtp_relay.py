@@ -7,7 +7,9 @@ package's tracking among them) once per recipient, so each copy carries its
 own tokens as Postal stores one message per recipient, and relays the result
 to the upstream with ``smtplib``. An upstream that is down or refuses
 temporarily gives the client a 4xx, so the client keeps the message and
-retries: the relay never holds mail of its own.
+retries: the relay never holds mail of its own. The client's transaction is
+carried to the upstream as it happens (each RCPT checked there), and no
+recipient ever gets a copy twice; docs/relay.md tells how.
 
 .. important::
    It is not an open relay: clients outside ``tracking.relay.allowed_networks``
@@ -34,13 +36,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import SMTP
-
 from postal_tracking_plugin.errors import ConfigError
 from postal_tracking_plugin.errors import Error
 
+from ._relay_handler import DEFAULT_SIZE
 from ._relay_handler import RelayHandler
+from ._relay_smtp import RelaySMTP
 from ._relay_upstream import Upstream
+from ._relay_upstream import UpstreamError
 from ._relay_upstream import parse_hostport
 
 if TYPE_CHECKING:
@@ -52,8 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
 
-#: Messages processed at once (pipeline plus upstream delivery, each in a thread).
-WORKERS = 8
+#: Threads for the blocking work: the pipeline and every upstream command. A
+#: client's open transaction holds no thread between its commands; a message
+#: waiting up to upstream_data_done_timeout for its reply holds one.
+WORKERS = 32
 
 
 class RelayError(Error):
@@ -103,7 +108,7 @@ class SmtpRelay:
             self.listen_host, self.listen_port = parse_hostport(self.listen_text, key, 2525)
             if upstream:
                 relay = dataclasses.replace(relay, upstream=upstream)
-            hostname = socket.gethostname()
+            hostname = relay.helo_name or socket.getfqdn()
             ca_file = config.path(relay.upstream_ca_file) if relay.upstream_ca_file else None
             self.upstream = Upstream(
                 relay, local_hostname=hostname, ca_file=ca_file, max_idle=WORKERS
@@ -121,6 +126,7 @@ class SmtpRelay:
         self.hostname = hostname
         self.config = config
         self.pm = pm
+        self.max_buffered = relay.max_buffered_messages
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="smtp-relay")
         self.handler = RelayHandler(
             pm=pm,
@@ -154,9 +160,13 @@ class SmtpRelay:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         plugins = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin() if n)) or "none"
         mode = "one copy for all recipients" if self.handler.batch else "one copy per recipient"
+        helo = "" if "." in self.hostname else (
+            f"; the EHLO name {self.hostname!r} is not fully qualified, which many upstreams "
+            f"refuse: set tracking.relay.helo_name"
+        )
         return (
             f"listening on {shown}, relaying to {self.upstream.describe()} for server "
-            f"{self.server.name!r} ({mode}; plugins: {plugins})"
+            f"{self.server.name!r} ({mode}; plugins: {plugins}){helo}"
         )
 
     # -- running -----------------------------------------------------------------
@@ -224,12 +234,15 @@ class SmtpRelay:
         self._stopping = asyncio.Event()
         assert self._sock is not None
         authenticator = self.handler.authenticate if self.handler.client_users else None
+        buffers = asyncio.Semaphore(self.max_buffered)
 
-        def factory() -> SMTP:
-            return SMTP(
+        def factory() -> RelaySMTP:
+            return RelaySMTP(
                 self.handler,
+                buffers=buffers,
                 hostname=self.hostname,
                 ident="postal-tracking smtp-relay",
+                data_size_limit=self.upstream.size_limit or DEFAULT_SIZE,
                 enable_SMTPUTF8=True,
                 authenticator=authenticator,
                 # AUTH is offered without TLS only when auth_users are configured.
@@ -249,6 +262,9 @@ class SmtpRelay:
         self._ready.set()
         if self._on_ready is not None:
             self._on_ready()
+        # Learn the upstream's SIZE and SMTPUTF8 before the first client (a pooled
+        # connection); an upstream that is down now is not an error yet.
+        loop.run_in_executor(self._executor, self._probe_upstream)
         try:
             await self._stopping.wait()
         finally:
@@ -264,6 +280,13 @@ class SmtpRelay:
             for task in asyncio.all_tasks(loop) - {asyncio.current_task()}:
                 task.cancel()
             self._sock = None
+
+
+    def _probe_upstream(self) -> None:
+        try:
+            self.upstream.release(self.upstream.acquire())
+        except UpstreamError as exc:
+            log.warning("smtp-relay: %s (clients get 4xx until it answers)", exc.text)
 
 
 def _bind_error(where: str, exc: OSError) -> str:

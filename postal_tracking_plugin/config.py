@@ -121,11 +121,16 @@ class RelayConfig:
     listen: str = "127.0.0.1:2525"
     server: str | None = None  # the Postal server relayed mail is sent for (name or token)
     upstream: str = "127.0.0.1:25"
-    upstream_tls: Literal["none", "starttls", "implicit"] = "none"
+    # opportunistic: STARTTLS when offered, unverified, plain text if it fails (Postfix "may")
+    upstream_tls: Literal["none", "opportunistic", "starttls", "implicit"] = "opportunistic"
     upstream_ca_file: str | None = None  # CA bundle for the upstream's certificate (private CA)
     upstream_username: str | None = None
     upstream_password: str | None = None
-    upstream_timeout: float = 30.0
+    upstream_timeout: float = 30.0  # each command but the final dot
+    upstream_data_done_timeout: float = 600.0  # the reply to the final dot (RFC 5321 4.5.3.2.6)
+    upstream_connection_max_age: float = 300.0  # then retired (Postfix's reuse time limit)
+    helo_name: str | None = None  # our EHLO name upstream and greeting; default the host's FQDN
+    max_buffered_messages: int = field(default=8, metadata=_POSITIVE)  # in memory at once
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     auth_users: dict[str, str] = field(default_factory=dict)
     batch: bool = False
@@ -172,6 +177,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """``tracking.dashboard``: the management dashboard (``postal-tracking dashboard``)."""
+
+    listen: str = "127.0.0.1:5020"
+    session_hours: float = 12.0
+    login_attempts: int = field(default=5, metadata={"range": (1, 1000)})  # per 15 minutes
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """``tracking``: what Postal has no key for. Unknown keys here are errors."""
 
@@ -194,6 +208,7 @@ class TrackingConfig:
     #: Days our event rows and spool leftovers are kept (docs/privacy.md);
     #: unset: Postal's per-server ``message_retention_days`` in postal mode, else 90.
     retention_days: int | None = field(default=None, metadata=_POSITIVE)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 _STRICT = (
@@ -204,6 +219,7 @@ _STRICT = (
     EventsConfig,
     LogConfig,
     PrivacyConfig,
+    DashboardConfig,
 )
 
 
