@@ -177,6 +177,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """``tracking.dashboard``: the management dashboard (``postal-tracking dashboard``)."""
+
+    listen: str = "127.0.0.1:5020"
+    session_hours: float = 12.0
+    login_attempts: int = field(default=5, metadata={"range": (1, 1000)})  # per 15 minutes
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """``tracking``: what Postal has no key for. Unknown keys here are errors."""
 
@@ -189,6 +198,8 @@ class TrackingConfig:
     pixel_position: Literal["bottom", "top"] = "bottom"
     workers: int | None = field(default=None, metadata=_POSITIVE)
     max_connections: int = field(default=10000, metadata=_POSITIVE)
+    #: Connections one client address may hold open per worker; 0 for no cap.
+    max_connections_per_address: int = field(default=0, metadata={"range": (0, 2**31)})
     relay: RelayConfig = field(default_factory=RelayConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -197,6 +208,7 @@ class TrackingConfig:
     #: Days our event rows and spool leftovers are kept (docs/privacy.md);
     #: unset: Postal's per-server ``message_retention_days`` in postal mode, else 90.
     retention_days: int | None = field(default=None, metadata=_POSITIVE)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 _STRICT = (
@@ -207,6 +219,7 @@ _STRICT = (
     EventsConfig,
     LogConfig,
     PrivacyConfig,
+    DashboardConfig,
 )
 
 

@@ -1,72 +1,118 @@
 """The per-connection HTTP handler: gevent's WSGIHandler, hardened and trimmed.
 
 gevent's ``pywsgi`` warns that it is not built to face the Internet; the fast
-server does, so this subclass adds what is missing:
+server does, so this subclass keeps only gevent's response writing and adds:
 
-- an idle timeout between keep-alive requests and a deadline for the whole
-  request head (a client trickling bytes is dropped, not kept for ever);
-- an 8 KB limit on the request line and headers together (``431``), parsed by a
-  small reader instead of ``email.parser``;
+- the request head parsed strictly by :mod:`._http_head` (RFC 9112 framing,
+  8 KB for the request line and headers, typed errors mapped to ``400``,
+  ``408`` or ``431`` here, in one place, and the connection closed after them);
+- a deadline per phase, each starting afresh for every request: waiting for
+  the next request (``idle_timeout``), the head (``header_timeout``), the rest
+  (``io_timeout``: body, application, response); a keep-alive client may stay
+  as long as it keeps sending;
+- request bodies read through :mod:`._http_body` (at most 64 KB on the wire,
+  yielding to other connections as it reads); a body
+  that is chunked, announced larger than the bound or behind ``Expect`` is not
+  read at all: the answer says ``Connection: close`` and the connection closes;
 - one ``send`` per small response (headers and body together), which, with
   ``TCP_NODELAY`` on the socket, avoids the 40 ms delayed-ACK stall;
-- ``Connection: close`` when the connection is closing, so clients know;
-- client errors as at most one short log line, never a traceback;
-- the access log only when configured (gevent formats a line per request even
-  when nobody reads it).
+- ``Connection: close`` and ``Cache-Control: no-store`` on the error answers
+  it writes itself; client errors as at most one short log line, never a traceback.
+
+What it is not: a general HTTP server. No upgrades (an ``Upgrade`` header is just
+passed on), no HTTP/0.9, no bodies larger than the bound: it serves the tracking
+app, whose routes read no body. The private gevent names it relies on are listed
+in :data:`GEVENT_HANDLER_NAMES` and the two lists after it (checked by a test).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import socket
-import sys
 import time
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 from typing import Any
+from typing import Literal
 
 import gevent
+from gevent import getcurrent
 from gevent.pywsgi import WSGIHandler
-from gevent.pywsgi import unquote_latin1
+from gevent.pywsgi import unquote_latin1  # type: ignore[attr-defined]  # not in the stubs
 
-from ._routes import CLIENT_KEY
+from ._http_body import MAX_BODY
+from ._http_body import NO_INPUT
+from ._http_body import Body
+from ._http_body import BodyReader
+from ._http_head import CHUNKED
+from ._http_head import MAX_HEAD_BYTES
+from ._http_head import HeadError
+from ._http_head import HeadTooLarge
+from ._http_head import IncompleteHead
+from ._http_head import body_framing
+from ._http_head import parse_request_line
+from ._http_head import read_headers
+
+if TYPE_CHECKING:
+    from ._http_head import Headers
+    from .server import Listener
 
 log = logging.getLogger("postal_tracking_plugin.web.errors")
 
-MAX_HEAD_BYTES = 8192
-MAX_HEADERS = 100
 _SINGLE_WRITE = 64 * 1024
 
-
-#: Request headers that need gevent's general request reading (a body, an
-#: upgrade, 100-continue); requests without them are parsed and answered by
-#: the lean path in :class:`TrackingHandler`.
-_SPECIAL = frozenset(("content-length", "transfer-encoding", "expect", "upgrade"))
-_FEW_HEADERS = 40
-_HTTP_1 = ("HTTP/1.1", "HTTP/1.0")
-
-
-class _NoInput:
-    """``wsgi.input`` of a request without a body: always at its end."""
-
-    def read(self, *_args: Any) -> bytes:
-        return b""
-
-    def readline(self, *_args: Any) -> bytes:
-        return b""
-
-    def readlines(self, *_args: Any) -> list[bytes]:
-        return []
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def _discard(self) -> None:
-        pass
-
-
-_NO_INPUT = _NoInput()
+#: What this module relies on in gevent's ``pywsgi``, most of it undocumented
+#: ("may be subclassed carefully"): the ``WSGIHandler`` attributes the handler
+#: reads or sets (and ``_access_log`` reads), the methods it overrides (gevent
+#: calls them; renamed, ours would silently stop being called), and module names.
+#: ``tests/test_web_hostile.py`` checks that this names every one in use and that
+#: gevent still has each: an upgrade fails there, in one place. Tested: gevent 26.
+GEVENT_HANDLER_NAMES = (
+    "_orig_status",
+    "_write",
+    "application",
+    "client_address",
+    "close_connection",
+    "code",
+    "command",
+    "content_length",
+    "environ",
+    "headers",
+    "headers_sent",
+    "path",
+    "provided_content_length",
+    "provided_date",
+    "request_version",
+    "requestline",
+    "response_headers",
+    "response_length",
+    "response_use_chunked",
+    "rfile",
+    "server",
+    "socket",
+    "status",
+    "time_finish",
+    "time_start",
+    "write",
+    "wsgi_input",
+)
+GEVENT_HANDLER_OVERRIDES = (
+    "_handle_client_error",
+    "_send_error_response_if_possible",
+    "_write_with_headers",
+    "finalize_headers",
+    "get_environ",
+    "handle",
+    "handle_error",
+    "handle_one_request",
+    "handle_one_response",
+    "ignored_socket_errors",
+    "log_request",
+    "start_response",
+)
+#: Module names, here and in ``_http_body``.
+GEVENT_MODULE_NAMES = ("Input", "WSGIHandler", "_InvalidClientInput", "unquote_latin1")
 
 
 class IdleTimeout(OSError):
@@ -74,72 +120,70 @@ class IdleTimeout(OSError):
 
 
 class HeadTimeout(OSError):
-    """The request line and headers did not arrive in time."""
+    """The request line and headers did not arrive in time (``408``)."""
 
 
 class ResponseTimeout(OSError):
     """Reading the request body, the application and sending took too long (closed quietly)."""
 
+    def __init__(self) -> None:
+        super().__init__(errno.ETIMEDOUT, "response timed out")
 
-def _response(status: str, body: bytes = b"") -> bytes:
+
+class _Deadline:
+    """One phase's timer, restarted at its full length every time (``start``).
+
+    Not ``gevent.Timeout``: on libev, ``Timeout.cancel()`` then ``start()``
+    resumes the time that was left (gevent issue #1890: a keep-alive client
+    was cut off once 15 s had passed in total). A repeating watcher restarted
+    with ``again()`` always begins at its full length; a fresh ``Timeout`` per
+    phase would too, at 4.6 us per phase against 0.5 (three phases a request).
+    """
+
+    __slots__ = ("_timer", "_exception", "expired")
+
+    def __init__(self, loop: Any, seconds: float, exception: Any) -> None:
+        self._timer = loop.timer(seconds, seconds)
+        self._exception = exception
+        self.expired = False
+
+    def start(self) -> None:
+        self.expired = False
+        self._timer.again(self._fire, getcurrent(), update=False)
+
+    def _fire(self, greenlet: Any) -> None:
+        self.expired = True
+        self._timer.stop()
+        greenlet.throw(self._exception)
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def close(self) -> None:
+        self._timer.close()
+
+
+def _response(status: str, body: bytes) -> bytes:
     return (
         f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
-_TOO_LARGE = _response("431 Request Header Fields Too Large", b"Request headers too large.\n")
-_TIMEOUT = _response("408 Request Timeout", b"Request timeout.\n")
-_BAD = _response("400 Bad Request", b"Bad request.\n")
-
-
-class Headers:
-    """Just the part of ``http.client.HTTPMessage`` that gevent's handler uses."""
-
-    __slots__ = ("_items", "status")
-
-    def __init__(self, items: list[tuple[str, str]], status: str = "") -> None:
-        self._items = items
-        self.status = status
-
-    def get(self, name: str, default: Any = None) -> Any:
-        name = name.lower()
-        for key, value in self._items:
-            if key.lower() == name:
-                return value
-        return default
-
-    getheader = get
-
-    def __delitem__(self, name: str) -> None:
-        name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k.lower() != name]
-
-    @property
-    def headers(self) -> list[str]:
-        return [f"{k}: {v}\r\n" for k, v in self._items]
-
-    @property
-    def typeheader(self) -> str | None:
-        return self.get("content-type")
-
-
-def read_headers(rfile: Any, budget: int) -> tuple[Headers, bool]:
-    """Read header lines up to the blank line; returns the headers and whether they fit."""
-    items: list[tuple[str, str]] = []
-    while True:
-        line = rfile.readline(budget + 1)
-        budget -= len(line)
-        if budget < 0 or len(items) > MAX_HEADERS:
-            return Headers([], "too large"), False
-        if line in (b"\r\n", b"\n"):
-            return Headers(items), True
-        if not line.endswith(b"\n"):
-            return Headers([], "incomplete headers"), True
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep or not name or name != name.strip() or name[0] in " \t":
-            return Headers([], "malformed header line"), True
-        items.append((name, value.strip()))
+#: The answers to refused heads, by status: (response bytes, body length).
+_REFUSALS = {
+    status: (_response(status, body), len(body))
+    for status, body in (
+        ("400 Bad Request", b"Bad request.\n"),
+        ("408 Request Timeout", b"Request timeout.\n"),
+        ("431 Request Header Fields Too Large", b"Request headers too large.\n"),
+    )
+}
+#: What gevent answers on its own (``_send_error_response_if_possible``), with no-store.
+_ERROR_PAGES = {
+    400: ("400 Bad Request", b"Bad request.\n"),
+    500: ("500 Internal Server Error", b"Internal server error.\n"),
+}
 
 
 class _Date:
@@ -158,156 +202,175 @@ class _Date:
 
 
 class TrackingHandler(WSGIHandler):
-    """Settings come from the server (``server.limits``): see :class:`~.server.Limits`."""
+    """Settings come from the server (``server.limits``): see :class:`~.server.Limits`.
 
-    _too_large = False
-    _plain = False
-    _head_timer: Any = None
+    The server also provides ``stats`` (counters), ``idle`` and ``kept_alive``
+    (greenlets waiting for a request, and those of them that have served one,
+    oldest first: the worker closes those when it runs short of connections),
+    ``draining`` and ``access_log``.
+    """
+
+    if TYPE_CHECKING:
+        # gevent's stubs describe gevent's own use of these; this handler keeps
+        # bytes where gevent keeps str (encoded once per response) and None where
+        # a request has no body or length.
+        server: Listener
+        headers: Headers  # type: ignore[assignment]
+        path: str
+        content_length: int | None  # type: ignore[assignment]
+        wsgi_input: Any
+        status: Any
+        response_headers: Any
+        provided_date: Any
+        code: int
+        _write: Any
+
     head_length = 0
     _requests = 0
+    _framing: int | None = None
+    _deadlines: tuple[_Deadline, _Deadline, _Deadline] | None = None
 
     ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
 
     def handle(self) -> None:
-        """Serve the connection, every phase under a timer of its own.
+        """Serve the connection, every phase under a deadline of its own.
 
         The socket itself has no timeout: gevent would make a new ``Timeout``
-        for every wait on it (4% of a click's CPU). Instead three timers per
-        connection, started and cancelled around each phase, bound the wait
-        for the next request (``idle_timeout``), the request head
-        (``header_timeout``) and everything after it (``io_timeout``: the
-        body, the application, the response).
+        for every wait on it (4% of a click's CPU).
         """
         limits = self.server.limits
+        loop = self.server.loop
         self.socket.settimeout(None)
-        self._idle_timer = gevent.Timeout(limits.idle_timeout, IdleTimeout)
-        self._head_timer = gevent.Timeout(limits.header_timeout, HeadTimeout)
-        self._io_timer = gevent.Timeout(
-            limits.io_timeout, ResponseTimeout(errno.ETIMEDOUT, "response timed out")
+        self._deadlines = (
+            _Deadline(loop, limits.idle_timeout, IdleTimeout),
+            _Deadline(loop, limits.header_timeout, HeadTimeout),
+            _Deadline(loop, limits.io_timeout, ResponseTimeout),
         )
         try:
             super().handle()
         finally:
-            self._idle_timer.close()
-            self._head_timer.close()
-            self._io_timer.close()
+            for deadline in self._deadlines:
+                deadline.close()
 
     # -- reading the request ----------------------------------------------------
 
-    def read_requestline(self) -> str:
-        idle = self.server.idle
-        current = gevent.getcurrent()
-        timer = self._idle_timer
-        idle.add(current)
-        timer.start()
+    def handle_one_request(self) -> Literal[True] | None:
+        """One request: wait for it, read its head, answer. True to keep the connection."""
+        if self.rfile.closed or not self._await_request():
+            return None
+        assert self._deadlines is not None
+        self.environ = None
+        self.response_length = 0
+        head_deadline = self._deadlines[1]
+        head_deadline.start()
         try:
-            if self.server.draining:
-                return ""
-            if self._requests:
+            self._read_head()
+        except HeadTimeout:
+            self._refuse("408 Request Timeout", "head not received in time")
+            return None
+        except HeadError as exc:
+            self._refuse(exc.status, str(exc))
+            return None
+        except OSError:
+            return None  # the client went away
+        finally:
+            head_deadline.stop()
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        self.handle_one_response()
+        if self.close_connection or self.rfile.closed or self.server.draining:
+            return None
+        return True
+
+    def _await_request(self) -> bool:
+        """Wait (``idle_timeout``) for the first byte of the next request; False to close."""
+        server = self.server
+        if server.draining:
+            return False
+        assert self._deadlines is not None
+        current = getcurrent()
+        served = self._requests
+        server.idle[current] = None
+        if served:
+            server.kept_alive[current] = None
+        deadline = self._deadlines[0]
+        deadline.start()
+        try:
+            if served:
                 # Let the other connections have their turn first. A keep-alive
                 # client whose next request is already buffered would otherwise
                 # be served again and again without a switch while the rest
                 # wait: under wrk (64 connections) p99 was 24-200 ms with the
                 # access log on, 9-11 ms with this yield, at the same CPU.
                 gevent.sleep(0)
-            self._requests += 1
-            self.rfile.peek(1)
+            self._requests = served + 1
+            return bool(self.rfile.peek(1))
+        except OSError:  # IdleTimeout included
+            return False
         finally:
-            timer.cancel()
-            idle.discard(current)
-        self._too_large = False
-        self._head_timer.start()
-        try:
-            line = self.rfile.readline(MAX_HEAD_BYTES + 1)
-        except BaseException:
-            self._head_timer.cancel()
-            raise
+            deadline.stop()
+            del server.idle[current]
+            if served:
+                server.kept_alive.pop(current, None)
+
+    def _read_head(self) -> None:
+        """Parse the head into gevent's attributes, or raise a ``HeadError``."""
+        rfile = self.rfile
+        line = rfile.readline(MAX_HEAD_BYTES + 1)
+        if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is ignored
+            line = rfile.readline(MAX_HEAD_BYTES + 1)
+        self.requestline = line.rstrip(b"\r\n").decode("latin-1")  # for the log, even if refused
         if len(line) > MAX_HEAD_BYTES:
-            self._too_large = True
-        return line.decode("latin-1")
+            raise HeadTooLarge("request line too long")
+        if not line:
+            raise IncompleteHead("connection closed before the request line")
+        self.command, self.path, version = parse_request_line(line)
+        self.request_version = version
+        self.headers = headers = read_headers(rfile.readline, MAX_HEAD_BYTES - len(line))
+        framing = self._framing = body_framing(headers, self.command)
+        noted = headers.noted
+        connection = noted.get("connection")
+        if connection is None:
+            close = version == "HTTP/1.0"
+        else:
+            options = {o.strip(" \t").lower() for o in ",".join(connection).split(",")}
+            close = "close" in options or (version == "HTTP/1.0" and "keep-alive" not in options)
+        if framing:  # a body: read on only when it is small, sized and not waited on
+            self.content_length = None if framing == CHUNKED else framing
+            if framing == CHUNKED or framing > MAX_BODY or "expect" in noted:
+                close = True
+        else:
+            self.content_length = framing
+        self.close_connection = close
 
-    def handle_one_request(self) -> Any:
+    def _refuse(self, status: str, reason: str) -> None:
+        """Answer a refused head (``Connection: close``), log it, and end the connection."""
+        assert self._deadlines is not None
+        self.server.stats.bad_requests += 1
+        log.debug("bad request from %s: %s", self.client_address, reason)
+        self.close_connection = True
+        response, body_length = _REFUSALS[status]
+        self.status = self._orig_status = status
+        self.head_length = len(response) - body_length
+        deadline = self._deadlines[2]
+        deadline.start()
         try:
-            result = super().handle_one_request()
-        except IdleTimeout:
-            return None
+            self.socket.sendall(response)
+            self.response_length = len(response)
+        except OSError:
+            pass
         finally:
-            self._head_timer.cancel()
-        if self.server.draining and result is True:
-            return None
-        if isinstance(result, tuple):
-            self._io_timer.start()  # gevent's handle() sends this error answer, then closes
-        return result
-
-    def handle_one_response(self) -> None:
-        timer = self._io_timer
-        timer.start()
-        try:
-            super().handle_one_response()
-        finally:
-            if not timer.pending:  # it fired (gevent swallows errors while discarding a body)
-                self.close_connection = True
-            timer.cancel()
-
-    def read_request(self, raw_requestline: str) -> bool:
-        """gevent's parse for HTTP/1.x requests, without its generic branches.
-
-        Anything else (HTTP/0.9, a malformed line) goes to gevent's own code,
-        which raises the same errors it always did.
-        """
-        self._plain = False
-        if self._too_large:
-            raise ValueError("request line too long")
-        try:
-            words = raw_requestline.split()
-            if len(words) != 3 or words[2] not in _HTTP_1:
-                return super().read_request(raw_requestline)
-            self.requestline = raw_requestline.rstrip()
-            self.command, self.path, self.request_version = words
-            self.headers = headers = self.MessageClass(self.rfile, 0)
-            if headers.status:
-                raise ValueError(f"invalid headers: {headers.status}")
-            items = headers._items
-            connection = (headers.get("connection") or "").lower()
-            self.content_length = None
-            if (
-                len(items) > _FEW_HEADERS
-                or connection == "upgrade"
-                or _SPECIAL.intersection(k.lower() for k, _ in items)
-            ):
-                self._read_body_headers(headers)  # and gevent builds the environ
-            else:
-                self._plain = True
-            if self.request_version == "HTTP/1.1":
-                self.close_connection = connection == "close"
-            else:
-                self.close_connection = connection != "keep-alive"
-            return True
-        finally:
-            self._head_timer.cancel()
-
-    def _read_body_headers(self, headers: Headers) -> None:
-        """gevent's checks of the headers that announce a body."""
-        if (headers.get("transfer-encoding") or "").lower() == "chunked":
-            del headers["content-length"]
-        length = headers.get("content-length")
-        if length is not None:
-            self.content_length = int(length)
-            if self.content_length < 0:
-                raise ValueError(f"invalid Content-Length: {length!r}")
-            if self.content_length and self.command == "HEAD":
-                raise ValueError("unexpected Content-Length")
+            deadline.stop()
+        self.time_finish = time.time()
+        self.log_request()
 
     def get_environ(self) -> dict[str, Any]:
-        """The WSGI environ; for a request without a body, built directly.
+        """The WSGI environ, built directly.
 
-        gevent's version makes an input stream, walks the headers through a
-        generator and checks for upgrades on every request: a sixth of a
-        click's CPU. A request with a body, or any header that changes how it
-        is read, takes gevent's path (``_SPECIAL``).
+        gevent's version walks the headers through a generator and checks for
+        upgrades on every request: a sixth of a click's CPU. ``wsgi.input`` is
+        a bounded reader when there is a body (see :class:`~._http_body.BodyReader`).
         """
-        if not self._plain:
-            return super().get_environ()
         env = dict(self.server.environ)
         env["REQUEST_METHOD"] = self.command
         env["SCRIPT_NAME"] = ""
@@ -323,35 +386,74 @@ class TrackingHandler(WSGIHandler):
             if "_" in name:
                 continue  # as gevent: such names could pose as another header
             key = name.upper().replace("-", "_")
-            if key != "CONTENT_TYPE":
-                key = "HTTP_" + key
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                env.setdefault(key, value)  # as gevent: the first one
+                continue
+            key = "HTTP_" + key
             if key in env:
                 env[key] += ("; " if "COOKIE" in key else ",") + value
             else:
                 env[key] = value
-        self.wsgi_input = _NO_INPUT
-        env["wsgi.input"] = _NO_INPUT
+        framing = self._framing
+        if framing:
+            chunked = framing == CHUNKED
+            body = Body(
+                BodyReader(self.rfile, MAX_BODY),  # type: ignore[arg-type]  # read, readline
+                None if chunked else framing,
+                socket=self.socket if env.get("HTTP_EXPECT") == "100-continue" else None,
+                chunked_input=chunked,
+            )
+            body.keep_alive = not self.close_connection
+            self.wsgi_input = body
+            env["wsgi.input"] = body
+        else:
+            self.wsgi_input = NO_INPUT
+            env["wsgi.input"] = NO_INPUT
         env["wsgi.input_terminated"] = True
         return env
 
-    def MessageClass(self, fp: Any, *_args: Any) -> Headers:  # noqa: N802 - gevent's name
-        headers, fits = read_headers(fp, MAX_HEAD_BYTES - len(self.requestline))
-        if not fits:
-            self._too_large = True
-        return headers
+    def handle_one_response(self) -> None:
+        assert self._deadlines is not None
+        deadline = self._deadlines[2]
+        deadline.start()
+        try:
+            super().handle_one_response()
+        finally:
+            deadline.stop()
+            if deadline.expired:  # gevent swallows socket errors while discarding a body
+                self.close_connection = True
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """A bad body (gevent calls this; it then closes the connection)."""
         self.server.stats.bad_requests += 1
-        if self._too_large:
-            return ("431", _TOO_LARGE)
-        if isinstance(ex, HeadTimeout):
-            return ("408", _TIMEOUT)
-        log.debug("bad request from %s: %s", self.client_address, ex)
-        return ("400", _BAD)
+        log.debug("bad request body from %s: %s", self.client_address, ex)
+        return "400", _REFUSALS["400 Bad Request"][0]
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        """gevent's, with ``Cache-Control: no-store`` and ``Connection: close``."""
+        if self.response_length:
+            self.close_connection = True
+            return
+        status, body = _ERROR_PAGES.get(error_code, _ERROR_PAGES[500])
+        self.close_connection = True
+        try:
+            self.start_response(
+                status,
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-store"),
+                    ("Connection", "close"),
+                ],
+            )
+            self.write(body)
+        except OSError:
+            pass
 
     # -- writing the response ---------------------------------------------------
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        write: Any
         if exc_info is None and type(status) is str and self._start(status, headers):
             write = self.write
         else:  # gevent's, which raises the right error for a bad status or header
@@ -464,53 +566,6 @@ class TrackingHandler(WSGIHandler):
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
         log.error("error answering %s", getattr(self, "requestline", "?"), exc_info=(t, v, tb))
         self._send_error_response_if_possible(500)
-
-
-class AccessLog:
-    """One line per request, ``common`` (NCSA) or ``json``, to a file or stderr."""
-
-    def __init__(self, fmt: str, stream: Any) -> None:
-        self.fmt = fmt
-        self.stream = stream
-
-    def close(self) -> None:
-        if self.stream not in (sys.stderr, sys.stdout):
-            self.stream.close()
-
-    def write(self, handler: TrackingHandler) -> None:
-        environ = getattr(handler, "environ", None) or {}
-        client = environ.get(CLIENT_KEY) or environ.get("REMOTE_ADDR")
-        if client is None:
-            address = handler.client_address
-            client = address[0] if isinstance(address, tuple) else address
-        status = getattr(handler, "_orig_status", None) or handler.status or "000"
-        if isinstance(status, bytes):
-            status = status.decode("latin-1")
-        code = status.split(" ", 1)[0]
-        length = max(0, (handler.response_length or 0) - handler.head_length)
-        if self.fmt == "json":
-            line = json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "client": client,
-                    "request": handler.requestline or "",
-                    "host": environ.get("HTTP_HOST"),
-                    "status": int(code) if code.isdigit() else code,
-                    "bytes": length,
-                    "user_agent": environ.get("HTTP_USER_AGENT"),
-                    "duration": round((handler.time_finish or time.time()) - handler.time_start, 6),
-                },
-                separators=(",", ":"),
-            )
-        else:
-            when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-            line = (
-                f'{client or "-"} - - [{when}] "{handler.requestline or ""}" {code} {length or "-"}'
-            )
-        try:
-            self.stream.write(line + "\n")
-        except (OSError, ValueError):
-            pass
 
 
 def tune_socket(sock: socket.socket) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from postal_tracking_plugin.errors import StoreError
 
@@ -26,6 +27,20 @@ log = logging.getLogger(__name__)
 LinkEntry = tuple[int, int | None, str, str | None]
 
 _MISS = object()
+
+
+def redirectable(url: Any) -> bool:
+    """Whether a stored URL may be redirected to: an ``http``/``https`` URL with a host.
+
+    NULL, empty, ``javascript:``, ``data:`` or relative values never are (they
+    would be an empty, ``None`` or script ``Location``).
+    """
+    if not isinstance(url, str) or not url[:8].lower().startswith(("http://", "https://")):
+        return False
+    try:
+        return bool(urlsplit(url).netloc)
+    except ValueError:
+        return False
 
 
 class _Lru:
@@ -119,7 +134,13 @@ class Lookup:
     def remember_link(
         self, server_id: int, token: str, link_id: int, message_id: int | None, url: str
     ) -> None:
-        """Put a link read ahead of its first click (see :mod:`._prefetch`)."""
+        """Put a link read ahead of its first click (see :mod:`._prefetch`).
+
+        A URL that is not ``http(s)`` is not kept: its first click finds it in
+        the store, warns and answers "Link not found".
+        """
+        if not redirectable(url):
+            return
         location = location_value(url)
         # One string per link, keyed by its token alone: a third of the memory
         # of tuples. The server id inside scopes it (tokens are per server).
@@ -169,6 +190,16 @@ class Lookup:
             return None
         row = self.store.find_link(server_id, token)
         if row is None:
+            self._misses.put(("l", server_id, token), time.monotonic() + self.negative_ttl)
+            return None
+        if not redirectable(row.get("url")):
+            log.warning(
+                "link %s of server %s has no http(s) URL to redirect to (%r): answering "
+                "Link not found; fix or delete the links row",
+                row.get("id"),
+                server_id,
+                row.get("url") if row.get("url") is None else str(row["url"])[:80],
+            )
             self._misses.put(("l", server_id, token), time.monotonic() + self.negative_ttl)
             return None
         message_id = row.get("message_id")

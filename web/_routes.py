@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 IMG_RE = re.compile(r"^/img/([a-z0-9-]+)/([a-z0-9-]+)", re.IGNORECASE)
 CLICK_RE = re.compile(r"^/([a-z0-9-]+)/([a-z0-9-]+)", re.IGNORECASE)
 
+#: Tokens longer than this are unknown without asking the cache or the store: Postal's
+#: are 6 to 16 characters, and a cached miss must not cost a scanner's 8 KB token.
+MAX_TOKEN = 64
+
 #: Key in the WSGI environ where the resolved client address is left for the access log.
 CLIENT_KEY = "postal_tracking.client"
 
@@ -126,11 +130,12 @@ class HotRoutes:
     ) -> Iterable[bytes]:
         head = environ["REQUEST_METHOD"] == "HEAD"
         try:
-            server_id = self.lookup.server_id(server_token)
+            # An over-long token is an unknown one, found without the cache or the store.
+            server_id = self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
             if server_id is None:
                 start_response("404 Not Found", _INVALID_SERVER_HEADERS)
                 return _NO_BODY if head else [INVALID_SERVER]
-            link = self.lookup.link(server_id, token)
+            link = self.lookup.link(server_id, token) if len(token) <= MAX_TOKEN else None
         except StoreError as exc:
             return self._unavailable(start_response, head, exc)
         if link is None:
@@ -167,11 +172,11 @@ class HotRoutes:
             start_response("400 Bad Request", SRC_HEADERS)
             return _NO_BODY if head else [SRC_REFUSED]
         try:
-            server_id = self.lookup.server_id(server_token)
+            server_id = self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
             if server_id is None:
                 start_response("404 Not Found", _INVALID_SERVER_HEADERS)
                 return _NO_BODY if head else [INVALID_SERVER]
-            message_id = self.lookup.message_id(server_id, token)
+            message_id = self.lookup.message_id(server_id, token) if len(token) <= MAX_TOKEN else None
         except StoreError as exc:
             # Postal's rule: the pixel is served even when recording cannot be.
             log.warning("store unavailable for an open: %s", exc)

@@ -12,6 +12,7 @@ with gevent, ``web/wsgi.py`` hands it to gunicorn.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ from ._routes import CLIENT_KEY
 from ._routes import HotRoutes
 
 EXTENSION = "postal_tracking"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +84,7 @@ def create_app(
     app.add_url_rule("/health", "health", health, methods=["GET", "HEAD"])
     app.add_url_rule("/", "hello", hello, defaults={"path": ""}, methods=_ANY)
     app.add_url_rule("/<path:path>", "hello", hello, methods=_ANY)
+    app.after_request(_no_store_on_errors)
     app.wsgi_app = HotRoutes(app.wsgi_app, state.lookup, recorder, state.client)  # type: ignore[method-assign]
     return app
 
@@ -93,14 +97,16 @@ def close_app(app: Flask, timeout: float = 5.0) -> None:
 
 
 def tracking_state(app: Flask) -> TrackingState:
-    return app.extensions[EXTENSION]
+    state: TrackingState = app.extensions[EXTENSION]
+    return state
 
 
 _ANY = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 def _state() -> TrackingState:
-    return current_app.extensions[EXTENSION]
+    state: TrackingState = current_app.extensions[EXTENSION]
+    return state
 
 
 def _text(body: str, status: int = 200) -> Response:
@@ -136,12 +142,23 @@ def acme_challenge(token: str) -> Response:
 
 
 def health() -> Response:
-    """For load balancers: 200 when the store answers, 503 when it does not."""
+    """For load balancers: ``ok`` (200) when the store answers, ``unavailable`` (503) when not.
+
+    The reason goes to the log only: it names the database user, host and port.
+    """
     try:
         _state().store.ping()
     except StoreError as exc:
-        return _text(f"store: unavailable ({exc})\n", 503)
-    return _text("store: ok\n")
+        log.warning("health check: the store is unavailable: %s", exc)
+        return _text("unavailable\n", 503)
+    return _text("ok\n")
+
+
+def _no_store_on_errors(response: Response) -> Response:
+    """Every error page, Flask's own 404 and 405 included, is not to be cached."""
+    if response.status_code >= 400 and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def hello(path: str) -> Response:

@@ -17,15 +17,20 @@ run a :class:`Worker` in a thread of an unpatched process.
 
 from __future__ import annotations
 
+import errno
 import gc
+import itertools
 import logging
+import resource
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import TextIO
 
 import gevent
 import gevent.event
@@ -36,7 +41,7 @@ from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.default_certificate import default_certificate_paths
 from postal_tracking_plugin.errors import Error
 
-from ._handler import AccessLog
+from ._access_log import AccessLog
 from ._handler import TrackingHandler
 from ._handler import tune_socket
 from ._lookup import Lookup
@@ -60,6 +65,12 @@ PREFETCH_EVERY = 1.0
 #: Scheduled renewal: first run soon after start, then hourly.
 RENEWAL_FIRST = 60.0
 RENEWAL_EVERY = 3600.0
+#: File descriptors a worker needs besides its connections (listeners, store,
+#: spool, logs, certificates), kept free when sizing ``max_connections``.
+SPARE_FILES = 64
+#: After ``EMFILE`` on accept, accepting pauses this long (the listening socket
+#: stays readable: retrying at once would spin).
+EMFILE_PAUSE = 0.1
 
 
 @dataclass
@@ -80,6 +91,9 @@ class Stats:
     tls_failures: int = 0
     proxy_failures: int = 0
     bad_requests: int = 0
+    idle_closed: int = 0
+    over_address_cap: int = 0
+    out_of_files: int = 0
     last_tls_error: str = ""
     _reported: dict[str, int] = field(default_factory=dict)
 
@@ -88,6 +102,8 @@ class Stats:
             "failed TLS handshakes": self.tls_failures,
             "connections without a valid PROXY line": self.proxy_failures,
             "malformed requests": self.bad_requests,
+            "idle keep-alive connections closed to make room": self.idle_closed,
+            "connections refused over tracking.max_connections_per_address": self.over_address_cap,
         }
         parts = []
         for name, total in new.items():
@@ -107,6 +123,51 @@ class _HandshakeTimeout(OSError):
     pass
 
 
+def fit_open_files(wanted: int, *, say: bool) -> int:
+    """``max_connections`` the open-file limit allows: raise the soft limit, or lower the cap.
+
+    One connection is one file descriptor; :data:`SPARE_FILES` more are kept for
+    the rest. Without this, at the limit new clients time out in the backlog and
+    every ``accept`` logs an ``EMFILE`` traceback. ``say``: log a lowered cap (once,
+    from one worker).
+    """
+    needed = wanted + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    fitted = max(1, soft - SPARE_FILES)
+    if say:
+        log.warning(
+            "tracking.max_connections is %d but the open-file limit is %d: serving at most %d "
+            "connections per worker; raise the limit (ulimit -n, systemd LimitNOFILE=) or lower "
+            "tracking.max_connections",
+            wanted,
+            soft,
+            fitted,
+        )
+    return fitted
+
+
+def _without_scope(address: Any) -> Any:
+    """The peer address without an IPv6 zone (``fe80::1%eth0``): never a client's address."""
+    if isinstance(address, tuple) and "%" in str(address[0]):
+        return (str(address[0]).split("%", 1)[0], *address[1:])
+    return address
+
+
+#: gevent server names the :class:`Listener` relies on (see ``_handler.GEVENT_HANDLER_NAMES``):
+#: attributes and methods it uses, and methods it overrides.
+GEVENT_SERVER_NAMES = ("closed", "loop", "start_accepting", "stop_accepting")
+GEVENT_SERVER_OVERRIDES = ("close", "do_read", "handle", "handler_class")
+
+
 class Listener(WSGIServer):
     """One listening socket: tunes each connection, reads PROXY, does TLS, then HTTP."""
 
@@ -123,24 +184,90 @@ class Listener(WSGIServer):
         self.limits = worker.limits
         self.stats = worker.stats
         self.idle = worker.idle
+        self.kept_alive = worker.kept_alive
         self.access_log = worker.access_log
+        self._emfile_timer: Any = None
+        self._emfile_logged = 0.0
 
     @property
     def draining(self) -> bool:
         return self.worker.draining
 
+    def do_read(self) -> Any:
+        """gevent's accept, with ``EMFILE``/``ENFILE`` handled: logged once a minute, not per try.
+
+        Out of file descriptors, accepting pauses (:data:`EMFILE_PAUSE`) and the
+        oldest idle keep-alive connections are closed to give some back.
+        """
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+        stats = self.stats
+        stats.out_of_files += 1
+        now = time.monotonic()
+        if now - self._emfile_logged >= 60.0:
+            self._emfile_logged = now
+            log.error(
+                "out of file descriptors accepting connections (%d times since start): raise the "
+                "open-file limit or lower tracking.max_connections",
+                stats.out_of_files,
+            )
+        self.worker.close_idle(max(1, self.worker.reserve))
+        self.stop_accepting()
+        if self._emfile_timer is None:
+            self._emfile_timer = self.loop.timer(EMFILE_PAUSE)
+        self._emfile_timer.start(self._resume_accepting)
+        return None
+
+    def _resume_accepting(self) -> None:
+        if not self.closed:
+            self.start_accepting()
+
+    def close(self) -> None:
+        if self._emfile_timer is not None:
+            self._emfile_timer.close()
+        super().close()
+
     def handle(self, sock: Any, address: Any) -> None:
         worker = self.worker
         self.access_log = worker.access_log
         tune_socket(sock)
+        worker.make_room()
         if worker.proxy_protocol:
             header = read_header(sock, self.limits.handshake_timeout)
             if not header:
                 self.stats.proxy_failures += 1
                 log.debug("closing %s: %s", address, header.error)
+                sock.close()
                 return
             if header.address is not None:
                 address = header.address
+        address = _without_scope(address)
+        cap = worker.per_address_cap
+        if not cap:
+            self._serve(sock, address)
+            return
+        ip = address[0] if isinstance(address, tuple) else address
+        counts = worker.per_address
+        if counts.get(ip, 0) >= cap:
+            self.stats.over_address_cap += 1
+            sock.close()
+            return
+        counts[ip] = counts.get(ip, 0) + 1
+        try:
+            self._serve(sock, address)
+        finally:
+            left = counts[ip] - 1
+            if left:
+                counts[ip] = left
+            else:
+                del counts[ip]
+
+    def _serve(self, sock: Any, address: Any) -> None:
+        """TLS if this listener does it, then HTTP."""
+        worker = self.worker
         if not self.tls:
             super().handle(sock, address)
             return
@@ -181,6 +308,7 @@ def _open_access_log(config: Config) -> AccessLog | None:
     settings = config.tracking.log
     if settings.access_log == "off":
         return None
+    stream: TextIO
     if settings.access_log_path:
         stream = open(config.path(settings.access_log_path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     else:
@@ -225,10 +353,18 @@ class Worker:
         self.limits = limits or Limits()
         self.stats = Stats()
         self.draining = False
-        self.idle: set[Any] = set()
+        #: Greenlets waiting for a request, and those of them kept alive after one
+        #: (oldest first: :meth:`make_room` closes those).
+        self.idle: dict[Any, None] = {}
+        self.kept_alive: dict[Any, None] = {}
         self.proxy_protocol = config.fast_server.proxy_protocol
         self.access_log = _open_access_log(config)
-        self.pool = gevent.pool.Pool(config.tracking.max_connections)
+        self.max_connections = fit_open_files(config.tracking.max_connections, say=index == 0)
+        #: Free connection slots below which idle keep-alive connections are closed.
+        self.reserve = max(1, self.max_connections // 100)
+        self.pool = gevent.pool.Pool(self.max_connections)
+        self.per_address_cap = config.tracking.max_connections_per_address
+        self.per_address: dict[str, int] = {}
         self.owns_recorder = recorder is None
         if recorder is None:
             from postal_tracking_plugin.events import EventRecorder
@@ -250,6 +386,23 @@ class Worker:
         self.freeze_gc = True  # a server process; tests in a shared process turn it off
         self._background: list[Any] = []
         self._stopped = gevent.event.Event()
+
+    def make_room(self) -> None:
+        """Near ``max_connections``, close the longest-idle keep-alive connections.
+
+        Called as each connection starts (it holds a slot already), so new
+        clients never wait in the backlog behind connections that wait for nothing.
+        """
+        free = self.pool.free_count()
+        if free < self.reserve:
+            self.close_idle(self.reserve - free)
+
+    def close_idle(self, count: int) -> None:
+        """Close up to ``count`` keep-alive connections waiting for a request, oldest first."""
+        for greenlet in list(itertools.islice(self.kept_alive, count)):
+            del self.kept_alive[greenlet]
+            greenlet.kill(block=False)
+            self.stats.idle_closed += 1
 
     @property
     def addresses(self) -> list[tuple[Any, bool]]:
@@ -302,6 +455,7 @@ class Worker:
         state.client.networks = ClientAddress(config.tracking.trusted_proxies).networks
         state.lookup.clear()
         self.proxy_protocol = config.fast_server.proxy_protocol
+        self.per_address_cap = config.tracking.max_connections_per_address
         old, self.access_log = self.access_log, _open_access_log(config)
         if old is not None:
             old.close()

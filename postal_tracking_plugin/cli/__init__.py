@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "stats",
     "prune",
     "forget",
+    "users",
+    "dashboard",
     "quickstart",
 )
 

@@ -6,6 +6,10 @@ automated (bots, scanners, Apple's privacy prefetch) in our ``tracking_events``
 table, so they cover the events this plugin recorded. Unique opens and clicks
 count messages (one message is one recipient); top links rank URLs by how many
 messages had a click on them.
+
+The figures come from the store's query layer
+(:meth:`~postal_tracking_plugin.store.Store.tracking_stats`), the same one the
+dashboard's overview reads, so the two agree for the same range and tag.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ import re
 from typing import Any
 
 from ..errors import UsageError
-from ..store import Server
-from ..store import Store
+from ..store import Filter
 from ._context import Context
 from ._context import table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_HUMAN = "x.counted = 1 AND x.bot = 0"
 
 
 def register(sub: Any) -> None:
@@ -44,13 +46,21 @@ def register(sub: Any) -> None:
         help="only messages and events since WHEN: a date (2026-05-01), a UTC time "
         "(2026-05-01T12:00) or an age (30m, 24h, 7d, 2w)",
     )
+    p.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only messages and events before WHEN (same forms as --since)",
+    )
+    p.add_argument("--tag", help="only messages with this tag (Postal's tag: the campaign)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="top links to show (10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
-def parse_since(value: str | None, now: float | None = None) -> float | None:
-    """``--since`` as Unix seconds."""
+def parse_since(
+    value: str | None, now: float | None = None, option: str = "--since"
+) -> float | None:
+    """``--since`` (or ``--until``) as Unix seconds."""
     if not value:
         return None
     now = _dt.datetime.now(_dt.UTC).timestamp() if now is None else now
@@ -61,7 +71,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
         when = _dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise UsageError(
-            f"--since {value!r} is not a date, a time or an age: use 2026-05-01, "
+            f"{option} {value!r} is not a date, a time or an age: use 2026-05-01, "
             f"2026-05-01T12:00 or 7d"
         ) from None
     if when.tzinfo is None:
@@ -72,6 +82,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
 def run(ctx: Context) -> int:
     args = ctx.args
     since = parse_since(args.since)
+    until = parse_since(args.until, option="--until")
     store = ctx.store
     servers = [store.get_server(args.server)] if args.server else store.list_servers()
     reports = []
@@ -87,120 +98,20 @@ def run(ctx: Context) -> int:
             if row is None:
                 continue
             message_id = int(row["id"])
-        reports.append(server_stats(store, server, since, message_id, top=max(args.top, 0)))
+        flt = Filter(since=since, until=until, tag=args.tag or None, message_id=message_id)
+        reports.append(store.tracking_stats(server, flt, top=max(args.top, 0)))
     if args.message and not reports:
         where = f"server {args.server}" if args.server else "any server"
         raise UsageError(f"no message with token {args.message!r} in {where}")
     if args.json:
-        ctx.say(json.dumps({"since": since, "servers": reports}, indent=2))
+        report = {"since": since, "until": until, "tag": args.tag or None, "servers": reports}
+        ctx.say(json.dumps(report, indent=2))
         return 0
     if not reports:
         ctx.note("No servers yet: add one with `postal-tracking servers add NAME`.")
         return 0
     ctx.say("\n\n".join(render(r) for r in reports))
     return 0
-
-
-def server_stats(
-    store: Store, server: Server, since: float | None, message_id: int | None, *, top: int = 10
-) -> dict[str, Any]:
-    """Every figure of one server (or one of its messages), as plain data."""
-    m_where, m_params = ["m.scope = 'outgoing'"], []
-    e_where, e_params = ["1 = 1"], []
-    if since is not None:
-        m_where.append("m.timestamp >= %s")
-        m_params.append(since)
-        e_where.append("x.timestamp >= %s")
-        e_params.append(since)
-    if message_id is not None:
-        m_where = ["m.id = %s"]
-        m_params = [message_id]
-        e_where.append("x.message_id = %s")
-        e_params.append(message_id)
-    mw, ew = " AND ".join(m_where), " AND ".join(e_where)
-
-    def figures(db: Any, table_name: str, kind: str) -> dict[str, Any]:
-        everything = db.one(
-            f"SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-            f"FROM {table_name} x WHERE {ew}",
-            e_params,
-        )
-        people = db.one(
-            "SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-            f"FROM tracking_events x WHERE x.kind = %s AND {_HUMAN} AND {ew}",
-            [kind, *e_params],
-        )
-        return {
-            "all": {"total": int(everything["total"]), "unique": int(everything["uniq"])},
-            "people": {"total": int(people["total"]), "unique": int(people["uniq"])},
-        }
-
-    with store.messages(server.id, readonly=True) as db:
-        sent = db.one(
-            "SELECT COUNT(*) AS sent, COALESCE(SUM(CASE WHEN m.parsed = 1 AND "
-            "(m.tracked_links > 0 OR m.tracked_images > 0) THEN 1 ELSE 0 END), 0) AS tracked "
-            f"FROM messages m WHERE {mw}",
-            m_params,
-        )
-        opens = figures(db, "loads", "open")
-        clicks = figures(db, "clicks", "click")
-        reasons = db.query(
-            f"SELECT x.reason, x.kind, x.bot, COUNT(*) AS n FROM tracking_events x "
-            f"WHERE x.reason IS NOT NULL AND {ew} GROUP BY x.reason, x.kind, x.bot "
-            "ORDER BY n DESC, x.reason",
-            e_params,
-        )
-        link_where = "l.message_id = %s" if message_id is not None else "1 = 1"
-        link_params = [message_id] if message_id is not None else []
-        links = db.query(
-            "SELECT l.url, "
-            "COUNT(DISTINCT x.message_id) AS all_unique, COUNT(x.id) AS all_total "
-            "FROM links l LEFT JOIN clicks x ON x.link_id = l.id"
-            + (" AND x.timestamp >= %s" if since is not None else "")
-            + f" WHERE {link_where} GROUP BY l.url",
-            ([since] if since is not None else []) + link_params,
-        )
-        people_links = db.query(
-            "SELECT l.url, COUNT(DISTINCT x.message_id) AS people_unique "
-            "FROM tracking_events x JOIN links l ON l.id = x.link_id "
-            f"WHERE x.kind = 'click' AND {_HUMAN} AND {ew} GROUP BY l.url",
-            e_params,
-        )
-    people_by_url = {r["url"]: int(r["people_unique"]) for r in people_links}
-    ranked = [
-        {
-            "url": r["url"],
-            "unique_people": people_by_url.get(r["url"], 0),
-            "unique_all": int(r["all_unique"]),
-            "clicks": int(r["all_total"]),
-        }
-        for r in links
-        if message_id is not None or int(r["all_total"])
-    ]
-    ranked.sort(key=lambda r: (-r["unique_people"], -r["unique_all"], -r["clicks"], r["url"]))
-    tracked = int(sent["tracked"] or 0)
-    return {
-        "server": {"id": server.id, "name": server.name, "token": server.token},
-        "message": message_id,
-        "messages": {"sent": int(sent["sent"] or 0), "tracked": tracked},
-        "opens": opens,
-        "clicks": clicks,
-        "rates": {
-            "open_rate_people": _rate(opens["people"]["unique"], tracked),
-            "click_rate_people": _rate(clicks["people"]["unique"], tracked),
-            "open_rate_all": _rate(opens["all"]["unique"], tracked),
-            "click_rate_all": _rate(clicks["all"]["unique"], tracked),
-        },
-        "flags": [
-            {"reason": r["reason"], "kind": r["kind"], "bot": bool(r["bot"]), "events": int(r["n"])}
-            for r in reasons
-        ],
-        "top_links": ranked[:top] if message_id is None else ranked,
-    }
-
-
-def _rate(part: int, whole: int) -> float | None:
-    return round(100.0 * part / whole, 1) if whole else None
 
 
 def _pct(value: float | None) -> str:

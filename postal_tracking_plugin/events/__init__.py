@@ -14,6 +14,7 @@ from ._privacy import forget as forget
 from ._privacy import prune as prune
 from ._recorder import EVENT_KEYS as EVENT_KEYS
 from ._recorder import EventRecorder as EventRecorder
+from ._spool import spool_backlog as spool_backlog
 
 __all__ = [
     "EVENT_KEYS",
@@ -24,4 +25,5 @@ __all__ = [
     "forget",
     "is_bot_reason",
     "prune",
+    "spool_backlog",
 ]

@@ -369,6 +369,20 @@ def _lock(path: Path, *, create: bool) -> int | None:
     return fd
 
 
+def spool_backlog(directory: Path) -> tuple[int, int]:
+    """(streams, bytes) spooled in ``directory`` that the store does not hold yet.
+
+    Read only, for a health page: no lock is taken and nothing is written.
+    """
+    if not directory.is_dir():
+        return 0, 0
+    streams = total = 0
+    for lock in directory.glob("*.lock"):
+        streams += 1
+        total += _stream_backlog(Stream(directory, lock.name[: -len(".lock")], -1, owned=False))
+    return streams, total
+
+
 def _stream_backlog(stream: Stream) -> int:
     seq, offset = stream.committed
     total = 0

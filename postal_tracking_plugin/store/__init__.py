@@ -10,6 +10,7 @@ main database, one on a server's message database).
 from __future__ import annotations
 
 from ..config import Config
+from ._dashboard_ops import Filter as Filter
 from ._db import Db as Db
 from ._db import utcnow as utcnow
 from ._models import Certificate as Certificate
@@ -40,6 +41,7 @@ def open_store(config: Config) -> Store:
 __all__ = [
     "Certificate",
     "Db",
+    "Filter",
     "Link",
     "Server",
     "Store",

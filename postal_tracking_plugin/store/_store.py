@@ -18,6 +18,7 @@ from ..errors import AlreadyExists
 from ..errors import NotFound
 from ..errors import StoreError
 from . import _schema
+from ._dashboard_ops import DashboardOperations
 from ._db import Db
 from ._db import utcnow
 from ._event_ops import column_exists
@@ -35,7 +36,7 @@ _TRACK_DOMAIN_SQL = (
 )
 
 
-class Store(MessageOperations):
+class Store(MessageOperations, DashboardOperations):
     """Base of :class:`SqliteStore`, :class:`MysqlStore` and :class:`PostalStore`."""
 
     dialect: str = ""
