@@ -121,7 +121,8 @@ class Certificate:
 
     @classmethod
     def from_row(cls, row: Row) -> Certificate:
-        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+        fields: dict[str, Any] = {name: row.get(name) for name in cls.__dataclass_fields__}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -369,7 +370,7 @@ Step = _schema.Table | _schema.Index | _schema.Seed | _schema.Column
 
 def _migrate(
     db: Db,
-    migrations: dict[int, tuple[Step, ...]],
+    migrations: Mapping[int, Sequence[Step]],
     collation: str,
     keep: Callable[[Step], bool] = lambda step: True,
 ) -> None:
