@@ -116,11 +116,29 @@ def make_data(store: Any, messages: int, events: int, now: float) -> Any:
         for i in range(first, min(first + step, messages)):
             message_id = i + 1
             sent = start + (i / messages) * 30 * DAY
-            rows.append((message_id, random_token(), "outgoing", f"reader{i}@example.net",
-                         "news@bench.example", f"Offer {i % 97}", f"campaign-{i % 10}", sent))
+            rows.append(
+                (
+                    message_id,
+                    random_token(),
+                    "outgoing",
+                    f"reader{i}@example.net",
+                    "news@bench.example",
+                    f"Offer {i % 97}",
+                    f"campaign-{i % 10}",
+                    sent,
+                )
+            )
             ids = [3 * i + n + 1 for n in range(3)]
-            links += [(link_id, message_id, random_token(), f"https://shop.example.com/p/"
-                       f"{i % 500}/{n}", sent) for n, link_id in enumerate(ids)]
+            links += [
+                (
+                    link_id,
+                    message_id,
+                    random_token(),
+                    f"https://shop.example.com/p/{i % 500}/{n}",
+                    sent,
+                )
+                for n, link_id in enumerate(ids)
+            ]
             made.append((message_id, sent))
             by_message[message_id] = ids
         with store.messages(server.id) as db:
@@ -142,8 +160,12 @@ def make_data(store: Any, messages: int, events: int, now: float) -> Any:
         when = min(sent + rng.expovariate(1 / (2 * DAY)), now - 1)
         kind = "open" if rng.random() < 0.7 else "click"
         roll = rng.random()
-        ip, agent, bot, reason = f"198.51.{rng.randrange(256)}.{rng.randrange(256)}", \
-            rng.choice(BROWSERS), False, None
+        ip, agent, bot, reason = (
+            f"198.51.{rng.randrange(256)}.{rng.randrange(256)}",
+            rng.choice(BROWSERS),
+            False,
+            None,
+        )
         if kind == "open" and roll < 0.33:
             ip, agent, bot, reason = "17.58.1.1", "Mozilla/5.0", True, "apple-privacy-proxy"
         elif kind == "open" and roll < 0.40:
@@ -259,8 +281,10 @@ def main() -> int:
             return run
 
         events = _event_count(store, server.id)
-        print(f"{events} events, MariaDB at {MYSQL['host']}:{MYSQL['port']}, "
-              f"median of {args.rounds} after a warm-up")
+        print(
+            f"{events} events, MariaDB at {MYSQL['host']}:{MYSQL['port']}, "
+            f"median of {args.rounds} after a warm-up"
+        )
         baseline = _median_ms(stats, args.rounds)
         print(f"{'stats --json (baseline)':<28} {baseline:8.0f} ms")
         for name, path in pages:

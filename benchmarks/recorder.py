@@ -61,11 +61,19 @@ def main() -> None:
         utf8_agent = "Mozilla/5.0 café".encode().decode("latin-1")  # as WSGI hands it over
         utf8 = _per_call(lambda: rec.click(**{**kw, "user_agent": utf8_agent}), n)
         print(f"n={n}")
-        print(f"event id   old uuid4().hex: {old_id:7.2f} us   new prefix+counter: {new_id:7.2f} us")
-        print(f"click()    with uuid4 ids:  {click_old:7.2f} us   with prefix+counter: {click_new:7.2f} us")
-        print(f"click()    plain:           {plain:7.2f} us   anonymize_ip IPv4: {anon_v4:7.2f} us   "
-              f"IPv6: {anon_v6:7.2f} us")
-        print(f"click()    ASCII agent:     {plain:7.2f} us   UTF-8 agent (decoded): {utf8:7.2f} us")
+        print(
+            f"event id   old uuid4().hex: {old_id:7.2f} us   new prefix+counter: {new_id:7.2f} us"
+        )
+        print(
+            f"click()    with uuid4 ids:  {click_old:7.2f} us   with prefix+counter: {click_new:7.2f} us"
+        )
+        print(
+            f"click()    plain:           {plain:7.2f} us   anonymize_ip IPv4: {anon_v4:7.2f} us   "
+            f"IPv6: {anon_v6:7.2f} us"
+        )
+        print(
+            f"click()    ASCII agent:     {plain:7.2f} us   UTF-8 agent (decoded): {utf8:7.2f} us"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def answer(fn: Any) -> str:
         return f"{exc.smtp_code} {exc.smtp_error.decode()[:90]}"
     except (OSError, smtplib.SMTPException) as exc:
         return f"{type(exc).__name__}: {exc}"[:100]
-    return "250" + (f" (refused at RCPT: {({r: c for r, (c, _) in refused.items()})})"
-                    if refused else "")
+    return "250" + (
+        f" (refused at RCPT: { ({r: c for r, (c, _) in refused.items()}) })" if refused else ""
+    )
 
 
 class Bench:
@@ -70,25 +71,35 @@ class Bench:
         cert.cert_chain_pems[0].write_to_path(str(tls[0]))
         cert.private_key_pem.write_to_path(str(tls[1]))
         self.postfix = PostfixInstance(
-            upstream_port=free_port(), strict_helo_port=free_port(), client_port=free_port(),
-            relay_port=relay_port, tls_files=tls,
+            upstream_port=free_port(),
+            strict_helo_port=free_port(),
+            client_port=free_port(),
+            relay_port=relay_port,
+            tls_files=tls,
         )
         self.relay_port = relay_port
-        (self.folder / "postal.yml").write_text(yaml.safe_dump({
-            "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
-            "tracking": {"data_dir": str(self.folder / "data")},
-        }))
+        (self.folder / "postal.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+                    "tracking": {"data_dir": str(self.folder / "data")},
+                }
+            )
+        )
         self.config = load_config(self.folder / "postal.yml")
         self.store = open_store(self.config)
         self.store.create_schema()
         server = self.store.add_server("Main")
-        self.store.add_track_domain(server, "click.example.com", ssl_enabled=False,
-                                    dns_status="OK")
+        self.store.add_track_domain(server, "click.example.com", ssl_enabled=False, dns_status="OK")
 
     def relay(self, **settings: Any) -> SmtpRelay:
-        wanted = {"server": "Main", "listen": "127.0.0.1:0",
-                  "upstream": f"127.0.0.1:{self.postfix.upstream_port}",
-                  "helo_name": "relay.example.com", **settings}
+        wanted = {
+            "server": "Main",
+            "listen": "127.0.0.1:0",
+            "upstream": f"127.0.0.1:{self.postfix.upstream_port}",
+            "helo_name": "relay.example.com",
+            **settings,
+        }
         relay = RelayConfig(**{k: v for k, v in wanted.items() if k in FIELDS})
         config = dataclasses.replace(
             self.config, tracking=dataclasses.replace(self.config.tracking, relay=relay)
@@ -100,17 +111,31 @@ class Bench:
     def cli_relay(self, **settings: Any) -> tuple[subprocess.Popen[str], int]:
         """``postal-tracking smtp-relay`` in its own process (to measure its memory)."""
         port = free_port()
-        relay = {"server": "Main", "listen": f"127.0.0.1:{port}",
-                 "upstream": f"127.0.0.1:{self.postfix.upstream_port}", **settings}
+        relay = {
+            "server": "Main",
+            "listen": f"127.0.0.1:{port}",
+            "upstream": f"127.0.0.1:{self.postfix.upstream_port}",
+            **settings,
+        }
         path = self.folder / "cli.yml"
-        path.write_text(yaml.safe_dump({
-            "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
-            "tracking": {"data_dir": str(self.folder / "data"),
-                         "relay": {k: v for k, v in relay.items() if k in FIELDS}},
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+                    "tracking": {
+                        "data_dir": str(self.folder / "data"),
+                        "relay": {k: v for k, v in relay.items() if k in FIELDS},
+                    },
+                }
+            )
+        )
         exe = shutil.which("postal-tracking", path=str(Path(sys.executable).parent))
-        proc = subprocess.Popen([exe or "postal-tracking", "-c", str(path), "smtp-relay"],
-                                stderr=subprocess.PIPE, text=True, cwd=self.folder)
+        proc = subprocess.Popen(
+            [exe or "postal-tracking", "-c", str(path), "smtp-relay"],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.folder,
+        )
         assert proc.stderr is not None
         line = proc.stderr.readline()
         if "listening" not in line:
@@ -144,23 +169,44 @@ def main() -> None:
         r = b.relay()
         addr = r.address
 
-        def send(rcpts: list[str], data: bytes, sender: str = "news@example.com",
-                 options: tuple[str, ...] = (), to: tuple[str, int] = addr) -> str:
+        def send(
+            rcpts: list[str],
+            data: bytes,
+            sender: str = "news@example.com",
+            options: tuple[str, ...] = (),
+            to: tuple[str, int] = addr,
+        ) -> str:
             def go() -> Any:
                 with smtplib.SMTP(*to, timeout=700) as c:
                     return c.sendmail(sender, rcpts, data, list(options))
+
             return answer(go)
 
         rc = ["ann@example.net", "jörg@example.net", "cy@example.org"]
         answers = [send(rc, message("row1@rows"), options=("SMTPUTF8",)) for _ in range(3)]
-        row("1", "SMTPUTF8 recipient jörg, upstream without SMTPUTF8; 3 tries", answers,
-            b.copies("row1@rows"))
+        row(
+            "1",
+            "SMTPUTF8 recipient jörg, upstream without SMTPUTF8; 3 tries",
+            answers,
+            b.copies("row1@rows"),
+        )
 
         slow = b.relay(upstream_timeout=1.0)
-        answers = [send(["ann@example.net"], message("row2@rows"), sender="slow@example.com",
-                        to=slow.address) for _ in range(3)]
-        row("2", "reply to the final dot after 2 s, upstream_timeout 1 s; 3 tries", answers,
-            b.copies("row2@rows", 3))
+        answers = [
+            send(
+                ["ann@example.net"],
+                message("row2@rows"),
+                sender="slow@example.com",
+                to=slow.address,
+            )
+            for _ in range(3)
+        ]
+        row(
+            "2",
+            "reply to the final dot after 2 s, upstream_timeout 1 s; 3 tries",
+            answers,
+            b.copies("row2@rows", 3),
+        )
         slow.stop()
 
         rcpts = ["ann@example.net", "bob@example.net", "cy@example.org"]
@@ -168,31 +214,59 @@ def main() -> None:
         row("3", "smtplib to ann, bob (upstream: 550 5.7.1), cy", answers, b.copies("row3a@rows"))
         relay_mta = b.relay(listen=f"127.0.0.1:{b.relay_port}")
         done = subprocess.run(
-            ["swaks", "--server", f"127.0.0.1:{b.postfix.client_port}", "--from",
-             "news@example.com", "--to", ",".join(rcpts), "--header",
-             "Message-ID: <row3@rows>"], capture_output=True, text=True, timeout=60)
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{b.postfix.client_port}",
+                "--from",
+                "news@example.com",
+                "--to",
+                ",".join(rcpts),
+                "--header",
+                "Message-ID: <row3@rows>",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         time.sleep(3)
-        statuses = [line.split("postfix/")[1][:60] + " ... " + line.split("status=")[1][:150]
-                    for line in b.postfix.log().splitlines()
-                    if f"relay=127.0.0.1[127.0.0.1]:{b.relay_port}" in line]
-        row("3", "Postfix as the client (content filter to the relay), swaks to ann, bob, cy",
-            [f"swaks exit {done.returncode}", *statuses], b.copies("row3@rows"))
+        statuses = [
+            line.split("postfix/")[1][:60] + " ... " + line.split("status=")[1][:150]
+            for line in b.postfix.log().splitlines()
+            if f"relay=127.0.0.1[127.0.0.1]:{b.relay_port}" in line
+        ]
+        row(
+            "3",
+            "Postfix as the client (content filter to the relay), swaks to ann, bob, cy",
+            [f"swaks exit {done.returncode}", *statuses],
+            b.copies("row3@rows"),
+        )
         relay_mta.stop()
 
         long = b"x" * 5000 + b"\r\n"
         bare = b"\n".join(b"bare LF line %d" % i for i in range(100)) + b"\r\n"
-        row("4", "a 5,000-byte line; a 2 KB bare-LF message",
-            [send(["ann@example.net"], message("row4a@rows", long)),
-             send(["ann@example.net"], message("row4b@rows", bare))],
-            {**b.copies("row4a@rows", 0.5), **{"bare LF": b.copies("row4b@rows")}})
+        row(
+            "4",
+            "a 5,000-byte line; a 2 KB bare-LF message",
+            [
+                send(["ann@example.net"], message("row4a@rows", long)),
+                send(["ann@example.net"], message("row4b@rows", bare)),
+            ],
+            {**b.copies("row4a@rows", 0.5), **{"bare LF": b.copies("row4b@rows")}},
+        )
 
         strict = f"127.0.0.1:{b.postfix.strict_helo_port}"
         default = b.relay(helo_name=None, upstream=strict)
         named = b.relay(upstream=strict)
-        row("5", "upstream rejects non-FQDN HELO; helo_name unset, then relay.example.com",
-            [send(["ann@example.net"], message("row5a@rows"), to=default.address),
-             send(["ann@example.net"], message("row5b@rows"), to=named.address)],
-            {"unset": b.copies("row5a@rows", 0.5), "set": b.copies("row5b@rows")})
+        row(
+            "5",
+            "upstream rejects non-FQDN HELO; helo_name unset, then relay.example.com",
+            [
+                send(["ann@example.net"], message("row5a@rows"), to=default.address),
+                send(["ann@example.net"], message("row5b@rows"), to=named.address),
+            ],
+            {"unset": b.copies("row5a@rows", 0.5), "set": b.copies("row5b@rows")},
+        )
         default.stop()
         named.stop()
 
@@ -200,8 +274,10 @@ def main() -> None:
         answers = []
         with smtplib.SMTP(*outside.address, timeout=30) as c:
             c.ehlo()
-            answers.append("outside allowed_networks, right password: "
-                           + str(c.docmd("AUTH", "PLAIN AGFwcABzM2NyZXQ=")))
+            answers.append(
+                "outside allowed_networks, right password: "
+                + str(c.docmd("AUTH", "PLAIN AGFwcABzM2NyZXQ="))
+            )
         inside = b.relay(auth_users={"app": "s3cret"})
         started = time.monotonic()
         replies = []
@@ -212,8 +288,9 @@ def main() -> None:
                     replies.append(c.docmd("AUTH", "PLAIN AGFwcAB3cm9uZw==")[0])
         except smtplib.SMTPServerDisconnected:
             replies.append("disconnected")
-        answers.append(f"50 wrong passwords in one session: {replies} in "
-                       f"{time.monotonic() - started:.1f} s")
+        answers.append(
+            f"50 wrong passwords in one session: {replies} in {time.monotonic() - started:.1f} s"
+        )
         row("6", "AUTH from outside allowed_networks; wrong passwords", answers, "-")
         outside.stop()
         inside.stop()
@@ -221,15 +298,24 @@ def main() -> None:
         old = email.utils.formatdate(time.time() - 60)
         answers = [send(["ann@example.net", "dana@example.net"], message("row7@rows", date=old))]
         answers.append(send(["ann@example.net", "dana@example.net"], message("row7@rows")))
-        row("7b", "ann and dana (upstream 450 for dana); the retry re-rendered (new Date)",
-            answers, b.copies("row7@rows"))
+        row(
+            "7b",
+            "ann and dana (upstream 450 for dana); the retry re-rendered (new Date)",
+            answers,
+            b.copies("row7@rows"),
+        )
 
         body = (b"z" * 998 + b"\r\n") * 9_000  # 9 MB, under Postfix's 10 MB
         proc, port = b.cli_relay(max_buffered_messages=2)
         try:
-            threads = [threading.Thread(target=send, args=(["ann@example.net"],
-                                                           message(f"row8-{i}@rows", body)),
-                                        kwargs={"to": ("127.0.0.1", port)}) for i in range(10)]
+            threads = [
+                threading.Thread(
+                    target=send,
+                    args=(["ann@example.net"], message(f"row8-{i}@rows", body)),
+                    kwargs={"to": ("127.0.0.1", port)},
+                )
+                for i in range(10)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -239,21 +325,29 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-        row("8", "10 clients at once, 9 MB each (max_buffered_messages 2 where it exists)",
+        row(
+            "8",
+            "10 clients at once, 9 MB each (max_buffered_messages 2 where it exists)",
             [f"the relay process's peak RSS: {peak.split(':')[1].strip()}"],
-            sum(sum(b.copies(f"row8-{i}@rows", 0).values()) for i in range(10)))
+            sum(sum(b.copies(f"row8-{i}@rows", 0).values()) for i in range(10)),
+        )
 
         with smtplib.SMTP(*addr, timeout=30) as c:
             c.ehlo()
             size = c.esmtp_features.get("size")
-            c.sendmail("news@example.com", ["ann@example.net"], message("row9@rows"),
-                       ["SMTPUTF8"])
+            c.sendmail("news@example.com", ["ann@example.net"], message("row9@rows"), ["SMTPUTF8"])
         time.sleep(1)
         [got] = [m for m in b.postfix.messages() if b"<row9@rows>" in m]
         received = [line for line in got.split(b"\nReceived:")[1:3]]
-        row("9", "SIZE advertised (Postfix: 10240000); Received lines of an SMTPUTF8 message",
-            [f"SIZE {size}", *(x[:160].decode(errors="replace").replace("\n", " ")
-                               for x in received)], "-")
+        row(
+            "9",
+            "SIZE advertised (Postfix: 10240000); Received lines of an SMTPUTF8 message",
+            [
+                f"SIZE {size}",
+                *(x[:160].decode(errors="replace").replace("\n", " ") for x in received),
+            ],
+            "-",
+        )
         r.stop()
     finally:
         b.postfix.stop()

@@ -44,7 +44,7 @@ from postal_tracking_plugin.store import open_store  # noqa: E402
 MESSAGE = (
     "From: News <news@example.com>\r\nTo: ann@example.net\r\nSubject: throughput\r\n"
     "Message-ID: <{mid}>\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
-    "\r\n<html><body><p>Read <a href=\"https://www.example.org/news/{n}\">the news</a>."
+    '\r\n<html><body><p>Read <a href="https://www.example.org/news/{n}">the news</a>.'
     "</p></body></html>\r\n"
 )
 
@@ -59,8 +59,9 @@ def clients(port: int, n: int, seconds: float, tag: str) -> tuple[int, int]:
         count = 0
         while time.monotonic() < stop:
             try:
-                with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.com",
-                                  timeout=60) as c:
+                with smtplib.SMTP(
+                    "127.0.0.1", port, local_hostname="client.example.com", timeout=60
+                ) as c:
                     while time.monotonic() < stop:
                         count += 1
                         mid = f"{tag}-{i}-{count}@bench"
@@ -110,13 +111,21 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     postfix = PostfixInstance(upstream_port=free_port())
     relay_port = free_port()
-    (folder / "postal.yml").write_text(yaml.safe_dump({
-        "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
-        "tracking": {"data_dir": str(folder / "data"), "relay": {
-            "server": "Main", "listen": f"127.0.0.1:{relay_port}",
-            "upstream": f"127.0.0.1:{postfix.upstream_port}",
-        }},
-    }))
+    (folder / "postal.yml").write_text(
+        yaml.safe_dump(
+            {
+                "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+                "tracking": {
+                    "data_dir": str(folder / "data"),
+                    "relay": {
+                        "server": "Main",
+                        "listen": f"127.0.0.1:{relay_port}",
+                        "upstream": f"127.0.0.1:{postfix.upstream_port}",
+                    },
+                },
+            }
+        )
+    )
     store = open_store(load_config(folder / "postal.yml"))
     store.create_schema()
     server = store.add_server("Main")
@@ -127,14 +136,20 @@ def main() -> None:
     try:
         accepted, refused = clients(postfix.upstream_port, args.clients, args.seconds, "alone")
         delivered, doubled = drained(postfix, "alone")
-        print(f"Postfix alone:      {args.clients} clients, {args.seconds:g} s: "
-              f"{accepted} accepted ({accepted / args.seconds:.0f} msg/s), {refused} refused, "
-              f"{delivered} delivered, {doubled} doubled", flush=True)
+        print(
+            f"Postfix alone:      {args.clients} clients, {args.seconds:g} s: "
+            f"{accepted} accepted ({accepted / args.seconds:.0f} msg/s), {refused} refused, "
+            f"{delivered} delivered, {doubled} doubled",
+            flush=True,
+        )
 
         exe = shutil.which("postal-tracking", path=str(Path(sys.executable).parent))
         relay = subprocess.Popen(
             [exe or "postal-tracking", "-c", str(folder / "postal.yml"), "smtp-relay"],
-            stderr=subprocess.PIPE, text=True, cwd=folder, env=os.environ,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=folder,
+            env=os.environ,
         )
         assert relay.stderr is not None
         line = relay.stderr.readline()
@@ -143,9 +158,12 @@ def main() -> None:
         threading.Thread(target=relay.stderr.read, daemon=True).start()
         accepted, refused = clients(relay_port, args.clients, args.seconds, "relayed")
         delivered, doubled = drained(postfix, "relayed")
-        print(f"through the relay:  {args.clients} clients, {args.seconds:g} s: "
-              f"{accepted} accepted ({accepted / args.seconds:.0f} msg/s), {refused} refused, "
-              f"{delivered} delivered, {doubled} doubled", flush=True)
+        print(
+            f"through the relay:  {args.clients} clients, {args.seconds:g} s: "
+            f"{accepted} accepted ({accepted / args.seconds:.0f} msg/s), {refused} refused, "
+            f"{delivered} delivered, {doubled} doubled",
+            flush=True,
+        )
     finally:
         if relay is not None:
             relay.terminate()

@@ -133,8 +133,10 @@ def what_each_tracks(docs: list[str]) -> list[str]:
         except Exception:  # noqa: BLE001 - pytracking fails on the same document
             continue
         for element, attribute, link, _pos in root.iterlinks():
-            if element.tag == "a" and attribute == "href" and link.startswith(
-                ("http://", "https://", "//")
+            if (
+                element.tag == "a"
+                and attribute == "href"
+                and link.startswith(("http://", "https://", "//"))
             ):
                 py_links += 1
                 if not urlsplit(link).hostname:
@@ -189,11 +191,16 @@ def fifty_link_message() -> bytes:
         for i in range(50)
     )
     return (
-        "From: News <news@example.com>\r\nTo: reader@example.org\r\nSubject: Fifty links\r\n"
-        "Message-ID: <bench@example.com>\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/html; charset=utf-8\r\n\r\n"
-        f"<html><body>{links}</body></html>\r\n"
-    ).replace("\n", "\r\n").replace("\r\r\n", "\r\n").encode()
+        (
+            "From: News <news@example.com>\r\nTo: reader@example.org\r\nSubject: Fifty links\r\n"
+            "Message-ID: <bench@example.com>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/html; charset=utf-8\r\n\r\n"
+            f"<html><body>{links}</body></html>\r\n"
+        )
+        .replace("\n", "\r\n")
+        .replace("\r\r\n", "\r\n")
+        .encode()
+    )
 
 
 def store_ms(config: Config, count: int) -> float:
@@ -221,8 +228,9 @@ def mysql_ms(count: int) -> float | str:
     try:
         import pymysql
 
-        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                               connect_timeout=3)
+        conn = pymysql.connect(
+            host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3
+        )
     except Exception as exc:  # noqa: BLE001
         return f"n/a ({exc})"
     database = f"ptp_bench_{secrets.token_hex(4)}"
@@ -243,9 +251,11 @@ def mysql_ms(count: int) -> float | str:
 
 def big_message(size: int) -> tuple[bytes, bytes]:
     """A message of about ``size`` bytes: small HTML body, one large attachment."""
-    html = "<html><body>" + "".join(
-        f'<p><a href="https://www.example.com/{i}">link {i}</a></p>' for i in range(20)
-    ) + "</body></html>"
+    html = (
+        "<html><body>"
+        + "".join(f'<p><a href="https://www.example.com/{i}">link {i}</a></p>' for i in range(20))
+        + "</body></html>"
+    )
     head = (
         "From: news@example.com\r\nTo: r@example.org\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/mixed; boundary="BIG"\r\n\r\n--BIG\r\n'
@@ -265,10 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--messages", type=int, default=100, help="rewrite+store runs per backend")
     parser.add_argument("--no-mysql", action="store_true")
-    parser.add_argument("--pathological-only", action="store_true",
-                        help="print only the pathological inputs' section")
-    parser.add_argument("--limit", type=float, default=60.0,
-                        help="seconds after which a pathological run is stopped")
+    parser.add_argument(
+        "--pathological-only",
+        action="store_true",
+        help="print only the pathological inputs' section",
+    )
+    parser.add_argument(
+        "--limit",
+        type=float,
+        default=60.0,
+        help="seconds after which a pathological run is stopped",
+    )
     args = parser.parse_args(argv)
     if args.pathological_only:
         pathological(args.limit)
@@ -295,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             b"From: news@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
             b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
             b"\r\n\r\n"
-        ) + _qp(doc)
+        )
+        + _qp(doc)
         for doc in docs
     ]
     start_all = []
@@ -309,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     median_a, best_a = rows[0][1], rows[0][2]
-    print(f"corpus: {len(docs)} documents, {total_mb:.2f} MB ({args.corpus}); "
-          f"{args.rounds} interleaved rounds, median and best")
-    print(f"{'implementation':40} {'docs/s':>7} {'MB/s':>6} {'ms/doc':>6} {'(a) is':>7}"
-          f" | {'best MB/s':>9} {'(a) is':>7} | failed")
+    print(
+        f"corpus: {len(docs)} documents, {total_mb:.2f} MB ({args.corpus}); "
+        f"{args.rounds} interleaved rounds, median and best"
+    )
+    print(
+        f"{'implementation':40} {'docs/s':>7} {'MB/s':>6} {'ms/doc':>6} {'(a) is':>7}"
+        f" | {'best MB/s':>9} {'(a) is':>7} | failed"
+    )
     for name, median, best, failed in rows:
         print(
             f"{name:40} {len(docs) / median:7.0f} {total_mb / median:6.1f} "
@@ -338,11 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     identical = attachment in result.data and result.data.count(attachment) == 1
-    print(f"\n{len(raw) / 2**20:.1f} MiB message (20 links, {len(attachment) / 2**20:.1f} MiB "
-          f"base64 attachment): {len(result.links)} links tracked")
-    print(f"  peak allocated while rewriting: {peak / 2**20:.1f} MiB "
-          f"({peak / len(raw):.2f}x the message; with the input itself "
-          f"{(peak + len(raw)) / len(raw):.2f}x)")
+    print(
+        f"\n{len(raw) / 2**20:.1f} MiB message (20 links, {len(attachment) / 2**20:.1f} MiB "
+        f"base64 attachment): {len(result.links)} links tracked"
+    )
+    print(
+        f"  peak allocated while rewriting: {peak / 2**20:.1f} MiB "
+        f"({peak / len(raw):.2f}x the message; with the input itself "
+        f"{(peak + len(raw)) / len(raw):.2f}x)"
+    )
     print(f"  attachment bytes identical: {'yes' if identical else 'NO'}")
     print()
     pathological(args.limit)
@@ -362,8 +388,11 @@ PATHOLOGICAL: list[tuple[str, str, str]] = [
     ("conditional comment opener", "html", "<!--[if"),
     ("conditional comments nested, with href", "html", "<!--[if mso]>href "),
     ("comment never closed", "html", "<!-- <a href=x>"),
-    ("opt-out links beside +notrack text", "html",
-     '<a data-no-track href="https://a.example/">https+notrack://b.example/</a> '),
+    (
+        "opt-out links beside +notrack text",
+        "html",
+        '<a data-no-track href="https://a.example/">https+notrack://b.example/</a> ',
+    ),
     ("tracked links, 1000-link limit", "html", '<a href="https://a.example/">x</a>'),
     ("text URL then closing brackets", "plain", ")"),
     ("200-octet lines (the 998-octet line check)", "plain", "x" * 200 + "\n"),
@@ -379,8 +408,7 @@ def _pathological_message(subtype: str, piece: str, count: int) -> bytes:
         body = piece * count
     return (
         "From: a@example.com\nTo: b@example.org\nSubject: x\nMIME-Version: 1.0\n"
-        f"Content-Type: text/{subtype}; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
-        + body
+        f"Content-Type: text/{subtype}; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n" + body
     ).encode("utf-8")
 
 
@@ -434,8 +462,10 @@ def pathological(limit: float = 60.0) -> None:
         per_mb = large * 1000 / (len(raw) / 1e6)
         worst = max(worst, (per_mb, name))
         note = "" if outcome == "ok" else f"  ({outcome[:40]})"
-        print(f"  {name:44} {small * 1000:8.1f} {large * 1000:9.1f} {large / small:6.1f}"
-              f" {len(raw) / 1e6:7.2f} {per_mb:7.0f}{note}")
+        print(
+            f"  {name:44} {small * 1000:8.1f} {large * 1000:9.1f} {large / small:6.1f}"
+            f" {len(raw) / 1e6:7.2f} {per_mb:7.0f}{note}"
+        )
     print(f"  worst: {worst[0]:.0f} ms per MB ({worst[1]})")
 
 

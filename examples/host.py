@@ -12,8 +12,13 @@ config = load_config(config_path)
 store = open_store(config)
 pm = get_plugin_manager()  # every plugin under postal.plugins; tracking among them
 message = run_send_pipeline(
-    pm, sys.stdin.buffer.read(), mail_from=mail_from, rcpt_to=[rcpt_to],
-    server=server, config=config, store=store,
+    pm,
+    sys.stdin.buffer.read(),
+    mail_from=mail_from,
+    rcpt_to=[rcpt_to],
+    server=server,
+    config=config,
+    store=store,
 )
 sys.stdout.buffer.write(message)  # a real host DKIM-signs and sends it here
 store.close()

@@ -203,8 +203,7 @@ class RelayHandler:
             return "553 5.6.7 Must declare SMTPUTF8 to send a non-ASCII address"
         if not address.isascii() and not txn.conn.smtputf8:
             return (
-                "553 5.6.7 The upstream does not offer SMTPUTF8, which this recipient "
-                "address needs"
+                "553 5.6.7 The upstream does not offer SMTPUTF8, which this recipient address needs"
             )
         if txn.conn.broken:
             return "451 4.4.2 Connection to the upstream lost; try again later"
@@ -293,10 +292,14 @@ class RelayHandler:
     ) -> str:
         if not todo and not busy:
             return f"250 2.0.0 OK: already relayed to all {len(rcpts)} recipients"
-        outcome: dict[str, Reply] = dict.fromkeys(busy, Reply(
-            TEMPORARY, "4.3.0 This message is being relayed to this recipient on another "
-                       "connection right now"
-        ))
+        outcome: dict[str, Reply] = dict.fromkeys(
+            busy,
+            Reply(
+                TEMPORARY,
+                "4.3.0 This message is being relayed to this recipient on another "
+                "connection right now",
+            ),
+        )
         groups = ([todo] if self.batch else [[r] for r in todo]) if todo else []
         for group in groups:
             data = self._copy(incoming, group)

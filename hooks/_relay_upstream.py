@@ -131,8 +131,9 @@ class UpstreamConnection:
         if utf8:
             options.append("SMTPUTF8")
         if not sender.isascii() and not utf8:
-            return Reply(553, "5.6.7 The upstream does not offer SMTPUTF8, which the sender "
-                              "address needs")
+            return Reply(
+                553, "5.6.7 The upstream does not offer SMTPUTF8, which the sender address needs"
+            )
         self.smtp.command_encoding = "utf-8" if utf8 else "ascii"
         reply = self._command(self.smtp.mail, sender, options)
         self.in_transaction = reply.ok
@@ -140,8 +141,10 @@ class UpstreamConnection:
 
     def rcpt(self, recipient: str) -> Reply:
         if not recipient.isascii() and self.smtp.command_encoding != "utf-8":
-            return Reply(553, "5.6.7 The upstream does not offer SMTPUTF8, which this "
-                              "recipient address needs")
+            return Reply(
+                553,
+                "5.6.7 The upstream does not offer SMTPUTF8, which this recipient address needs",
+            )
         return self._command(self.smtp.rcpt, recipient)
 
     def rset(self) -> bool:
@@ -175,8 +178,10 @@ class UpstreamConnection:
                 self.smtp.send(end)
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
-            return Reply(TEMPORARY, f"4.4.2 Connection to the upstream lost while sending the "
-                                    f"message: {_reason(exc)}")
+            return Reply(
+                TEMPORARY,
+                f"4.4.2 Connection to the upstream lost while sending the message: {_reason(exc)}",
+            )
         sock = self.smtp.sock
         try:
             if sock is not None:
@@ -344,7 +349,9 @@ class Upstream:
                     self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout
                 )
         except smtplib.SMTPConnectError as exc:
-            raise UpstreamError(TEMPORARY, f"{where} refused the connection: {_text(exc)}") from None
+            raise UpstreamError(
+                TEMPORARY, f"{where} refused the connection: {_text(exc)}"
+            ) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise UpstreamError(TEMPORARY, f"{where} is unreachable: {_reason(exc)}") from None
         encrypted = tls == "implicit"
@@ -368,8 +375,11 @@ class Upstream:
                     if tls != "opportunistic":
                         raise
                     # Refused (454): the session is still plain text and usable.
-                    log.warning("smtp-relay: %s refused STARTTLS: %s; continuing without TLS",
-                                where, _text(exc))
+                    log.warning(
+                        "smtp-relay: %s refused STARTTLS: %s; continuing without TLS",
+                        where,
+                        _text(exc),
+                    )
                 except ssl.SSLError as exc:
                     if tls == "opportunistic":
                         raise _HandshakeFailed(f"{where}: TLS handshake failed: {exc}") from None
@@ -388,7 +398,9 @@ class Upstream:
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
             smtp.close()
-            raise UpstreamError(TEMPORARY, f"{where} failed during set-up: {_reason(exc)}") from None
+            raise UpstreamError(
+                TEMPORARY, f"{where} failed during set-up: {_reason(exc)}"
+            ) from None
         conn = UpstreamConnection(smtp, tls=encrypted, data_done_timeout=self.data_done_timeout)
         self.size_limit = conn.size_limit()
         self.smtputf8 = conn.smtputf8

@@ -160,9 +160,13 @@ class SmtpRelay:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         plugins = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin() if n)) or "none"
         mode = "one copy for all recipients" if self.handler.batch else "one copy per recipient"
-        helo = "" if "." in self.hostname else (
-            f"; the EHLO name {self.hostname!r} is not fully qualified, which many upstreams "
-            f"refuse: set tracking.relay.helo_name"
+        helo = (
+            ""
+            if "." in self.hostname
+            else (
+                f"; the EHLO name {self.hostname!r} is not fully qualified, which many upstreams "
+                f"refuse: set tracking.relay.helo_name"
+            )
         )
         return (
             f"listening on {shown}, relaying to {self.upstream.describe()} for server "
@@ -177,7 +181,9 @@ class SmtpRelay:
             return
         try:
             infos = socket.getaddrinfo(
-                self.listen_host, self.listen_port, type=socket.SOCK_STREAM,
+                self.listen_host,
+                self.listen_port,
+                type=socket.SOCK_STREAM,
                 flags=socket.AI_PASSIVE,
             )
         except socket.gaierror as exc:
@@ -280,7 +286,6 @@ class SmtpRelay:
             for task in asyncio.all_tasks(loop) - {asyncio.current_task()}:
                 task.cancel()
             self._sock = None
-
 
     def _probe_upstream(self) -> None:
         try:

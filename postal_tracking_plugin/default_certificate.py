@@ -19,7 +19,9 @@ def default_certificate_paths(config: Config) -> tuple[Path, Path]:
     """(certificate, key) paths: configured, else the generated pair's."""
     fs = config.fast_server
     if fs.default_tls_certificate_path and fs.default_private_key_path:
-        return config.path(fs.default_tls_certificate_path), config.path(fs.default_private_key_path)
+        return config.path(fs.default_tls_certificate_path), config.path(
+            fs.default_private_key_path
+        )
     return config.data_dir / "default-cert.pem", config.data_dir / "default-key.pem"
 
 

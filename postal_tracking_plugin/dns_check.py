@@ -33,7 +33,9 @@ def resolve_cname(name: str) -> list[str]:
     return [r.target.to_text(omit_final_dot=True) for r in answer]
 
 
-def check_track_domain(full_name: str, track_domain: str, resolve: Resolver = resolve_cname) -> DnsResult:
+def check_track_domain(
+    full_name: str, track_domain: str, resolve: Resolver = resolve_cname
+) -> DnsResult:
     """Compare ``full_name``'s CNAME with the expected ``track_domain``."""
     expected = track_domain.lower().rstrip(".")
     try:

@@ -22,18 +22,30 @@ from postal_tracking_plugin.cli import main
 from postal_tracking_plugin.dns_check import check_track_domain
 
 MESSAGE_COLUMNS = {
-    "id": "int(11)", "token": "varchar(255)", "scope": "varchar(10)", "rcpt_to": "varchar(255)",
-    "mail_from": "varchar(255)", "subject": "varchar(255)", "message_id": "varchar(255)",
-    "timestamp": "decimal(18,6)", "domain_id": "int(11)", "tag": "varchar(255)",
-    "loaded": "decimal(18,6)", "clicked": "decimal(18,6)", "tracked_links": "int(11)",
-    "tracked_images": "int(11)", "parsed": "tinyint(4)",
+    "id": "int(11)",
+    "token": "varchar(255)",
+    "scope": "varchar(10)",
+    "rcpt_to": "varchar(255)",
+    "mail_from": "varchar(255)",
+    "subject": "varchar(255)",
+    "message_id": "varchar(255)",
+    "timestamp": "decimal(18,6)",
+    "domain_id": "int(11)",
+    "tag": "varchar(255)",
+    "loaded": "decimal(18,6)",
+    "clicked": "decimal(18,6)",
+    "tracked_links": "int(11)",
+    "tracked_images": "int(11)",
+    "parsed": "tinyint(4)",
 }
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "postal_tracking_plugin.cli", *args],
-        capture_output=True, text=True, cwd=cwd,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
     )
 
 
@@ -59,15 +71,28 @@ def test_sqlite_init_servers_and_track_domains(tmp_path: Path) -> None:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
     assert set(MESSAGE_COLUMNS) <= columns
 
-    td = run("track-domains", "add", "click.example.com", "--server", "Main",
-             "--assume-dns-ok", "--exclude", "a.example", "--no-track-loads", cwd=tmp_path)
+    td = run(
+        "track-domains",
+        "add",
+        "click.example.com",
+        "--server",
+        "Main",
+        "--assume-dns-ok",
+        "--exclude",
+        "a.example",
+        "--no-track-loads",
+        cwd=tmp_path,
+    )
     assert td.returncode == 0, td.stderr
     listed = run("track-domains", "list", cwd=tmp_path).stdout
     assert "click.example.com" in listed and "a.example" in listed
     row = listed.splitlines()[1].split()
     assert row[:6] == ["click.example.com", "Main", "OK", "yes", "yes", "no"]
 
-    assert run("track-domains", "set", "click.example.com", "--track-loads", cwd=tmp_path).returncode == 0
+    assert (
+        run("track-domains", "set", "click.example.com", "--track-loads", cwd=tmp_path).returncode
+        == 0
+    )
     assert run("track-domains", "list", cwd=tmp_path).stdout.splitlines()[1].split()[5] == "yes"
 
     dup = run("servers", "add", "Main", cwd=tmp_path)
@@ -88,8 +113,13 @@ def test_commands_before_init_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_help_on_every_command(tmp_path: Path) -> None:
-    for args in (["--help"], ["init", "--help"], ["servers", "add", "--help"],
-                 ["track-domains", "add", "--help"], ["track-domains", "set", "--help"]):
+    for args in (
+        ["--help"],
+        ["init", "--help"],
+        ["servers", "add", "--help"],
+        ["track-domains", "add", "--help"],
+        ["track-domains", "set", "--help"],
+    ):
         result = run(*args, cwd=tmp_path)
         assert result.returncode == 0 and "usage:" in result.stdout
     assert "air-gapped" in run("track-domains", "add", "--help", cwd=tmp_path).stdout
@@ -113,8 +143,9 @@ def test_mysql_init_creates_postal_tables_and_message_database(mysql_dir: tuple[
     assert run("init", cwd=cwd).returncode == 0
     added = run("servers", "add", "Main", cwd=cwd)
     assert added.returncode == 0, added.stderr
-    conn = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
-                           password=MYSQL["password"])
+    conn = pymysql.connect(
+        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
+    )
     try:
         with conn.cursor() as cursor:
             cursor.execute(f"SHOW TABLES FROM `{database}`")
@@ -127,7 +158,9 @@ def test_mysql_init_creates_postal_tables_and_message_database(mysql_dir: tuple[
             message_tables = {r[0] for r in cursor.fetchall()}
             cursor.execute(
                 "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
-                "WHERE SCHEMA_NAME = %s", (f"{database}-server-1",))
+                "WHERE SCHEMA_NAME = %s",
+                (f"{database}-server-1",),
+            )
             charset = cursor.fetchone()[0]
     finally:
         conn.close()
@@ -141,17 +174,26 @@ def test_mysql_init_creates_postal_tables_and_message_database(mysql_dir: tuple[
 
 def test_mysql_init_leaves_existing_tables_alone(mysql_dir: tuple[Path, str]) -> None:
     cwd, database = mysql_dir
-    conn = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
-                           password=MYSQL["password"], autocommit=True)
+    conn = pymysql.connect(
+        host=MYSQL["host"],
+        port=MYSQL["port"],
+        user=MYSQL["username"],
+        password=MYSQL["password"],
+        autocommit=True,
+    )
     try:
         with conn.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{database}`")
             # a servers table with a column of its own and a row, and no
             # track_certificates (Postal's own databases: test_postal_mode.py)
-            cursor.execute(f"CREATE TABLE `{database}`.`servers` (id int(11) NOT NULL "
-                           "AUTO_INCREMENT PRIMARY KEY, name varchar(255), token varchar(255), "
-                           "permalink varchar(255), deleted_at datetime(6), extra_postal_col int)")
-            cursor.execute(f"INSERT INTO `{database}`.`servers` (name, token) VALUES ('P', 'pppppp')")
+            cursor.execute(
+                f"CREATE TABLE `{database}`.`servers` (id int(11) NOT NULL "
+                "AUTO_INCREMENT PRIMARY KEY, name varchar(255), token varchar(255), "
+                "permalink varchar(255), deleted_at datetime(6), extra_postal_col int)"
+            )
+            cursor.execute(
+                f"INSERT INTO `{database}`.`servers` (name, token) VALUES ('P', 'pppppp')"
+            )
         assert run("init", cwd=cwd).returncode == 0
         with conn.cursor() as cursor:
             cursor.execute(f"SHOW COLUMNS FROM `{database}`.`servers`")

@@ -35,8 +35,18 @@ def _cli(config: Config, *args: str, stdin: str | None = None, monkeypatch: Any 
 
 @pytest.fixture
 def account(store: Store, backend_config: Config, monkeypatch: Any) -> str:
-    assert _cli(backend_config, "users", "add", EMAIL, "--password-stdin",
-                stdin=PASSWORD + "\n", monkeypatch=monkeypatch) == 0
+    assert (
+        _cli(
+            backend_config,
+            "users",
+            "add",
+            EMAIL,
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+            monkeypatch=monkeypatch,
+        )
+        == 0
+    )
     return EMAIL
 
 
@@ -74,8 +84,18 @@ def test_users_commands(
     assert _cli(backend_config, "users", "list") == 0
     assert "a@example.com" in capsys.readouterr().out
     old = row["password_hash"]
-    assert _cli(backend_config, "users", "passwd", "a@example.com", "--password-stdin",
-                stdin="another password\n", monkeypatch=monkeypatch) == 0
+    assert (
+        _cli(
+            backend_config,
+            "users",
+            "passwd",
+            "a@example.com",
+            "--password-stdin",
+            stdin="another password\n",
+            monkeypatch=monkeypatch,
+        )
+        == 0
+    )
     assert store.find_dashboard_user("a@example.com")["password_hash"] != old
     assert _cli(backend_config, "users", "remove", "a@example.com") == 0
     assert store.find_dashboard_user("a@example.com") is None
@@ -125,18 +145,14 @@ def test_failed_logins_are_throttled_per_account_and_address(client: FlaskClient
     assert r.status_code == 429 and "Too many failed logins" in r.get_data(as_text=True)
 
 
-def test_a_form_without_its_csrf_token_changes_nothing(
-    client: FlaskClient, store: Store
-) -> None:
+def test_a_form_without_its_csrf_token_changes_nothing(client: FlaskClient, store: Store) -> None:
     r = client.post("/login", data={"email": EMAIL, "password": PASSWORD})
     assert r.status_code == 400
     assert client.get("/health").status_code == 302  # not logged in
     server = store.add_server("Main")
     store.add_track_domain(server, "click.example.com", dns_status="OK")
     _login(client)
-    r = client.post(
-        "/domains/click.example.com", data={"excluded_click_domains": "evil.example"}
-    )
+    r = client.post("/domains/click.example.com", data={"excluded_click_domains": "evil.example"})
     assert r.status_code == 400
     r = client.post(
         "/domains/click.example.com",
@@ -159,13 +175,14 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(client: FlaskClient) -
 
 
 def _figures(html: str) -> dict[str, int]:
-    return {
-        k: int(v) for k, v in re.findall(r'<td class="n" id="([a-z-]+)">(\d+)</td>', html)
-    }
+    return {k: int(v) for k, v in re.findall(r'<td class="n" id="([a-z-]+)">(\d+)</td>', html)}
 
 
 def test_overview_shows_the_numbers_stats_gives(
-    client: FlaskClient, backend_config: Config, campaign: dict[str, Any], capsys: Any  # noqa: F811
+    client: FlaskClient,
+    backend_config: Config,
+    campaign: dict[str, Any],  # noqa: F811
+    capsys: Any,
 ) -> None:
     assert backend_config.source
     _login(client)
@@ -198,7 +215,8 @@ def test_overview_shows_the_numbers_stats_gives(
 
 
 def test_message_search_and_timeline(
-    client: FlaskClient, campaign: dict[str, Any]  # noqa: F811
+    client: FlaskClient,
+    campaign: dict[str, Any],  # noqa: F811
 ) -> None:
     _login(client)
     server = campaign["server"]
@@ -322,14 +340,16 @@ def test_check_dns_now_and_get_the_certificate_now(
         lambda name, expected: DnsResult("Invalid", wrong),
     )
     token = _csrf(client, "/domains/click.example.com")
-    r = client.post("/domains/click.example.com/check-dns", data={"csrf_token": token},
-                    follow_redirects=True)
+    r = client.post(
+        "/domains/click.example.com/check-dns", data={"csrf_token": token}, follow_redirects=True
+    )
     assert "DNS of click.example.com: Invalid" in r.get_data(as_text=True)
     td = store.get_track_domain("click.example.com")
     assert td.dns_status == "Invalid" and td.dns_error == wrong and td.dns_checked_at
     # Not eligible now (DNS not OK): the issuer's own words, no ACME traffic.
-    r = client.post("/domains/click.example.com/certificate", data={"csrf_token": token},
-                    follow_redirects=True)
+    r = client.post(
+        "/domains/click.example.com/certificate", data={"csrf_token": token}, follow_redirects=True
+    )
     html = r.get_data(as_text=True)
     assert "No certificate for click.example.com" in html and "DNS check" in html
 
@@ -346,19 +366,34 @@ def test_tag_and_range_agree_with_stats(
     for i, tag in enumerate(["spring", "spring", "news"]):
         message_id = store.save_tracked_message(
             server.id,
-            {"token": random_token(), "scope": "outgoing", "tag": tag, "timestamp": base,
-             "tracked_links": 0, "tracked_images": 1, "parsed": 1},
+            {
+                "token": random_token(),
+                "scope": "outgoing",
+                "tag": tag,
+                "timestamp": base,
+                "tracked_links": 0,
+                "tracked_images": 1,
+                "parsed": 1,
+            },
             [],
         )
         for n, (after, bot, reason) in enumerate(
             [(3600.0, False, None), (2 * day, True, "apple-privacy-proxy"), (3 * day, False, None)]
         ):
-            events.append({
-                "event_id": f"t-{i}-{n}", "kind": "open", "method": "GET",
-                "message_id": message_id, "link_id": None, "ip_address": "203.0.113.5",
-                "user_agent": "Mozilla/5.0", "timestamp": base + after + i,
-                "bot": bot, "bot_reason": reason,
-            })
+            events.append(
+                {
+                    "event_id": f"t-{i}-{n}",
+                    "kind": "open",
+                    "method": "GET",
+                    "message_id": message_id,
+                    "link_id": None,
+                    "ip_address": "203.0.113.5",
+                    "user_agent": "Mozilla/5.0",
+                    "timestamp": base + after + i,
+                    "bot": bot,
+                    "bot_reason": reason,
+                }
+            )
     store.record_events(server.id, events)
     _login(client)
     assert backend_config.source
@@ -397,8 +432,8 @@ def test_login_returns_to_the_page_asked_for(client: FlaskClient) -> None:
     )
     assert r.status_code == 302 and r.headers["Location"].startswith("/health")
     evil = client.post(
-        "/login?next=//evil.example/", data={"email": EMAIL, "password": PASSWORD,
-                                               "csrf_token": _csrf(client)},
+        "/login?next=//evil.example/",
+        data={"email": EMAIL, "password": PASSWORD, "csrf_token": _csrf(client)},
     )
     assert evil.headers["Location"] == "/"
 

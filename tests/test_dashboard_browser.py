@@ -50,14 +50,22 @@ def backend() -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    need(bool(CHROMIUM and DRIVER), "chromium and chromedriver are not installed "
-         "(apt-get install chromium chromium-driver)")
+    need(
+        bool(CHROMIUM and DRIVER),
+        "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+    )
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--disable-gpu", "--window-size=1200,1000", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1200,1000",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
     driver.set_page_load_timeout(20)
@@ -71,9 +79,19 @@ def dashboard(store: Store, backend_config: Config, account: str) -> Iterator[st
     port = free_port()
     assert backend_config.source
     proc = subprocess.Popen(
-        [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", backend_config.source,
-         "dashboard", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "postal_tracking_plugin.cli",
+            "-c",
+            backend_config.source,
+            "dashboard",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -112,7 +130,10 @@ def _shot(browser: Any, name: str) -> None:
 
 
 def test_login_refuses_a_wrong_password_and_the_overview_shows_what_stats_gives(
-    browser: Any, dashboard: str, backend_config: Config, campaign: dict[str, Any],  # noqa: F811
+    browser: Any,
+    dashboard: str,
+    backend_config: Config,
+    campaign: dict[str, Any],  # noqa: F811
     capsys: Any,
 ) -> None:
     _login(browser, dashboard, "not the password")
@@ -141,7 +162,9 @@ def test_login_refuses_a_wrong_password_and_the_overview_shows_what_stats_gives(
 
 
 def test_a_messages_timeline_lists_its_events_with_flags(
-    browser: Any, dashboard: str, campaign: dict[str, Any]  # noqa: F811
+    browser: Any,
+    dashboard: str,
+    campaign: dict[str, Any],  # noqa: F811
 ) -> None:
     _login(browser, dashboard)
     browser.find_element(By.LINK_TEXT, "Messages").click()
@@ -163,8 +186,12 @@ def _newsletter(store: Store) -> Any:
 
 
 def test_settings_change_excluded_domains_and_the_next_message_honours_them(
-    browser: Any, dashboard: str, store: Store, backend_config: Config,
-    tmp_path: Path, capsysbinary: Any,
+    browser: Any,
+    dashboard: str,
+    store: Store,
+    backend_config: Config,
+    tmp_path: Path,
+    capsysbinary: Any,
 ) -> None:
     _newsletter(store)
     _login(browser, dashboard)
@@ -177,9 +204,10 @@ def test_settings_change_excluded_domains_and_the_next_message_honours_them(
     box.clear()
     box.send_keys("partner.example.org\n*.cdn.example.net")
     browser.find_element(By.ID, "save").click()
-    assert "Saved the settings of click.example.com" in browser.find_element(
-        By.CSS_SELECTOR, ".flash"
-    ).text
+    assert (
+        "Saved the settings of click.example.com"
+        in browser.find_element(By.CSS_SELECTOR, ".flash").text
+    )
     _shot(browser, "dashboard-settings.png")
     td = store.get_track_domain("click.example.com")
     assert td.excluded_click_domains == ("partner.example.org", "*.cdn.example.net")
@@ -187,8 +215,8 @@ def test_settings_change_excluded_domains_and_the_next_message_honours_them(
     message = tmp_path / "next.eml"
     message.write_bytes(
         b"From: news@example.com\r\nTo: reader@example.net\r\nSubject: next\r\n"
-        b"Content-Type: text/html\r\n\r\n<p><a href=\"https://partner.example.org/x\">p</a> "
-        b"<a href=\"https://shop.example.com/y\">s</a></p>\r\n"
+        b'Content-Type: text/html\r\n\r\n<p><a href="https://partner.example.org/x">p</a> '
+        b'<a href="https://shop.example.com/y">s</a></p>\r\n'
     )
     config = tmp_path / "sending.yml"
     assert backend_config.source
@@ -209,9 +237,7 @@ def test_a_form_posted_without_its_csrf_token_changes_nothing(
     _login(browser, dashboard)
     browser.get(dashboard + "/domains/click.example.com")
     browser.find_element(By.ID, "excluded").send_keys("evil.example")
-    browser.execute_script(
-        "document.querySelector('#settings input[name=csrf_token]').remove()"
-    )
+    browser.execute_script("document.querySelector('#settings input[name=csrf_token]').remove()")
     browser.find_element(By.ID, "save").click()
     assert "CSRF token is missing or wrong" in browser.page_source
     assert store.get_track_domain("click.example.com").excluded_click_domains == ()
@@ -242,9 +268,17 @@ def test_overview_of_two_weeks(browser: Any, dashboard: str, store: Store) -> No
         links = [Link(random_token(), f"https://shop.example.com/{n}") for n in ("sale", "new")]
         message_id = store.save_tracked_message(
             server.id,
-            {"token": random_token(), "scope": "outgoing", "rcpt_to": f"r{i}@example.net",
-             "subject": "Spring sale", "tag": "spring" if i % 2 else "news", "timestamp": sent,
-             "tracked_links": 2, "tracked_images": 1, "parsed": 1},
+            {
+                "token": random_token(),
+                "scope": "outgoing",
+                "rcpt_to": f"r{i}@example.net",
+                "subject": "Spring sale",
+                "tag": "spring" if i % 2 else "news",
+                "timestamp": sent,
+                "tracked_links": 2,
+                "tracked_images": 1,
+                "parsed": 1,
+            },
             links,
         )
         link_id = int(store.find_link(server.id, links[i % 2].token)["id"])
@@ -254,13 +288,20 @@ def test_overview_of_two_weeks(browser: Any, dashboard: str, store: Store) -> No
         if i % 5 == 0:
             plan.append(("click", 1.0, True, "scanner-user-agent"))
         for n, (kind, after, bot, reason) in enumerate(plan):
-            events.append({
-                "event_id": f"shot-{i}-{n}", "kind": kind, "method": "GET",
-                "message_id": message_id, "link_id": link_id if kind == "click" else None,
-                "ip_address": "203.0.113.9", "user_agent": "Mozilla/5.0",
-                "timestamp": min(sent + after * (1 + i % 4), now - 1),
-                "bot": bot, "bot_reason": reason,
-            })
+            events.append(
+                {
+                    "event_id": f"shot-{i}-{n}",
+                    "kind": kind,
+                    "method": "GET",
+                    "message_id": message_id,
+                    "link_id": link_id if kind == "click" else None,
+                    "ip_address": "203.0.113.9",
+                    "user_agent": "Mozilla/5.0",
+                    "timestamp": min(sent + after * (1 + i % 4), now - 1),
+                    "bot": bot,
+                    "bot_reason": reason,
+                }
+            )
     store.record_events(server.id, events)
     _login(browser, dashboard)
     assert "daily" in browser.find_element(By.TAG_NAME, "h2").text

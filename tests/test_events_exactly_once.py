@@ -227,7 +227,9 @@ def test_two_processes_catching_up_400_events_queue_each_webhook_once(
     assert len(rows) == 400
     assert len({r["uuid"] for r in rows}) == 400
     with store.messages(server.id, readonly=True) as db:
-        assert db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")["n"] == 0
+        assert (
+            db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")["n"] == 0
+        )
 
 
 def test_standalone_catch_ups_at_once_make_one_delivery_per_event(
@@ -283,10 +285,14 @@ def test_an_oversized_payload_is_cut_and_blocks_no_other_event(
     payloads = [yaml.safe_load(r["payload"]) for r in rows]
     assert [p[":user_agent"] for p in payloads] == ["a/1", "a/2", "a/3"]
     cut = payloads[1]
-    assert cut[":truncated"] is True and long_url.startswith(cut[":url"]) and len(cut[":url"]) == 2000
+    assert (
+        cut[":truncated"] is True and long_url.startswith(cut[":url"]) and len(cut[":url"]) == 2000
+    )
     assert all(len(r["payload"].encode()) <= POSTAL_PAYLOAD_BYTES for r in rows)
     with store.messages(server.id, readonly=True) as db:
-        assert db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")["n"] == 0
+        assert (
+            db.one("SELECT COUNT(*) AS n FROM tracking_events WHERE webhooks_queued = 0")["n"] == 0
+        )
 
 
 # -- the smaller rows ------------------------------------------------------------------

@@ -293,7 +293,9 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")  # an exited orphan may wait unreaped
 
 
-def test_workers_stop_when_their_supervisor_is_killed(setup: dict[str, Any], tmp_path: Path) -> None:
+def test_workers_stop_when_their_supervisor_is_killed(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
     log = tmp_path / "server.log"
     http, _https = setup["ports"]
     proc, workers = launch_workers(setup, 2, log)

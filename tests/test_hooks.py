@@ -128,22 +128,34 @@ def test_the_pipeline_returns_the_rewritten_message_and_stores_its_links(
     raw = message()
     pm = get_plugin_manager()
     out = run_send_pipeline(
-        pm, raw, mail_from="news@example.com", rcpt_to="ann@example.net",
-        server="Main", config=config, store=store,
+        pm,
+        raw,
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=config,
+        store=store,
     )
     tokens = tracked_links(out, server)
     assert len(tokens) == 2
     urls = [store.find_link(server.id, t)["url"] for t in tokens]
     assert urls == ["https://www.example.org/news/1", "https://shop.example.org/x"]
-    assert "https://www.example.org" not in message_from_bytes(out).get_payload(decode=True).decode()
+    assert (
+        "https://www.example.org" not in message_from_bytes(out).get_payload(decode=True).decode()
+    )
 
 
 def test_an_email_message_object_is_accepted(tracking: tuple[Config, Store, Server]) -> None:
     config, store, server = tracking
     msg = message_from_bytes(message(), _class=EmailMessage)
     out = run_send_pipeline(
-        get_plugin_manager(), msg, mail_from="news@example.com", rcpt_to=["ann@example.net"],
-        server=server, config=config, store=store,
+        get_plugin_manager(),
+        msg,
+        mail_from="news@example.com",
+        rcpt_to=["ann@example.net"],
+        server=server,
+        config=config,
+        store=store,
     )
     assert len(tracked_links(out, server)) == 2
 
@@ -168,8 +180,13 @@ def test_a_second_plugin_receives_what_the_first_returned(
     stamp = Stamp()
     pm.register(stamp, name="stamp")
     out = run_send_pipeline(
-        pm, message(), mail_from="news@example.com", rcpt_to="ann@example.net",
-        server="Main", config=config, store=store,
+        pm,
+        message(),
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=config,
+        store=store,
     )
     [(seen, rcpt_to, mail_from)] = stamp.seen
     assert len(tracked_links(seen, server)) == 2  # tracking ran first
@@ -197,8 +214,13 @@ def test_a_failing_plugin_is_skipped_and_the_message_still_goes_through(
     pm = get_plugin_manager()
     pm.register(bad(), name="bad")
     out = run_send_pipeline(
-        pm, message(), mail_from="news@example.com", rcpt_to="ann@example.net",
-        server="Main", config=config, store=store,
+        pm,
+        message(),
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=config,
+        store=store,
     )
     assert len(tracked_links(out, server)) == 2
     assert "'bad'" in caplog.text
@@ -208,8 +230,13 @@ def test_x_amp_skip_is_honoured_through_the_hook(tracking: tuple[Config, Store, 
     """The hook runs the rewriter's own rules: the header stops tracking and is removed."""
     config, store, server = tracking
     out = run_send_pipeline(
-        get_plugin_manager(), message(extra={"X-AMP": "skip"}), mail_from="news@example.com",
-        rcpt_to="ann@example.net", server="Main", config=config, store=store,
+        get_plugin_manager(),
+        message(extra={"X-AMP": "skip"}),
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=config,
+        store=store,
     )
     assert tracked_links(out, server) == []
     parsed = message_from_bytes(out)
@@ -223,8 +250,13 @@ def test_a_signed_message_passes_through_byte_for_byte(
     config, store, _ = tracking
     raw = message(extra={"DKIM-Signature": "v=1; a=rsa-sha256; d=example.com; s=s; b=abc"})
     out = run_send_pipeline(
-        get_plugin_manager(), raw, mail_from="news@example.com", rcpt_to="ann@example.net",
-        server="Main", config=config, store=store,
+        get_plugin_manager(),
+        raw,
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=config,
+        store=store,
     )
     assert out == raw
 
@@ -236,8 +268,13 @@ def test_tracking_off_passes_the_message_through_unchanged(
     raw = message()
     off = dataclasses.replace(config, fast_server=FastServerConfig())
     out = run_send_pipeline(
-        get_plugin_manager(), raw, mail_from="news@example.com", rcpt_to="ann@example.net",
-        server="Main", config=off, store=store,
+        get_plugin_manager(),
+        raw,
+        mail_from="news@example.com",
+        rcpt_to="ann@example.net",
+        server="Main",
+        config=off,
+        store=store,
     )
     assert out == raw
 
@@ -258,10 +295,19 @@ class EventsRaises:
 
 
 EVENT: TrackingEvent = {
-    "kind": "click", "event_id": "e1", "server_id": 1, "server_token": "abcdef",
-    "message_id": 7, "message_token": "m" * 16, "link_id": 3,
-    "url": "https://www.example.org/", "ip_address": "192.0.2.1", "user_agent": "UA",
-    "timestamp": 1700000000.5, "bot": False, "bot_reason": None,
+    "kind": "click",
+    "event_id": "e1",
+    "server_id": 1,
+    "server_token": "abcdef",
+    "message_id": 7,
+    "message_token": "m" * 16,
+    "link_id": 3,
+    "url": "https://www.example.org/",
+    "ip_address": "192.0.2.1",
+    "user_agent": "UA",
+    "timestamp": 1700000000.5,
+    "bot": False,
+    "bot_reason": None,
 }
 
 
@@ -286,9 +332,7 @@ def test_the_tracking_event_hook_can_be_called_the_plain_pluggy_way() -> None:
     assert events.events == [EVENT]
 
 
-def test_the_readme_example_host_runs(
-    write_config: Callable[..., Config], tmp_path: Path
-) -> None:
+def test_the_readme_example_host_runs(write_config: Callable[..., Config], tmp_path: Path) -> None:
     """Runs exactly examples/host.py, the file docs/relay.md shows."""
     config = write_config(
         {
@@ -306,7 +350,11 @@ def test_the_readme_example_host_runs(
     assert host.read_text().strip() in readme
     result = subprocess.run(
         [sys.executable, str(host), config.source, "Main", "news@example.com", "ann@example.net"],
-        input=message(), capture_output=True, cwd=tmp_path, timeout=60, check=False,
+        input=message(),
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr.decode()
     tokens = tracked_links(result.stdout, server)

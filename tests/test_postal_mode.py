@@ -95,8 +95,7 @@ class Postal:
             # Server 1's message database, as Postal's provisioner makes it;
             # server 2's was never provisioned.
             c.execute(
-                f"CREATE DATABASE `{self.name}-server-1` CHARSET utf8mb4 "
-                "COLLATE utf8mb4_unicode_ci"
+                f"CREATE DATABASE `{self.name}-server-1` CHARSET utf8mb4 COLLATE utf8mb4_unicode_ci"
             )
             c.execute(f"USE `{self.name}-server-1`")
             for statement in _statements(SCHEMA / "postal_message_db.sql"):
@@ -128,8 +127,12 @@ class Postal:
             "outgoing, incoming, owner_type, owner_id, dkim_identifier_string) VALUES "
             "(1, NULL, 'dom-uuid', 'orgmail.com', 'vtok', 'DNS', %s, %s, %s, %s, 1, 1, "
             "'Organization', 1, 'postal-Ab12Cd')",
-            (now, "-----BEGIN RSA PRIVATE KEY-----\nMIIEo...\n-----END RSA PRIVATE KEY-----\n",
-             now, now),
+            (
+                now,
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEo...\n-----END RSA PRIVATE KEY-----\n",
+                now,
+                now,
+            ),
         )
         c.execute(
             "INSERT INTO track_domains (id, uuid, server_id, domain_id, name, dns_checked_at, "
@@ -501,9 +504,7 @@ def _layout(postal: Postal, database: str) -> dict[str, Any]:
     }
 
 
-def test_a_message_database_we_make_is_laid_out_as_postals(
-    postal3: Postal, tmp_path: Path
-) -> None:
+def test_a_message_database_we_make_is_laid_out_as_postals(postal3: Postal, tmp_path: Path) -> None:
     """``tracking.store: mysql`` makes message databases Postal could adopt and migrate."""
     name = f"ptp_own_{secrets.token_hex(4)}"
     try:

@@ -45,18 +45,41 @@ def _message(store: Store, server: Any, rcpt: str, when: float) -> tuple[int, An
     link = Link(random_token(), f"https://example.com/{random_token()}")
     message_id = store.save_tracked_message(
         server.id,
-        {"token": random_token(), "scope": "outgoing", "rcpt_to": rcpt, "timestamp": when,
-         "tracked_links": 1, "parsed": 1},
+        {
+            "token": random_token(),
+            "scope": "outgoing",
+            "rcpt_to": rcpt,
+            "timestamp": when,
+            "tracked_links": 1,
+            "parsed": 1,
+        },
         [link],
     )
     return message_id, store.find_link(server.id, link.token)
 
 
-def _record(rec: EventRecorder, server: Any, message_id: int, link: Any, ip: str, ts: float) -> None:
-    rec.click(server_id=server.id, server_token=server.token, message_id=message_id,
-              link_id=link["id"], url=link["url"], ip_address=ip, user_agent="UA", timestamp=ts)
-    rec.open(server_id=server.id, server_token=server.token, message_id=message_id,
-             message_token=None, ip_address=ip, user_agent="UA", timestamp=ts)
+def _record(
+    rec: EventRecorder, server: Any, message_id: int, link: Any, ip: str, ts: float
+) -> None:
+    rec.click(
+        server_id=server.id,
+        server_token=server.token,
+        message_id=message_id,
+        link_id=link["id"],
+        url=link["url"],
+        ip_address=ip,
+        user_agent="UA",
+        timestamp=ts,
+    )
+    rec.open(
+        server_id=server.id,
+        server_token=server.token,
+        message_id=message_id,
+        message_token=None,
+        ip_address=ip,
+        user_agent="UA",
+        timestamp=ts,
+    )
 
 
 def _count(store: Store, server_id: int, sql: str, params: tuple = ()) -> int:
@@ -131,8 +154,12 @@ def test_prune_removes_rows_older_than_the_retention_and_orphans(
     assert removed["rejected-*.jsonl files"] == 1
     assert not stale.exists() and fresh.exists()
     assert _count(store, server.id, "SELECT COUNT(*) AS n FROM tracking_events") == 2
-    assert _count(store, server.id, "SELECT COUNT(*) AS n FROM clicks WHERE message_id = %s",
-                  (new_id,)) == 1
+    assert (
+        _count(
+            store, server.id, "SELECT COUNT(*) AS n FROM clicks WHERE message_id = %s", (new_id,)
+        )
+        == 1
+    )
     assert prune(config, store) == []  # nothing left to do
 
 
@@ -157,14 +184,42 @@ def test_forget_erases_one_recipient_prints_it_and_is_idempotent(
     assert removed == {"clicks": 1, "loads": 1, "tracking_events": 2, "links": 1, "messages": 1}
     assert out.splitlines()[-1] == "6 rows removed for leaver@example.net."
     for table in ("clicks", "loads", "tracking_events", "links"):
-        assert _count(store, server.id, f"SELECT COUNT(*) AS n FROM {table} WHERE message_id = %s",
-                      (gone_id,)) == 0
-        assert _count(store, server.id, f"SELECT COUNT(*) AS n FROM {table} WHERE message_id = %s",
-                      (kept_id,)) >= 1
-    assert _count(store, server.id, "SELECT COUNT(*) AS n FROM messages WHERE rcpt_to LIKE %s",
-                  ("%leaver%",)) == 0
-    assert _count(store, server.id, "SELECT COUNT(*) AS n FROM tracking_events WHERE "
-                  "ip_address = %s", ("198.51.100.1",)) == 0
+        assert (
+            _count(
+                store,
+                server.id,
+                f"SELECT COUNT(*) AS n FROM {table} WHERE message_id = %s",
+                (gone_id,),
+            )
+            == 0
+        )
+        assert (
+            _count(
+                store,
+                server.id,
+                f"SELECT COUNT(*) AS n FROM {table} WHERE message_id = %s",
+                (kept_id,),
+            )
+            >= 1
+        )
+    assert (
+        _count(
+            store,
+            server.id,
+            "SELECT COUNT(*) AS n FROM messages WHERE rcpt_to LIKE %s",
+            ("%leaver%",),
+        )
+        == 0
+    )
+    assert (
+        _count(
+            store,
+            server.id,
+            "SELECT COUNT(*) AS n FROM tracking_events WHERE ip_address = %s",
+            ("198.51.100.1",),
+        )
+        == 0
+    )
 
     # Again: nothing left to remove.
     assert all(n == 0 for _where, _what, n in forget(config, store, "leaver@example.net"))

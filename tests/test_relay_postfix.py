@@ -54,7 +54,9 @@ def postfix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostfixInstanc
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     instance = PostfixInstance(
-        upstream_port=free_port(), strict_helo_port=free_port(), client_port=free_port(),
+        upstream_port=free_port(),
+        strict_helo_port=free_port(),
+        client_port=free_port(),
         relay_port=free_port(),
         tls_files=(cert_file, key_file),
     )
@@ -67,10 +69,14 @@ def postfix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostfixInstanc
 def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Store]]:
     folder = tmp_path_factory.mktemp("relay-postfix")
     path = folder / "postal.yml"
-    path.write_text(yaml.safe_dump({
-        "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
-        "tracking": {"data_dir": str(folder / "data")},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+                "tracking": {"data_dir": str(folder / "data")},
+            }
+        )
+    )
     config = load_config(path)
     store = open_store(config)
     store.create_schema()
@@ -80,14 +86,17 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, 
     store.close()
 
 
-def make_relay(
-    config: Config, store: Store, postfix: PostfixInstance, **relay: Any
-) -> SmtpRelay:
-    settings = RelayConfig(**{
-        "server": "Main", "listen": "127.0.0.1:0",
-        "upstream": f"127.0.0.1:{postfix.upstream_port}", "helo_name": "relay.example.com",
-        "upstream_timeout": 10.0, **relay,
-    })
+def make_relay(config: Config, store: Store, postfix: PostfixInstance, **relay: Any) -> SmtpRelay:
+    settings = RelayConfig(
+        **{
+            "server": "Main",
+            "listen": "127.0.0.1:0",
+            "upstream": f"127.0.0.1:{postfix.upstream_port}",
+            "helo_name": "relay.example.com",
+            "upstream_timeout": 10.0,
+            **relay,
+        }
+    )
     config = dataclasses.replace(
         config, tracking=dataclasses.replace(config.tracking, relay=settings)
     )
@@ -97,9 +106,7 @@ def make_relay(
 
 
 @pytest.fixture(scope="module")
-def relay(
-    setting: tuple[Config, Store], postfix: PostfixInstance
-) -> Iterator[SmtpRelay]:
+def relay(setting: tuple[Config, Store], postfix: PostfixInstance) -> Iterator[SmtpRelay]:
     """The relay Postfix's content filter sends to (its port fixed in master.cf)."""
     config, store = setting
     r = make_relay(config, store, postfix, listen=f"127.0.0.1:{postfix.relay_port}")
@@ -123,7 +130,9 @@ def another_relay(
         r.stop()
 
 
-def message(message_id: str, body: bytes = b"Hello.\r\n", sender: str = "news@example.com") -> bytes:
+def message(
+    message_id: str, body: bytes = b"Hello.\r\n", sender: str = "news@example.com"
+) -> bytes:
     return (
         f"From: {sender}\r\nTo: list@example.net\r\nSubject: relay test\r\n"
         f"Message-ID: <{message_id}>\r\n\r\n"
@@ -149,14 +158,13 @@ def test_row1_smtputf8_recipient_gets_553_and_retries_never_double_the_others(
     rcpts = ["ann@example.net", "jörg@example.net", "cy@example.org"]
     for _ in range(3):
         with smtplib.SMTP(*relay.address, timeout=30) as client:
-            refused = client.sendmail(
-                "news@example.com", rcpts, message("row1@test"), ["SMTPUTF8"]
-            )
+            refused = client.sendmail("news@example.com", rcpts, message("row1@test"), ["SMTPUTF8"])
         code, text = refused["jörg@example.net"]
         assert (code, text[:6]) == (553, b"5.6.7 ")
     got = copies(postfix, "row1@test", 2)
     assert sorted(delivered_to(m) for m in got) == [
-        b"Delivered-To: ann@example.net", b"Delivered-To: cy@example.org"
+        b"Delivered-To: ann@example.net",
+        b"Delivered-To: cy@example.org",
     ]
 
 
@@ -175,8 +183,10 @@ def test_row2_no_reply_within_the_data_done_timeout_is_deferred_as_postfix_does(
 ) -> None:
     """The client is told it may have been delivered; Postfix did queue it."""
     r = another_relay(upstream_timeout=1.0, upstream_data_done_timeout=1.0)
-    with smtplib.SMTP(*r.address, timeout=30) as client, \
-            pytest.raises(smtplib.SMTPDataError) as info:
+    with (
+        smtplib.SMTP(*r.address, timeout=30) as client,
+        pytest.raises(smtplib.SMTPDataError) as info,
+    ):
         client.sendmail("slow@example.com", ["ann@example.net"], message("row2b@test"))
     assert info.value.smtp_code == 451
     assert b"it may have been delivered" in info.value.smtp_error
@@ -189,26 +199,42 @@ def test_row3_postfix_as_the_client_bounces_only_the_refused_recipient(
     """Row 3: before, 554 5.0.0 after DATA and Postfix bounced all three."""
     assert SWAKS is not None
     done = subprocess.run(
-        [SWAKS, "--server", f"127.0.0.1:{postfix.client_port}", "--from", "news@example.com",
-         "--to", "ann@example.net,bob@example.net,cy@example.org",
-         "--header", "Message-ID: <row3@test>", "--body", "three recipients"],
-        capture_output=True, text=True, timeout=30,
+        [
+            SWAKS,
+            "--server",
+            f"127.0.0.1:{postfix.client_port}",
+            "--from",
+            "news@example.com",
+            "--to",
+            "ann@example.net,bob@example.net,cy@example.org",
+            "--header",
+            "Message-ID: <row3@test>",
+            "--body",
+            "three recipients",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stdout
     got = copies(postfix, "row3@test", 2)
     assert sorted(delivered_to(m) for m in got) == [
-        b"Delivered-To: ann@example.net", b"Delivered-To: cy@example.org"
+        b"Delivered-To: ann@example.net",
+        b"Delivered-To: cy@example.org",
     ]
     log = postfix.wait_log("to=<bob@example.net>, relay=127.0.0.1")
-    [bob] = [line for line in log.splitlines()
-             if "to=<bob@example.net>, relay=127.0.0.1" in line]
+    [bob] = [line for line in log.splitlines() if "to=<bob@example.net>, relay=127.0.0.1" in line]
     assert "status=bounced" in bob
     assert "said: 550 5.7.1 <bob@example.net>: Recipient address rejected: Bob refuses" in bob
     assert "(in reply to RCPT TO command)" in bob
-    sent = [line for line in log.splitlines()
-            if "relay=127.0.0.1[127.0.0.1]" in line and "status=sent" in line]
+    sent = [
+        line
+        for line in log.splitlines()
+        if "relay=127.0.0.1[127.0.0.1]" in line and "status=sent" in line
+    ]
     assert {line.split("to=<")[1].split(">")[0] for line in sent} >= {
-        "ann@example.net", "cy@example.org"
+        "ann@example.net",
+        "cy@example.org",
     }
 
 
@@ -240,8 +266,10 @@ def test_row5_helo_name_is_what_postfix_sees(
         client.ehlo()
         client.mail("news@example.com")
         code, text = client.rcpt("ann@example.net")
-    assert (code, text) == (504, b"5.5.2 <relay>: Helo command rejected: need fully-qualified "
-                                 b"hostname")
+    assert (code, text) == (
+        504,
+        b"5.5.2 <relay>: Helo command rejected: need fully-qualified hostname",
+    )
 
 
 def test_row6_auth_with_swaks(
@@ -254,10 +282,26 @@ def test_row6_auth_with_swaks(
 
     def swaks(password: str, message_id: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [SWAKS, "--server", f"{host}:{port}", "--from", "news@example.com",
-             "--to", "ann@example.net", "--auth", "PLAIN", "--auth-user", "app",
-             "--auth-password", password, "--header", f"Message-ID: <{message_id}>"],
-            capture_output=True, text=True, timeout=30,
+            [
+                SWAKS,
+                "--server",
+                f"{host}:{port}",
+                "--from",
+                "news@example.com",
+                "--to",
+                "ann@example.net",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "app",
+                "--auth-password",
+                password,
+                "--header",
+                f"Message-ID: <{message_id}>",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     wrong = swaks("wrong", "row6-wrong@test")

@@ -46,20 +46,31 @@ def browser() -> Iterator[object]:
     except ImportError:
         webdriver = None
     need(webdriver is not None, "selenium is not installed (pip install -e '.[test]')")
-    need(CHROMIUM is not None and CHROMEDRIVER is not None,
-         "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    need(
+        CHROMIUM is not None and CHROMEDRIVER is not None,
+        "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                     "--force-device-scale-factor=1", "--disable-dev-shm-usage",
-                     "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--disable-dev-shm-usage",
+        "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["http://*", "https://*"]})
         driver.execute_cdp_cmd("Animation.enable", {})
-        driver.execute_cdp_cmd("Animation.setPlaybackRate", {"playbackRate": 0})  # spinners hold still
+        driver.execute_cdp_cmd(
+            "Animation.setPlaybackRate", {"playbackRate": 0}
+        )  # spinners hold still
         driver.get("about:blank")
         yield driver
     finally:
@@ -79,10 +90,21 @@ def render(driver: object, html: str, width: int) -> Rendering:
         ".then(() => requestAnimationFrame(() => done(Math.max("
         "document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0))));"
     )
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {  # type: ignore[attr-defined]
-        "format": "png", "optimizeForSpeed": True, "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": width, "height": min(max(height, 1), MAX_HEIGHT), "scale": 1},
-    })
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {  # type: ignore[attr-defined]
+            "format": "png",
+            "optimizeForSpeed": True,
+            "captureBeyondViewport": True,
+            "clip": {
+                "x": 0,
+                "y": 0,
+                "width": width,
+                "height": min(max(height, 1), MAX_HEIGHT),
+                "scale": 1,
+            },
+        },
+    )
     text, links = driver.execute_script(  # type: ignore[attr-defined]
         "return [document.body ? document.body.innerText : '',"
         " [...document.links].map(a => a.textContent)];"
@@ -97,15 +119,18 @@ def rewritten(html: str, position: str) -> str:
     return out
 
 
-def assert_looks_the_same(driver: object, html: str, width: int, positions: tuple[str, ...],
-                          tmp_path: Path) -> None:
+def assert_looks_the_same(
+    driver: object, html: str, width: int, positions: tuple[str, ...], tmp_path: Path
+) -> None:
     before = render(driver, html, width)
     for position in positions:
         after = render(driver, rewritten(html, position), width)
         if after[0] != before[0]:
             (tmp_path / "before.png").write_bytes(before[0])
             (tmp_path / f"after-{position}-{width}.png").write_bytes(after[0])
-        assert after[0] == before[0], f"pixel at the {position}, {width} px: screenshots in {tmp_path}"
+        assert after[0] == before[0], (
+            f"pixel at the {position}, {width} px: screenshots in {tmp_path}"
+        )
         assert after[1:] == before[1:], f"pixel at the {position}, {width} px: text or links differ"
         # equal because the pixel is in the document and hidden, not because it is lost
         assert driver.execute_script(  # type: ignore[attr-defined]
@@ -135,14 +160,15 @@ CASES = {
         "width:120px!important;height:40px!important;border:3px solid red!important}</style>"
     ),
     "every element shown": "<style>body *{display:block!important;visibility:visible!important;"
-                           "padding:4px!important;outline:1px solid red}</style>",
+    "padding:4px!important;outline:1px solid red}</style>",
 }
 
 
 @pytest.mark.parametrize("width", [800, 375])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_author_css_does_not_reveal_the_pixel(browser: object, case: str, width: int,
-                                               tmp_path: Path) -> None:
+def test_author_css_does_not_reveal_the_pixel(
+    browser: object, case: str, width: int, tmp_path: Path
+) -> None:
     html = f"<!DOCTYPE html><html><head>{CASES[case]}</head><body>{STRUCTURAL}</body></html>"
     assert_looks_the_same(browser, html, width, ("bottom", "top"), tmp_path)
 
@@ -151,26 +177,39 @@ def test_author_css_does_not_reveal_the_pixel(browser: object, case: str, width:
 @pytest.mark.parametrize(
     "fragment",
     [
-        '<style>a{display:block;padding:10px;background:#06c;color:#fff}</style>'
+        "<style>a{display:block;padding:10px;background:#06c;color:#fff}</style>"
         '<p>Read <a href="https://a.example/offer">the offer',
-        '<style>a{display:block;padding:10px;background:#06c}</style>'
+        "<style>a{display:block;padding:10px;background:#06c}</style>"
         '<p><a href="https://a.example/1">one</a><p><a href="https://a.example/2">two',
         "<table><tr><td>cell<td>never closed",
         "<p>text <!-- a comment never closed",
         '<p>text <b><i><a href="https://a.example/">formatting left open',
     ],
-    ids=["open link", "open link after a closed p", "open table", "open comment", "open formatting"],
+    ids=[
+        "open link",
+        "open link after a closed p",
+        "open table",
+        "open comment",
+        "open formatting",
+    ],
 )
-def test_a_fragment_left_open_looks_the_same(browser: object, fragment: str, width: int,
-                                             tmp_path: Path) -> None:
+def test_a_fragment_left_open_looks_the_same(
+    browser: object, fragment: str, width: int, tmp_path: Path
+) -> None:
     assert_looks_the_same(browser, fragment, width, ("bottom",), tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="an element added among the body's children is counted by "
-                                       "untyped structural selectors, whatever the element")
+@pytest.mark.xfail(
+    strict=True,
+    reason="an element added among the body's children is counted by "
+    "untyped structural selectors, whatever the element",
+)
 @pytest.mark.parametrize(
     ("css", "position"),
-    [("body>*:first-child{background:#c00}", "top"), ("body>*:last-child{background:#c00}", "bottom")],
+    [
+        ("body>*:first-child{background:#c00}", "top"),
+        ("body>*:last-child{background:#c00}", "bottom"),
+    ],
 )
 def test_untyped_structural_selectors_over_the_body_see_the_pixel(
     browser: object, css: str, position: str, tmp_path: Path
@@ -181,8 +220,10 @@ def test_untyped_structural_selectors_over_the_body_see_the_pixel(
 
 def test_the_pixel_is_in_the_document_and_hidden(browser: object) -> None:
     """The screenshots are equal because the pixel is there and hidden, not because it is missing."""
-    html = rewritten(f"<html><head>{CASES['img shown with !important']}</head><body>{STRUCTURAL}</body></html>",
-                     "bottom")
+    html = rewritten(
+        f"<html><head>{CASES['img shown with !important']}</head><body>{STRUCTURAL}</body></html>",
+        "bottom",
+    )
     render(browser, html, 800)
     display, visibility, parent = browser.execute_script(  # type: ignore[attr-defined]
         "const i = document.querySelector('img[src*=\"/img/srvtok/\"]'); const s = getComputedStyle(i);"

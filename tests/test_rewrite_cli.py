@@ -18,7 +18,9 @@ SAMPLE = Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newslet
 def run(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "postal_tracking_plugin.cli", *args],
-        capture_output=True, cwd=cwd, input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        input=stdin,
     )
 
 
@@ -27,9 +29,11 @@ def setup_dir(tmp_path: Path) -> Path:
     (tmp_path / "postal.yml").write_text(
         "fast_server: {enabled: true, bind_address: 127.0.0.1}\ntracking: {data_dir: ./data}\n"
     )
-    for args in (["init"], ["servers", "add", "Main", "--token", "srvtok"],
-                 ["track-domains", "add", "click.example.com", "--server", "Main",
-                  "--assume-dns-ok"]):
+    for args in (
+        ["init"],
+        ["servers", "add", "Main", "--token", "srvtok"],
+        ["track-domains", "add", "click.example.com", "--server", "Main", "--assume-dns-ok"],
+    ):
         done = run(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     return tmp_path
@@ -44,7 +48,7 @@ def test_rewrite_a_file(setup_dir: Path) -> None:
     assert done.stdout.startswith(b'From: "The Example Team" <news@example.com>\n')
     assert b"http://click.example.com/srvtok/" in done.stdout
     with sqlite3.connect(setup_dir / "data" / "messages" / "server-1.sqlite") as conn:
-        (rcpt, links), = conn.execute(
+        ((rcpt, links),) = conn.execute(
             "SELECT rcpt_to, tracked_links FROM messages WHERE token = ?", (m.group(1),)
         ).fetchall()
         assert rcpt == "r@example.org" and links == 15

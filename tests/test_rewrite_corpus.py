@@ -32,7 +32,9 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}|\{%|\*\||%[A-Za-z_][\w.\-]*%|\$\{")
 
 def lxml_base(text: str) -> str | None:
     """The first ``<base href>`` that lxml finds, when it is an absolute http(s) URL."""
-    root = lxml.html.document_fromstring(text.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8"))
+    root = lxml.html.document_fromstring(
+        text.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8")
+    )
     for base in root.iter("base"):
         href = base.get("href")
         if href is not None:
@@ -49,7 +51,9 @@ def resolved(url: str, base: str | None) -> str:
 
 
 def lxml_links(text: str) -> list[str]:
-    root = lxml.html.document_fromstring(text.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8"))
+    root = lxml.html.document_fromstring(
+        text.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8")
+    )
     base = lxml_base(text)
     found = []
     for a in root.iter("a"):
@@ -58,7 +62,11 @@ def lxml_links(text: str) -> list[str]:
             continue
         url = resolved(clean_url(href), base)
         parts = urlsplit(url)
-        if parts.scheme.lower() in ("http", "https") and parts.hostname and not PLACEHOLDER.search(url):
+        if (
+            parts.scheme.lower() in ("http", "https")
+            and parts.hostname
+            and not PLACEHOLDER.search(url)
+        ):
             found.append(url)
     return found
 
@@ -69,14 +77,18 @@ def is_subsequence(small: list[str], big: list[str]) -> bool:
 
 
 def test_corpus_is_there() -> None:
-    assert len(FILES) == 84, f"tests/corpus/html should hold the 84 corpus documents, not {len(FILES)}"
+    assert len(FILES) == 84, (
+        f"tests/corpus/html should hold the 84 corpus documents, not {len(FILES)}"
+    )
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name[:60] for p in FILES])
 def test_corpus_document(path: Path) -> None:
     text = path.read_bytes().decode("utf-8", "surrogateescape")
     tokens = itertools.chain(["M0000"], (f"L{i:05d}" for i in itertools.count()))
-    tracker = Tracker(TrackingPlan("click.example.com", "https", "srvtok"), new_token=lambda: next(tokens))
+    tracker = Tracker(
+        TrackingPlan("click.example.com", "https", "srvtok"), new_token=lambda: next(tokens)
+    )
     out = rewrite_html(text, tracker)
     stored = [link.url for link in tracker.links]
 

@@ -20,7 +20,9 @@ from postal_tracking_plugin.rewrite import rewrite_message
 from postal_tracking_plugin.store import Server
 from postal_tracking_plugin.store import Store
 
-SAMPLE = (Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newsletter.eml").read_bytes()
+SAMPLE = (
+    Path(postal_tracking_plugin.__file__).parent / "data" / "sample-newsletter.eml"
+).read_bytes()
 
 
 @pytest.fixture
@@ -41,8 +43,11 @@ def server(store: Store) -> Server:
 
 def texts(data: bytes) -> list[tuple[str, str]]:
     msg = email.message_from_bytes(data, policy=email.policy.default)
-    return [(p.get_content_type(), p.get_content()) for p in msg.walk()
-            if p.get_content_maintype() == "text"]
+    return [
+        (p.get_content_type(), p.get_content())
+        for p in msg.walk()
+        if p.get_content_maintype() == "text"
+    ]
 
 
 def links_of(store: Store, server: Server, message_db_id: int) -> list[dict]:
@@ -51,8 +56,9 @@ def links_of(store: Store, server: Server, message_db_id: int) -> list[dict]:
 
 
 def test_tracked_message_is_stored(store: Store, server: Server, config: Config) -> None:
-    result = rewrite_message(SAMPLE, config=config, store=store, server="Main",
-                             rcpt_to="reader@example.org")
+    result = rewrite_message(
+        SAMPLE, config=config, store=store, server="Main", rcpt_to="reader@example.org"
+    )
     assert result.tracked and result.reason == "tracked"
     assert result.tracked_links == 14 and result.tracked_images == 1
     assert result.data != SAMPLE
@@ -78,7 +84,9 @@ def test_tracked_message_is_stored(store: Store, server: Server, config: Config)
     assert f"http://click.example.com/img/srvtok/{result.message_token}" in text.replace("=\n", "")
 
 
-def test_https_only_with_an_active_certificate(store: Store, server: Server, config: Config) -> None:
+def test_https_only_with_an_active_certificate(
+    store: Store, server: Server, config: Config
+) -> None:
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=60)
     store.save_certificate("click.example.com", certificate="PEM", key="KEY", expires_at=later)
     result = rewrite_message(SAMPLE, config=config, store=store, server=server)
@@ -93,13 +101,17 @@ def test_not_tracked(store: Store, server: Server, config: Config, case: str) ->
         config = dataclasses.replace(config, fast_server=FastServerConfig())
         reason = "fast_server disabled"
     elif case == "no-domain":
-        raw = SAMPLE.replace(b"From: \"The Example Team\" <news@example.com>", b"From: x@other.example")
+        raw = SAMPLE.replace(
+            b'From: "The Example Team" <news@example.com>', b"From: x@other.example"
+        )
         reason = "no tracking domain for other.example"
     elif case == "dns":
         store.update_track_domain(store.get_track_domain("click.example.com"), dns_status="Missing")
         reason = "no tracking domain for example.com"
     else:
-        raw = SAMPLE.replace(b"X-Postal-Tag: newsletter\n", b"X-Postal-Tag: newsletter\nX-AMP: skip\n")
+        raw = SAMPLE.replace(
+            b"X-Postal-Tag: newsletter\n", b"X-Postal-Tag: newsletter\nX-AMP: skip\n"
+        )
         reason = "X-AMP: skip"
     result = rewrite_message(raw, config=config, store=store, server=server)
     assert not result.tracked and result.reason == reason
@@ -169,7 +181,10 @@ def test_unknown_server_and_malformed_message_never_raise(
 @pytest.mark.parametrize(
     ("subject", "stored"),
     [
-        ("Caf\u00e9 \u65e5\u672c \u2013 news".encode(), "Caf\u00e9 \u65e5\u672c \u2013 news"),  # RFC 6532
+        (
+            "Caf\u00e9 \u65e5\u672c \u2013 news".encode(),
+            "Caf\u00e9 \u65e5\u672c \u2013 news",
+        ),  # RFC 6532
         (b"=?utf-8?q?caf=C3=A9?= and caf\xc3\xa9", "caf\u00e9 and caf\u00e9"),
         (b"caf\xe9 (not UTF-8)", "caf\ufffd (not UTF-8)"),
     ],

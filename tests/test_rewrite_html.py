@@ -42,7 +42,10 @@ def run(html: str, **plan: object) -> tuple[str, list[str]]:
         ("<a href='https://a.example/x'>", f"<a href='{CLICK}L000'>"),
         ("<a href=https://a.example/x>", f"<a href={CLICK}L000>"),
         ('<A HREF="https://a.example/x">', f'<A HREF="{CLICK}L000">'),
-        ('<a\n  href \t=\n "https://a.example/x" class=b>', f'<a\n  href \t=\n "{CLICK}L000" class=b>'),
+        (
+            '<a\n  href \t=\n "https://a.example/x" class=b>',
+            f'<a\n  href \t=\n "{CLICK}L000" class=b>',
+        ),
         ('<a class="x"href="https://a.example/x"/>', f'<a class="x"href="{CLICK}L000"/>'),
         ('<area shape=rect href="https://a.example/x">', f'<area shape=rect href="{CLICK}L000">'),
     ],
@@ -63,7 +66,10 @@ def test_any_quoting_case_and_spacing(tag: str, expected: str) -> None:
         ("https://a.example/?x=1&copy;=2", "https://a.example/?x=1\u00a9=2"),
         ("  https://a.example/a\n\tb\r\n  ", "https://a.example/ab"),
         ("https://a.example/p!*'(),;$@~+:", "https://a.example/p!*'(),;$@~+:"),
-        ("https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c", "https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c"),
+        (
+            "https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c",
+            "https://b\u00fccher.example/caf\u00e9?q=\u65e5\u672c",
+        ),
         ("HTTPS://A.EXAMPLE:8443/x", "HTTPS://A.EXAMPLE:8443/x"),
         ("https://user@a.example/", "https://user@a.example/"),
         ("https://[2001:db8::1]/x", "https://[2001:db8::1]/x"),
@@ -96,15 +102,15 @@ def test_stored_url_is_what_a_browser_reads(value: str, stored: str) -> None:
         '<a href="https://example.com/u/%recipient.id%">',
         '<a href="%unsubscribe_url%">',
         '<a href="https://example.com/${token}">',
-        '<a href>',
+        "<a href>",
         '<a href="">',
         '<base href="https://example.com/">',
         '<link rel=stylesheet href="https://example.com/s.css">',
         '<div href="https://example.com/">',
         '<a data-href="https://example.com/" xhref="https://example.com/">',
-        "<p>see href=\"https://example.com/\" in the text</p>",
+        '<p>see href="https://example.com/" in the text</p>',
         '<!-- <a href="https://example.com/">old</a> -->',
-        '<!----><!-- a -- b --><!-->x<a id=1>',
+        "<!----><!-- a -- b --><!-->x<a id=1>",
         '<style>a[href="https://example.com/"]{}</style><script>s="<a href=\'https://example.com/\'>"</script>',
         '<textarea><a href="https://example.com/"></textarea>',
         '<img title=\'<a href="https://example.com/">\' src="https://example.com/i.png">',
@@ -137,11 +143,11 @@ def test_vml_and_links_inside_conditional_comments() -> None:
 
 def test_everything_else_is_byte_identical() -> None:
     html = (
-        "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\">\r\n"
+        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN">\r\n'
         "<html><head><!-- keep me --><style>\r\n a { color: red }</style></head>\n"
         "<body BGCOLOR=white>&nbsp;&copy; 2026 &amp; co <b>bold</b>\n"
         "<a   title='t &quot;q&quot;'   href = \"https://a.example/x?y=1&amp;z=2\"  >x</a >\n"
-        "<a href=\"https://a.example/y\" href=\"https://ignored.example/\">dup</a>\n"
+        '<a href="https://a.example/y" href="https://ignored.example/">dup</a>\n'
         "</body></html>\n"
     )
     out, urls = run(html)
@@ -156,7 +162,7 @@ def test_notrack_links_lose_the_marker_and_are_not_tracked() -> None:
     html = (
         '<a href="https+notrack://a.example/prefs">p</a> <a href="HTTP+NOTRACK://a.example/b">b</a>'
         ' visible https+notrack://a.example/text <a href="https&#43;notrack://a.example/&quot;q">e</a>'
-        ' <a href=https&#43;notrack://a.example/u>u</a>'
+        " <a href=https&#43;notrack://a.example/u>u</a>"
     )
     out, urls = run(html)
     assert urls == []
@@ -175,8 +181,14 @@ def test_notrack_is_honoured_even_when_nothing_is_tracked() -> None:
 
 
 @pytest.mark.parametrize(
-    "attribute", ["data-pm-no-track", 'data-pm-no-track=""', "data-no-track", "clicktracking=off",
-                  'CLICKTRACKING="OFF"']
+    "attribute",
+    [
+        "data-pm-no-track",
+        'data-pm-no-track=""',
+        "data-no-track",
+        "clicktracking=off",
+        'CLICKTRACKING="OFF"',
+    ],
 )
 def test_per_link_opt_out_attribute_is_honoured_and_removed(attribute: str) -> None:
     out, urls = run(f'<a href="https://a.example/" {attribute} class="c">x</a>')
@@ -258,7 +270,9 @@ def test_unterminated_constructs_do_not_hide_or_invent_links() -> None:
     html = '<a href="https://a.example/1">x</a><a href="https://a.example/2" class="never closed'
     out, urls = run(html)
     assert urls == ["https://a.example/1"]
-    assert out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>'):]
+    assert (
+        out == f'<a href="{CLICK}L000">x</a>' + html[len('<a href="https://a.example/1">x</a>') :]
+    )
 
 
 PIXEL_AT = "<img src='https://click.example.com/img/"
@@ -291,9 +305,7 @@ def test_pixel_still_goes_at_the_end_after_a_lone_less_than() -> None:
     assert out == "<p>1 < 2 <" + PIXEL
 
 
-@pytest.mark.parametrize(
-    "condition", ["!mso", " ! mso ", "!(mso)", "!mso 12", "!MSO"]
-)
+@pytest.mark.parametrize("condition", ["!mso", " ! mso ", "!(mso)", "!mso 12", "!MSO"])
 def test_links_in_downlevel_hidden_conditional_comments_are_not_tracked(condition: str) -> None:
     """``<!--[if !mso]> ... <![endif]-->`` is a comment to browsers and skipped by Outlook."""
     html = f'<!--[if {condition}]><a href="https://hidden.example/">x</a><![endif]--><a href="https://shown.example/">y</a>'
@@ -313,8 +325,18 @@ def test_downlevel_revealed_and_mso_only_links_are_tracked() -> None:
 
 @pytest.mark.parametrize(
     "piece",
-    ["<a ", '<a href="https://a.example/', "<p ", "<style ", "</p ", "</body ", "<!--[if",
-     "<!--[if mso]>href ", '<!--[if mso]><a href="https://a.example/">', "<!-- <a href=x>"],
+    [
+        "<a ",
+        '<a href="https://a.example/',
+        "<p ",
+        "<style ",
+        "</p ",
+        "</body ",
+        "<!--[if",
+        "<!--[if mso]>href ",
+        '<!--[if mso]><a href="https://a.example/">',
+        "<!-- <a href=x>",
+    ],
 )
 def test_pathological_repetitions_are_read_as_a_browser_reads_them(piece: str) -> None:
     """The inputs of benchmarks/rewrite.py's pathological section (the benchmark times them).
@@ -351,8 +373,12 @@ def test_relative_links_under_a_base_href_are_tracked_as_the_url_opened() -> Non
 
 @pytest.mark.parametrize(
     "base",
-    ['<base target="_blank">', '<base href="/relative/">', '<base href="ftp://files.example/">',
-     '<!-- <base href="https://shop.example/"> -->'],
+    [
+        '<base target="_blank">',
+        '<base href="/relative/">',
+        '<base href="ftp://files.example/">',
+        '<!-- <base href="https://shop.example/"> -->',
+    ],
 )
 def test_relative_links_stay_without_an_absolute_http_base(base: str) -> None:
     _, urls = run(f'{base}<a href="sale">a</a><a href="https://a.example/">b</a>')
@@ -392,10 +418,14 @@ def test_pixel_closes_a_link_left_open_before_it(html: str, closed: bool) -> Non
 
 
 def test_a_base_href_applies_inside_conditional_comments_too() -> None:
-    html = '<base href="https://shop.example/en/"><!--[if mso]><v:roundrect href="sale"><![endif]-->'
+    html = (
+        '<base href="https://shop.example/en/"><!--[if mso]><v:roundrect href="sale"><![endif]-->'
+    )
     assert run(html)[1] == ["https://shop.example/en/sale"]
 
 
 def test_pixel_at_the_top_closes_no_link() -> None:
-    out, _ = run('<body><a href="https://a.example/">x</a></body>', track_loads=True, pixel_position="top")
+    out, _ = run(
+        '<body><a href="https://a.example/">x</a></body>', track_loads=True, pixel_position="top"
+    )
     assert out == f'<body>{PIXEL}<a href="{CLICK}L000">x</a></body>'

@@ -60,7 +60,7 @@ def html5lib_links(html: str, *, vml: bool = False) -> list[str]:
             data = token["data"]
             head = CONDITIONAL.match(data)
             if head is not None and NOT_MSO.match(data) is None and "href" in data.lower():
-                found.extend(html5lib_links(data[head.end():], vml=True))
+                found.extend(html5lib_links(data[head.end() :], vml=True))
     return found
 
 
@@ -68,15 +68,47 @@ def html5lib_links(html: str, *, vml: bool = False) -> list[str]:
 def documents(draw: st.DrawFn) -> str:
     pieces = []
     for _ in range(draw(st.integers(0, 14))):
-        kind = draw(st.sampled_from(
-            ["text", "a", "a", "tag", "end", "comment", "cond", "raw", "entity", "lt", "doctype"]
-        ))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "text",
+                    "a",
+                    "a",
+                    "tag",
+                    "end",
+                    "comment",
+                    "cond",
+                    "raw",
+                    "entity",
+                    "lt",
+                    "doctype",
+                ]
+            )
+        )
         if kind == "text":
             pieces.append(draw(st.text("ab \n&;=\"'/-!", max_size=8)))
         elif kind in ("a", "tag"):
-            name = "a" if kind == "a" else draw(st.sampled_from(
-                ["area", "p", "abbr", "address", "b", "body", "br", "td", "v:rect", "A", "AREA"]
-            ))
+            name = (
+                "a"
+                if kind == "a"
+                else draw(
+                    st.sampled_from(
+                        [
+                            "area",
+                            "p",
+                            "abbr",
+                            "address",
+                            "b",
+                            "body",
+                            "br",
+                            "td",
+                            "v:rect",
+                            "A",
+                            "AREA",
+                        ]
+                    )
+                )
+            )
             attrs = "".join(draw(st.lists(attributes(), max_size=3)))
             pieces.append(f"<{name}{attrs}{draw(st.sampled_from(['>', '/>', ' >']))}")
         elif kind == "end":
@@ -85,14 +117,22 @@ def documents(draw: st.DrawFn) -> str:
             pieces.append(f"<!--{draw(st.text('ab <>-!', max_size=8))}-->")
         elif kind == "cond":
             condition = draw(st.sampled_from(["mso", "gte mso 9", "!mso", "mso | IE", "IE"]))
-            inner = draw(st.sampled_from([
-                '<a href="https://c.example/1">x</a>', '<v:roundrect href="https://c.example/2">',
-                "<p>no link</p>", '<a href="https://c.example/&amp;3">',
-            ]))
+            inner = draw(
+                st.sampled_from(
+                    [
+                        '<a href="https://c.example/1">x</a>',
+                        '<v:roundrect href="https://c.example/2">',
+                        "<p>no link</p>",
+                        '<a href="https://c.example/&amp;3">',
+                    ]
+                )
+            )
             pieces.append(f"<!--[if {condition}]>{inner}<![endif]-->")
         elif kind == "raw":
             name = draw(st.sampled_from(["style", "script", "title", "textarea", "xmp"]))
-            body = draw(st.sampled_from(['<a href="https://r.example/">', "a</b>", "</" + name + "x>", ""]))
+            body = draw(
+                st.sampled_from(['<a href="https://r.example/">', "a</b>", "</" + name + "x>", ""])
+            )
             pieces.append(f"<{name}>{body}</{name}>")
         elif kind == "entity":
             pieces.append(draw(st.sampled_from(["&amp;", "&lt;", "&#x41;", "&copy", "&"])))
@@ -101,10 +141,23 @@ def documents(draw: st.DrawFn) -> str:
         else:
             pieces.append("<!DOCTYPE html>")
     # The end of a document is where unfinished constructs hide.
-    pieces.append(draw(st.sampled_from([
-        "", "<a", '<a href="https://u.example/"', "<!-- open", "<style>open", "<!--[if mso]><a href='https://u.example/'>",
-        '<a href="https://u.example/>', "</p", "<!",
-    ])))
+    pieces.append(
+        draw(
+            st.sampled_from(
+                [
+                    "",
+                    "<a",
+                    '<a href="https://u.example/"',
+                    "<!-- open",
+                    "<style>open",
+                    "<!--[if mso]><a href='https://u.example/'>",
+                    '<a href="https://u.example/>',
+                    "</p",
+                    "<!",
+                ]
+            )
+        )
+    )
     return "".join(pieces)
 
 

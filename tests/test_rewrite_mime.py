@@ -116,7 +116,10 @@ def test_nested_multiparts_only_inline_text_parts(eol: str) -> None:
     assert out.count(pixel) == 1  # one pixel, in the first HTML body part
     first_html = out.index(CLICK + "L001")
     assert first_html < out.index(pixel) < out.index(CLICK + "L002")
-    container = out[out.index("<img src='https://click.example.com/" + pixel): out.index(">", out.index(pixel)) + 1]
+    container = out[
+        out.index("<img src='https://click.example.com/" + pixel) : out.index(">", out.index(pixel))
+        + 1
+    ]
     assert out.replace(container, "") == expected  # everything else byte for byte
     assert eol in out and (eol == "\r\n" or "\r\n" not in out)
 
@@ -133,7 +136,7 @@ def test_quoted_printable_part_is_re_encoded_with_short_lines() -> None:
     head, _, body = result.data.partition(b"\r\n\r\n")
     assert head == raw.partition(b"\r\n\r\n")[0]  # headers untouched
     assert max(len(line) for line in body.split(b"\r\n")) <= 76
-    (ctype, content), = texts(result.data)
+    ((ctype, content),) = texts(result.data)
     assert content.startswith("<p>caf\u00e9 word")
     assert f'<a href="{CLICK}L000">x</a></p>' in content
 
@@ -142,17 +145,21 @@ def test_quoted_printable_part_is_re_encoded_with_short_lines() -> None:
 def test_quoted_printable_lines_without_links_keep_their_encoding(eol: str) -> None:
     # Another encoder's choices (soft breaks at 40, "=3D" and "=E9" spellings) stay as they were.
     body = (
-        "<p style=3D\"color:red\">caf=E9 au lait, a long line that another encoder =\n"
+        '<p style=3D"color:red">caf=E9 au lait, a long line that another encoder =\n'
         "broke early</p>\n"
-        "<p><a href=3D\"https://a.example/x\">x</a></p>\n"
+        '<p><a href=3D"https://a.example/x">x</a></p>\n'
         "<p>the end =C3=A9t=C3=A9</p>\n"
     )
     raw = message(
         "MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\n"
-        "Content-Transfer-Encoding: quoted-printable\n\n" + body, eol
+        "Content-Transfer-Encoding: quoted-printable\n\n" + body,
+        eol,
     )
-    result = rewrite(raw, TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
-                     new_token=tokens())
+    result = rewrite(
+        raw,
+        TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
+        new_token=tokens(),
+    )
     expected = raw.replace(b"https://a.example/x", (CLICK + "L000").encode())
     assert result.data == expected
 
@@ -160,20 +167,23 @@ def test_quoted_printable_lines_without_links_keep_their_encoding(eol: str) -> N
 def test_quoted_printable_edit_spanning_lines_and_notrack() -> None:
     body = (
         "<p>keep =E9 this</p>\n"
-        "<a href=3D\"https://a.example/long\n/path\">x</a> <a href=3D\"https+notrack://b.example/\">y</a>\n"
+        '<a href=3D"https://a.example/long\n/path">x</a> <a href=3D"https+notrack://b.example/">y</a>\n'
         "<p>and this</p>\n"
     )
     raw = message(
         "MIME-Version: 1.0\nContent-Type: text/html; charset=iso-8859-1\n"
         "Content-Transfer-Encoding: quoted-printable\n\n" + body
     )
-    result = rewrite(raw, TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
-                     new_token=tokens())
+    result = rewrite(
+        raw,
+        TrackingPlan("click.example.com", "https", "srvtok", track_loads=False),
+        new_token=tokens(),
+    )
     assert [link.url for link in result.links] == ["https://a.example/long/path"]
     out = result.data.partition(b"\r\n\r\n")[2]
     assert out.startswith(b"<p>keep =E9 this</p>\r\n")
     assert out.endswith(b"\r\n<p>and this</p>\r\n")
-    (_, content), = texts(result.data)
+    ((_, content),) = texts(result.data)
     assert content == (
         "<p>keep \u00e9 this</p>\r\n"
         f'<a href="{CLICK}L000">x</a> <a href="https://b.example/">y</a>\r\n'
@@ -185,7 +195,7 @@ def test_base64_part_keeps_base64_and_its_charset() -> None:
     html = "<p>\u65e5\u672c\u8a9e</p>" * 20 + '<a href="https://a.example/\u65e5">x</a>'
     encoded = base64.encodebytes(html.encode("utf-8")).decode("ascii")
     raw = message(
-        "MIME-Version: 1.0\nContent-Type: text/html; charset=\"UTF-8\"\n"
+        'MIME-Version: 1.0\nContent-Type: text/html; charset="UTF-8"\n'
         "Content-Transfer-Encoding: base64\n\n" + encoded
     )
     result = rewrite(raw, PLAN, new_token=tokens())
@@ -201,8 +211,10 @@ def test_base64_part_keeps_base64_and_its_charset() -> None:
 
 def test_legacy_charset_round_trips() -> None:
     text = "\u3053\u3093\u306b\u3061\u306f https://a.example/x \u3055\u3088\u3046\u306a\u3089\n"
-    raw = message("MIME-Version: 1.0\nContent-Type: text/plain; charset=shift_jis\n"
-                  "Content-Transfer-Encoding: 8bit\n\n").replace(b"", b"") + text.encode("shift_jis")
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/plain; charset=shift_jis\n"
+        "Content-Transfer-Encoding: 8bit\n\n"
+    ).replace(b"", b"") + text.encode("shift_jis")
     result = rewrite(raw, PLAN, new_token=tokens())
     assert [link.url for link in result.links] == ["https://a.example/x"]
     body = result.data.partition(b"\r\n\r\n")[2]
@@ -217,14 +229,18 @@ def test_unknown_charset_part_is_left_alone() -> None:
 
 def test_a_line_made_too_long_switches_7bit_to_quoted_printable() -> None:
     line = " ".join(f"http://a.co/{i}" for i in range(70))  # ~900 octets, grows past 998
-    raw = message("MIME-Version: 1.0\nContent-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n" + line + "\n")
+    raw = message(
+        "MIME-Version: 1.0\nContent-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n"
+        + line
+        + "\n"
+    )
     result = rewrite(raw, PLAN, new_token=tokens())
     assert len(result.links) == 70
     head, _, body = result.data.partition(b"\r\n\r\n")
     assert b"Content-Transfer-Encoding: quoted-printable" in head
     assert b"7bit" not in head
     assert max(len(x) for x in body.split(b"\r\n")) <= 76
-    (_, content), = texts(result.data)
+    ((_, content),) = texts(result.data)
     assert content.split() == [CLICK + f"L{i:03d}" for i in range(70)]
 
 
@@ -237,8 +253,10 @@ def test_a_line_made_too_long_without_a_cte_header_gets_one() -> None:
     assert texts(result.data)[0][1].split()[0] == CLICK + "L000"
 
 
-@pytest.mark.parametrize("ctype", ["multipart/signed; protocol=x; boundary=b",
-                                   "multipart/encrypted; protocol=x; boundary=b"])
+@pytest.mark.parametrize(
+    "ctype",
+    ["multipart/signed; protocol=x; boundary=b", "multipart/encrypted; protocol=x; boundary=b"],
+)
 def test_signed_or_encrypted_passes_whole(ctype: str) -> None:
     raw = message(
         "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=o\n\n--o\n"
@@ -251,8 +269,10 @@ def test_signed_or_encrypted_passes_whole(ctype: str) -> None:
 
 
 def test_dkim_signed_message_passes_untouched() -> None:
-    raw = message("Content-Type: text/html\n\n<a href='https+notrack://a.example/'>x</a>",
-                  headers="DKIM-Signature: v=1; a=rsa-sha256; d=example.com; b=abc\n")
+    raw = message(
+        "Content-Type: text/html\n\n<a href='https+notrack://a.example/'>x</a>",
+        headers="DKIM-Signature: v=1; a=rsa-sha256; d=example.com; b=abc\n",
+    )
     result = rewrite(raw, PLAN, new_token=tokens())
     assert result.data is raw and result.untouched == "DKIM-Signature present"
 
@@ -290,7 +310,9 @@ def test_malformed_message_passes_unchanged(body: str) -> None:
 
 def test_absurdly_deep_nesting_is_malformed_not_a_crash() -> None:
     depth = 200
-    opening = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
+    opening = "".join(
+        f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth)
+    )
     raw = message(opening + "Content-Type: text/plain\n\nhttps://a.example/\n")
     result = rewrite(raw, PLAN, new_token=tokens())
     assert result.data is raw and result.untouched is not None and "nested" in result.untouched
@@ -332,8 +354,14 @@ def test_sample_newsletter() -> None:
 
 @pytest.mark.parametrize(
     ("data", "long"),
-    [(b"x" * 998, False), (b"x" * 999, True), (b"a\r\n" + b"x" * 998 + b"\r\nb", False),
-     (b"a\n" + b"x" * 999 + b"\n", True), (b"x" * 500 + b"\r" + b"x" * 500, False), (b"", False)],
+    [
+        (b"x" * 998, False),
+        (b"x" * 999, True),
+        (b"a\r\n" + b"x" * 998 + b"\r\nb", False),
+        (b"a\n" + b"x" * 999 + b"\n", True),
+        (b"x" * 500 + b"\r" + b"x" * 500, False),
+        (b"", False),
+    ],
 )
 def test_long_line_check_counts_octets_between_line_breaks(data: bytes, long: bool) -> None:
     from postal_tracking_plugin.rewrite._mime import _has_long_line
@@ -346,9 +374,11 @@ def test_base64_of_two_separately_padded_chunks_is_left_alone() -> None:
     first = base64.encodebytes(b'<p><a href="https://a.example/">ab</a></p>\n')
     footer = base64.encodebytes(b'<p><a href="https://footer.example/">footer</a></p>\n')
     assert first.rstrip().endswith(b"=")
-    raw = message(
-        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
-    ) + first + footer
+    raw = (
+        message("Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n")
+        + first
+        + footer
+    )
     result = rewrite(raw, PLAN, new_token=tokens())
     assert result.data == raw and result.links == ()
 
@@ -361,7 +391,9 @@ def test_base64_of_two_separately_padded_chunks_is_left_alone() -> None:
         ("utf-16", '<a href="https://a.example/">x</a>'.encode("utf-16-le")),
     ],
 )
-def test_a_charset_that_does_not_give_the_same_bytes_back_is_left_alone(charset: str, data: bytes) -> None:
+def test_a_charset_that_does_not_give_the_same_bytes_back_is_left_alone(
+    charset: str, data: bytes
+) -> None:
     """UTF-16 without a BOM read as little-endian came out with a BOM (item 3)."""
     raw = message(
         f"Content-Type: text/html; charset={charset}\nContent-Transfer-Encoding: base64\n\n"
@@ -394,7 +426,8 @@ def test_quoted_printable_lines_with_encoded_line_breaks_stay_as_written() -> No
         "<p>no link</p>=0A</body></html>\n"
     )
     raw = message(
-        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n" + html,
+        "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        + html,
         eol="\n",
     )
     result = rewrite(raw, NO_PIXEL, new_token=tokens())
@@ -420,7 +453,10 @@ def test_two_links_in_one_encoded_line_split_by_encoded_line_breaks() -> None:
     assert [link.url for link in result.links] == ["https://a.example/1", "https://b.example/2"]
     body = result.data.split(b"\n\n", 1)[1]
     assert body.endswith(b"\nuntouched=20\n")
-    assert binascii.a2b_qp(body).decode() == f"a {CLICK}L000 caf\u00e9\r\n  \n {CLICK}L001\nuntouched \n"
+    assert (
+        binascii.a2b_qp(body).decode()
+        == f"a {CLICK}L000 caf\u00e9\r\n  \n {CLICK}L001\nuntouched \n"
+    )
 
 
 @pytest.mark.parametrize("lossy", ["=\r", "=="])

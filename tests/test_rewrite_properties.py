@@ -29,10 +29,14 @@ CLICK = re.compile(r"https://click\.example\.com/srvtok/L[0-9]{5}")
 PIXEL = re.compile(r"<img src='https://click\.example\.com/img/[^']*'[^>]*>")
 FEW = settings(max_examples=60, deadline=None)
 
-url_chars = st.sampled_from(list("abcxyz019-._~/?#=&;:!*'(),$@+%[] \t\n\u00e9\u65e5") + ["&amp;", "&#38;", "&copy", "{{x}}"])
+url_chars = st.sampled_from(
+    list("abcxyz019-._~/?#=&;:!*'(),$@+%[] \t\n\u00e9\u65e5") + ["&amp;", "&#38;", "&copy", "{{x}}"]
+)
 urls = st.builds(
     lambda scheme, host, path: scheme + host + path,
-    st.sampled_from(["http://", "https://", "HTTPS://", "https+notrack://", "mailto:", "", "//", "#"]),
+    st.sampled_from(
+        ["http://", "https://", "HTTPS://", "https+notrack://", "mailto:", "", "//", "#"]
+    ),
     st.sampled_from(["a.example", "b.example:8080", "", "user@c.example", "[::1]"]),
     st.lists(url_chars, max_size=12).map("".join),
 )
@@ -56,17 +60,23 @@ def attributes(draw: st.DrawFn) -> str:
 def fragments(draw: st.DrawFn) -> str:
     pieces = []
     for _ in range(draw(st.integers(0, 12))):
-        kind = draw(st.sampled_from(["text", "a", "tag", "comment", "cond", "raw", "end", "entity"]))
+        kind = draw(
+            st.sampled_from(["text", "a", "tag", "comment", "cond", "raw", "end", "entity"])
+        )
         if kind == "text":
             pieces.append(draw(st.text("ab <>&;=\"'/\n", max_size=10)))
         elif kind in ("a", "tag"):
-            name = "a" if kind == "a" else draw(st.sampled_from(["p", "area", "base", "link", "div", "v:rect", "body"]))
+            name = (
+                "a"
+                if kind == "a"
+                else draw(st.sampled_from(["p", "area", "base", "link", "div", "v:rect", "body"]))
+            )
             attrs = "".join(draw(st.lists(attributes(), max_size=3)))
             pieces.append(f"<{name}{attrs}{draw(st.sampled_from(['>', '/>', ' >']))}")
         elif kind == "comment":
             pieces.append(f"<!--{draw(st.text('ab <>-!', max_size=8))}-->")
         elif kind == "cond":
-            pieces.append(f"<!--[if mso]><v:roundrect href=\"{draw(urls)}\"><![endif]-->")
+            pieces.append(f'<!--[if mso]><v:roundrect href="{draw(urls)}"><![endif]-->')
         elif kind == "raw":
             pieces.append(f"<style>{draw(st.text('a<>/', max_size=6))}</style>")
         elif kind == "end":
@@ -119,9 +129,18 @@ def test_html_untracked_without_markers_is_unchanged(html: str) -> None:
 def messages(draw: st.DrawFn) -> EmailMessage:
     charset = draw(st.sampled_from(["utf-8", "iso-8859-1", "us-ascii", "shift_jis"]))
     cte = draw(st.sampled_from(["7bit", "8bit", "quoted-printable", "base64"]))
-    words = st.sampled_from(["Hello", "caf\u00e9" if charset in ("utf-8", "iso-8859-1") else "cafe",
-                             "https://a.example/x?y=1&z=2", "(https://b.example/p_(q))",
-                             "<https://c.example/>", "https+notrack://d.example/", "\n", "."])
+    words = st.sampled_from(
+        [
+            "Hello",
+            "caf\u00e9" if charset in ("utf-8", "iso-8859-1") else "cafe",
+            "https://a.example/x?y=1&z=2",
+            "(https://b.example/p_(q))",
+            "<https://c.example/>",
+            "https+notrack://d.example/",
+            "\n",
+            ".",
+        ]
+    )
     text = " ".join(draw(st.lists(words, max_size=20)))
     if charset == "shift_jis":
         text += " \u65e5\u672c"
@@ -185,34 +204,55 @@ def test_mime_output_parses_to_the_same_structure(msg: EmailMessage, eol: str) -
     # untracked: unchanged bytes, unless a +notrack marker had to go
     untracked = rewrite(raw, None).data
     before = email.message_from_bytes(raw, policy=email.policy.default)
-    contents = [p.get_content() for p in body_parts(before)
-                if p.get_content_disposition() != "attachment"]
+    contents = [
+        p.get_content() for p in body_parts(before) if p.get_content_disposition() != "attachment"
+    ]
     if not any("+notrack" in c for c in contents):
         assert untracked is raw
     after = email.message_from_bytes(untracked, policy=email.policy.default)
-    assert [p.get_content() for p in body_parts(after)
-            if p.get_content_disposition() != "attachment"] == [
-        c.replace("+notrack", "") for c in contents
-    ]
+    assert [
+        p.get_content() for p in body_parts(after) if p.get_content_disposition() != "attachment"
+    ] == [c.replace("+notrack", "") for c in contents]
 
 
 # Random bytes, with pieces of links, HTML and MIME mixed in so some get tracked.
 noisy_bytes = st.lists(
     st.one_of(
         st.binary(max_size=60),
-        st.sampled_from([b'<a href="https://a.example/x">', b"https://b.example/y ", b"</body>",
-                         b"<body>", b"\n--b\n", b"\n--b--\n", b"\n\n", b"=\n", b"=E9",
-                         b"Content-Type: text/html\n", b"Content-Type: text/plain\n",
-                         b"Content-Transfer-Encoding: quoted-printable\n",
-                         b"aHR0cHM6Ly9jLmV4YW1wbGUveg==\n", b"https+notrack://d.example/ "]),
+        st.sampled_from(
+            [
+                b'<a href="https://a.example/x">',
+                b"https://b.example/y ",
+                b"</body>",
+                b"<body>",
+                b"\n--b\n",
+                b"\n--b--\n",
+                b"\n\n",
+                b"=\n",
+                b"=E9",
+                b"Content-Type: text/html\n",
+                b"Content-Type: text/plain\n",
+                b"Content-Transfer-Encoding: quoted-printable\n",
+                b"aHR0cHM6Ly9jLmV4YW1wbGUveg==\n",
+                b"https+notrack://d.example/ ",
+            ]
+        ),
     ),
     max_size=12,
 ).map(b"".join)
 
 
 @settings(max_examples=80, deadline=None)
-@given(noisy_bytes, st.sampled_from([b"", b"Content-Type: multipart/mixed; boundary=b\n\n--b\n",
-                                     b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"]))
+@given(
+    noisy_bytes,
+    st.sampled_from(
+        [
+            b"",
+            b"Content-Type: multipart/mixed; boundary=b\n\n--b\n",
+            b"Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n",
+        ]
+    ),
+)
 def test_arbitrary_bytes_never_raise(tail: bytes, head: bytes) -> None:
     """Any input gives bytes back: unchanged when untouched, else the same MIME tree."""
     raw = b"From: a@example.com\n" + head + tail

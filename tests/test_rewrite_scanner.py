@@ -36,11 +36,15 @@ def test_every_alternative_has_its_own_commented_line() -> None:
         assert scan.flags & re.VERBOSE
         lines = [line for line in scan.pattern.splitlines() if line.lstrip().startswith("|")]
         assert len(lines) > 30
-        assert all("  # " in line or line.endswith("(?:") for line in lines)  # or opens a nested one
+        assert all(
+            "  # " in line or line.endswith("(?:") for line in lines
+        )  # or opens a nested one
 
 
 def test_the_variants_share_their_group_numbers() -> None:
-    assert _scanner.SCAN.groupindex == _scanner.SCAN_BOTTOM.groupindex == _scanner.SCAN_VML.groupindex
+    assert (
+        _scanner.SCAN.groupindex == _scanner.SCAN_BOTTOM.groupindex == _scanner.SCAN_VML.groupindex
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,16 @@ def run(text: str, *, flowed: bool = False, **plan: object) -> tuple[str, list[s
         ("Really https://a.example/x?!", "https://a.example/x", "?!"),
         ("List: https://a.example/x;", "https://a.example/x", ";"),
         ("(see https://a.example/x)", "https://a.example/x", ")"),
-        ("(https://en.wikipedia.org/wiki/Mail_(protocol))", "https://en.wikipedia.org/wiki/Mail_(protocol)", ")"),
-        ("https://en.wikipedia.org/wiki/Mail_(protocol).", "https://en.wikipedia.org/wiki/Mail_(protocol)", "."),
+        (
+            "(https://en.wikipedia.org/wiki/Mail_(protocol))",
+            "https://en.wikipedia.org/wiki/Mail_(protocol)",
+            ")",
+        ),
+        (
+            "https://en.wikipedia.org/wiki/Mail_(protocol).",
+            "https://en.wikipedia.org/wiki/Mail_(protocol)",
+            ".",
+        ),
         ("[https://a.example/x]", "https://a.example/x", "]"),
         ("<https://a.example/x?a=1&b=2>", "https://a.example/x?a=1&b=2", ">"),
         ('"https://a.example/x"', "https://a.example/x", '"'),
@@ -41,17 +49,32 @@ def run(text: str, *, flowed: bool = False, **plan: object) -> tuple[str, list[s
         ("https://a.example/p!*'(),;$@x end", "https://a.example/p!*'(),;$@x", " end"),
         ("https://caf\u00e9.example/x\u00a0next", "https://caf\u00e9.example/x", "\u00a0next"),
         # CJK prose runs on without a space: ideographs, kana and their punctuation end a URL
-        ("\u8a73\u7d30\u306fhttps://example.jp/a?id=1\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002",
-         "https://example.jp/a?id=1", "\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002"),
+        (
+            "\u8a73\u7d30\u306fhttps://example.jp/a?id=1\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002",
+            "https://example.jp/a?id=1",
+            "\u3092\u3054\u89a7\u304f\u3060\u3055\u3044\u3002",
+        ),
         ("\u300chttps://example.jp/a\u300d", "https://example.jp/a", "\u300d"),
         ("\uff08https://example.cn/a\uff09\u3002", "https://example.cn/a", "\uff09\u3002"),
         ("https://example.cn/a\u3001\u89c1\u4e0b", "https://example.cn/a", "\u3001\u89c1\u4e0b"),
         ("https://example.jp/\u65e5\u672c", "https://example.jp/", "\u65e5\u672c"),
         ("https://example.jp\u3092\u898b\u3066", "https://example.jp", "\u3092\u898b\u3066"),
-        ("https://example.kr/a\uc5d0\uc11c \ubcf4\uae30", "https://example.kr/a", "\uc5d0\uc11c \ubcf4\uae30"),
+        (
+            "https://example.kr/a\uc5d0\uc11c \ubcf4\uae30",
+            "https://example.kr/a",
+            "\uc5d0\uc11c \ubcf4\uae30",
+        ),
         ("\u201chttps://a.example/x\u201d", "https://a.example/x", "\u201d"),
-        ("https://a.example/%E6%97%A5%E6%9C%AC end", "https://a.example/%E6%97%A5%E6%9C%AC", " end"),
-        ("https://caf\u00e9.example/na\u00efve end", "https://caf\u00e9.example/na\u00efve", " end"),
+        (
+            "https://a.example/%E6%97%A5%E6%9C%AC end",
+            "https://a.example/%E6%97%A5%E6%9C%AC",
+            " end",
+        ),
+        (
+            "https://caf\u00e9.example/na\u00efve end",
+            "https://caf\u00e9.example/na\u00efve",
+            " end",
+        ),
         ("HTTP://A.EXAMPLE/X\r\n", "HTTP://A.EXAMPLE/X", "\r\n"),
     ],
 )
@@ -59,7 +82,7 @@ def test_url_boundaries(text: str, url: str, after: str) -> None:
     out, urls = run(text)
     assert urls == [url]
     start = text.index(url)
-    assert out == text[:start] + CLICK + "L000" + after + text[start + len(url) + len(after):]
+    assert out == text[:start] + CLICK + "L000" + after + text[start + len(url) + len(after) :]
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,11 @@ class EphemeralController(Controller):
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen()
         super().__init__(
-            handler, hostname="127.0.0.1", port=self._sock.getsockname()[1],
-            server_hostname="upstream.test", **kwargs,
+            handler,
+            hostname="127.0.0.1",
+            port=self._sock.getsockname()[1],
+            server_hostname="upstream.test",
+            **kwargs,
         )
 
     def factory(self) -> SMTP:
@@ -110,9 +113,7 @@ class EphemeralController(Controller):
         return LongLineSMTP(self.handler, **self.SMTP_kwargs)
 
     def _create_server(self) -> Any:
-        return self.loop.create_server(
-            self._factory_invoker, sock=self._sock, ssl=self.ssl_context
-        )
+        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
 
 
 @pytest.fixture
@@ -162,7 +163,9 @@ def start_relay() -> Iterator[Callable[..., SmtpRelay]]:
 
     def start(config: Config, store: Store, upstream_port: int, **relay: Any) -> SmtpRelay:
         settings = RelayConfig(
-            server="Main", listen="127.0.0.1:0", upstream=f"127.0.0.1:{upstream_port}",
+            server="Main",
+            listen="127.0.0.1:0",
+            upstream=f"127.0.0.1:{upstream_port}",
             **{"upstream_timeout": 10, **relay},
         )
         config = dataclasses.replace(
@@ -186,7 +189,7 @@ def make_message(message_id: str = "<relay-test@example.com>") -> bytes:
     msg["Message-ID"] = message_id
     msg.set_content("Read https://www.example.org/news/1 today.\n")
     msg.add_alternative(
-        "<html><body><p><a href=\"https://www.example.org/news/1\">news</a></p></body></html>",
+        '<html><body><p><a href="https://www.example.org/news/1">news</a></p></body></html>',
         subtype="html",
     )
     return msg.as_bytes()
@@ -197,7 +200,10 @@ MESSAGE = make_message()
 
 
 def send(
-    relay: SmtpRelay, rcpts: list[str], *, login: tuple[str, str] | None = None,
+    relay: SmtpRelay,
+    rcpts: list[str],
+    *,
+    login: tuple[str, str] | None = None,
     message: bytes = MESSAGE,
 ) -> None:
     host, port = relay.address
@@ -218,11 +224,14 @@ def decoded(data: bytes) -> str:
 
 def link_tokens(data: bytes, server: Server) -> list[str]:
     text = decoded(data)
-    return re.findall(rf"https?://{re.escape(TRACK_DOMAIN)}/{server.token}/([A-Za-z0-9]{{16}})", text)
+    return re.findall(
+        rf"https?://{re.escape(TRACK_DOMAIN)}/{server.token}/([A-Za-z0-9]{{16}})", text
+    )
 
 
 def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, server = tracking
@@ -239,7 +248,8 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
         trace = message_from_bytes(data)["Received"]
         assert re.match(
             r"from client\.test \(\[127\.0\.0\.1\]\)\s+by \S+ \(postal-tracking smtp-relay\) "
-            rf"with ESMTP\s+for <{re.escape(rcpt)}>;", trace
+            rf"with ESMTP\s+for <{re.escape(rcpt)}>;",
+            trace,
         ), trace
         tokens = link_tokens(data, server)
         assert len(tokens) == 2  # the text part's link and the HTML part's
@@ -260,17 +270,20 @@ def test_each_recipient_gets_its_own_rewritten_copy_and_rows(
 
 
 def test_concurrent_clients_each_get_their_copies(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, server = tracking
     collector, port = upstream
     relay = start_relay(config, store, port)
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(
-            lambda i: send(relay, RECIPIENTS[:2], message=make_message(f"<c{i}@example.com>")),
-            range(4),
-        ))
+        list(
+            pool.map(
+                lambda i: send(relay, RECIPIENTS[:2], message=make_message(f"<c{i}@example.com>")),
+                range(4),
+            )
+        )
     assert sorted(r for _, [r], _ in collector.received) == sorted(RECIPIENTS[:2] * 4)
     tokens = [t for _, _, data in collector.received for t in link_tokens(data, server)]
     assert len(tokens) == len(set(tokens)) == 16
@@ -278,7 +291,8 @@ def test_concurrent_clients_each_get_their_copies(
 
 
 def test_batch_sends_one_copy_to_all_recipients(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, server = tracking
@@ -305,7 +319,8 @@ def test_upstream_down_gives_the_client_a_4xx(
 
 
 def test_a_temporary_refusal_is_retried_without_duplicates(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
@@ -324,7 +339,8 @@ def test_a_temporary_refusal_is_retried_without_duplicates(
 
 
 def test_a_permanent_refusal_of_every_recipient_is_passed_back_as_5xx(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
@@ -339,7 +355,8 @@ def test_a_permanent_refusal_of_every_recipient_is_passed_back_as_5xx(
 
 
 def test_a_pooled_upstream_connection_that_was_dropped_is_replaced(
-    tracking: tuple[Config, Store, Server], make_upstream: Callable[..., tuple[Collector, int]],
+    tracking: tuple[Config, Store, Server],
+    make_upstream: Callable[..., tuple[Collector, int]],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """The upstream drops idle clients after 0.2 s; the relay reconnects, no 4xx."""
@@ -366,7 +383,8 @@ class SlowCollector(Collector):
 
 
 def test_stopping_finishes_the_message_in_progress_then_refuses_new_ones(
-    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+    tracking: tuple[Config, Store, Server],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
     collector = SlowCollector()
@@ -387,7 +405,8 @@ def test_stopping_finishes_the_message_in_progress_then_refuses_new_ones(
 
 
 def test_a_client_outside_the_allowed_networks_is_refused(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
@@ -400,7 +419,8 @@ def test_a_client_outside_the_allowed_networks_is_refused(
 
 
 def test_client_auth_when_auth_users_are_set(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
@@ -443,8 +463,10 @@ def test_a_port_in_use_is_one_clear_error(tracking: tuple[Config, Store, Server]
 @pytest.fixture
 def sqlite_tracking(write_config: Callable[..., Config]) -> Iterator[tuple[Config, Store]]:
     config = write_config(
-        {"fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
-         "tracking": {"data_dir": "data"}}
+        {
+            "fast_server": {"enabled": True, "bind_address": "127.0.0.1"},
+            "tracking": {"data_dir": "data"},
+        }
     )
     store = open_store(config)
     store.create_schema()
@@ -473,18 +495,27 @@ def upstream_login(
 
 
 def test_starttls_and_login_to_the_upstream(
-    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
+    sqlite_tracking: tuple[Config, Store],
+    ca: tuple[ssl.SSLContext, Path],
+    make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
     collector, port = make_upstream(
-        tls_context=context, require_starttls=True, authenticator=upstream_login,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=upstream_login,
         auth_required=True,
     )
     relay = start_relay(
-        config, store, port, upstream_tls="starttls",
-        upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="pw",
+        config,
+        store,
+        port,
+        upstream_tls="starttls",
+        upstream_ca_file=str(ca_file),
+        upstream_username="relay",
+        upstream_password="pw",
     )
     send(relay, RECIPIENTS[:1])
     send(relay, RECIPIENTS[1:2])  # on the pooled connection
@@ -493,23 +524,25 @@ def test_starttls_and_login_to_the_upstream(
 
 
 def test_implicit_tls_to_the_upstream(
-    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
+    sqlite_tracking: tuple[Config, Store],
+    ca: tuple[ssl.SSLContext, Path],
+    make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
     collector, port = make_upstream(ssl_context=context)
-    relay = start_relay(
-        config, store, port, upstream_tls="implicit", upstream_ca_file=str(ca_file)
-    )
+    relay = start_relay(config, store, port, upstream_tls="implicit", upstream_ca_file=str(ca_file))
     send(relay, RECIPIENTS[:1])
     assert [r for _, r, _ in collector.received] == [RECIPIENTS[:1]]
     assert collector.sessions == [(True, None)]
 
 
 def test_an_upstream_certificate_from_an_unknown_ca_gives_a_4xx(
-    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
+    sqlite_tracking: tuple[Config, Store],
+    ca: tuple[ssl.SSLContext, Path],
+    make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, _ = ca
@@ -523,18 +556,27 @@ def test_an_upstream_certificate_from_an_unknown_ca_gives_a_4xx(
 
 
 def test_a_wrong_upstream_password_gives_a_4xx(
-    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
+    sqlite_tracking: tuple[Config, Store],
+    ca: tuple[ssl.SSLContext, Path],
+    make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store = sqlite_tracking
     context, ca_file = ca
     collector, port = make_upstream(
-        tls_context=context, require_starttls=True, authenticator=upstream_login,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=upstream_login,
         auth_required=True,
     )
     relay = start_relay(
-        config, store, port, upstream_tls="starttls",
-        upstream_ca_file=str(ca_file), upstream_username="relay", upstream_password="bad",
+        config,
+        store,
+        port,
+        upstream_tls="starttls",
+        upstream_ca_file=str(ca_file),
+        upstream_username="relay",
+        upstream_password="bad",
     )
     with pytest.raises(smtplib.SMTPSenderRefused) as info:
         send(relay, RECIPIENTS[:1])
@@ -563,7 +605,7 @@ def test_bad_relay_settings_fail_at_start_up_naming_the_key(
 
 def test_the_readme_relay_configuration_loads() -> None:
     readme = (Path(__file__).resolve().parent.parent / "docs" / "relay.md").read_text()
-    section = readme[readme.index("## SMTP relay"):]
+    section = readme[readme.index("## SMTP relay") :]
     block = section[section.index("```yaml\n") + 8 :]
     relay = parse_config(block[: block.index("```")]).tracking.relay
     assert (relay.server, relay.upstream_tls, relay.batch) == ("Main", "starttls", False)
@@ -590,8 +632,15 @@ def cli_config(write_config: Callable[..., Config]) -> Config:
 
 
 def cli(config: Config, *args: str) -> list[str]:
-    return [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", str(config.source),
-            "smtp-relay", *args]
+    return [
+        sys.executable,
+        "-m",
+        "postal_tracking_plugin.cli",
+        "-c",
+        str(config.source),
+        "smtp-relay",
+        *args,
+    ]
 
 
 def test_the_command_relays_until_sigterm(
@@ -600,15 +649,19 @@ def test_the_command_relays_until_sigterm(
     collector, port = upstream
     proc = subprocess.Popen(
         cli(cli_config, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{port}"),
-        stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
-        found = re.search(r"smtp-relay: listening on 127\.0\.0\.1:(\d+), relaying to "
-                          rf"127\.0\.0\.1:{port} \(opportunistic TLS\) for server 'Main'",
-                          line)
+        found = re.search(
+            r"smtp-relay: listening on 127\.0\.0\.1:(\d+), relaying to "
+            rf"127\.0\.0\.1:{port} \(opportunistic TLS\) for server 'Main'",
+            line,
+        )
         assert found, line
         with smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=30) as client:
             client.sendmail("news@example.com", RECIPIENTS[:2], MESSAGE)
@@ -661,7 +714,11 @@ def test_the_command_says_in_one_line_that_the_port_is_in_use(
         port = busy.getsockname()[1]
         result = subprocess.run(
             cli(cli_config, "--listen", f"127.0.0.1:{port}"),
-            capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -679,7 +736,8 @@ def rcpts_received(collector: Collector) -> list[str]:
 
 
 def test_a_recipient_the_upstream_cannot_take_without_smtputf8_gets_553_the_others_go_once(
-    tracking: tuple[Config, Store, Server], make_upstream: Callable[..., tuple[Collector, int]],
+    tracking: tuple[Config, Store, Server],
+    make_upstream: Callable[..., tuple[Collector, int]],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 1: was a UnicodeEncodeError, 451 on every try and one more copy each time."""
@@ -699,12 +757,14 @@ def test_a_recipient_the_upstream_cannot_take_without_smtputf8_gets_553_the_othe
         client.mail("news@example.com")
         client.command_encoding = "utf-8"
         assert client.rcpt("jörg@example.net") == (
-            553, b"5.6.7 Must declare SMTPUTF8 to send a non-ASCII address"
+            553,
+            b"5.6.7 Must declare SMTPUTF8 to send a non-ASCII address",
         )
 
 
 def test_a_late_reply_to_the_final_dot_is_waited_for_with_its_own_timeout(
-    tracking: tuple[Config, Store, Server], make_upstream: Callable[..., tuple[Collector, int]],
+    tracking: tuple[Config, Store, Server],
+    make_upstream: Callable[..., tuple[Collector, int]],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 2: the reply to the final dot came after upstream_timeout; it was 451 and a copy."""
@@ -724,7 +784,8 @@ def test_a_late_reply_to_the_final_dot_is_waited_for_with_its_own_timeout(
 
 
 def test_no_reply_to_the_final_dot_is_deferred_as_postfix_does(
-    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+    tracking: tuple[Config, Store, Server],
+    start_relay: Callable[..., SmtpRelay],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After upstream_data_done_timeout: 4xx saying it may have been delivered, a warning."""
@@ -745,8 +806,10 @@ def test_no_reply_to_the_final_dot_is_deferred_as_postfix_does(
 
 
 def test_a_recipient_is_remembered_even_when_the_relay_fails_after_its_copy(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
-    start_relay: Callable[..., SmtpRelay], monkeypatch: pytest.MonkeyPatch,
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
+    start_relay: Callable[..., SmtpRelay],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An exception while making the second copy: 451, and the retry skips the first."""
     config, store, _ = tracking
@@ -771,7 +834,8 @@ def test_a_recipient_is_remembered_even_when_the_relay_fails_after_its_copy(
 
 
 def test_a_data_refusal_of_one_copy_is_retried_and_the_retry_is_keyed_on_message_id(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 7b: the retry is re-rendered (new Date) yet matches on Message-ID."""
@@ -793,7 +857,8 @@ def test_a_data_refusal_of_one_copy_is_retried_and_the_retry_is_keyed_on_message
 
 
 def test_a_permanent_data_refusal_passes_the_upstreams_own_code(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     config, store, _ = tracking
@@ -805,7 +870,8 @@ def test_a_permanent_data_refusal_passes_the_upstreams_own_code(
         client.ehlo()
         client.mail("news@example.com")
         assert client.rcpt("bob@example.net") == (
-            550, b"5.7.1 <bob@example.net>: Relay access denied"
+            550,
+            b"5.7.1 <bob@example.net>: Relay access denied",
         )
         assert client.rcpt("ann@example.net")[0] == 250
         assert client.data(make_message("<spam@example.com>")) == (554, b"5.7.1 Spam detected")
@@ -823,7 +889,8 @@ def raw_session(relay: SmtpRelay, commands: bytes) -> bytes:
 
 
 def test_long_lines_and_bare_lf_are_accepted_and_pipelining_is_advertised(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 4: a 5,000-byte line and a bare-LF message over 1 KB were 500 Line too long."""
@@ -834,7 +901,10 @@ def test_long_lines_and_bare_lf_are_accepted_and_pipelining_is_advertised(
     body = b"\n".join([b"line %d" % i for i in range(200)])
     message = (
         b"From: a@example.com\nTo: ann@example.net\nSubject: lf\nMessage-ID: <lf@example.com>\n\n"
-        + long_line + b"\n" + body + b"\n.not the end\n.\nstill not the end\r\n"
+        + long_line
+        + b"\n"
+        + body
+        + b"\n.not the end\n.\nstill not the end\r\n"
     )
     replies = raw_session(
         relay,
@@ -851,7 +921,8 @@ def test_long_lines_and_bare_lf_are_accepted_and_pipelining_is_advertised(
 
 
 def test_ehlo_says_the_upstreams_size_and_helo_name_is_used_upstream(
-    tracking: tuple[Config, Store, Server], make_upstream: Callable[..., tuple[Collector, int]],
+    tracking: tuple[Config, Store, Server],
+    make_upstream: Callable[..., tuple[Collector, int]],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Rows 5 and 9: the EHLO name was socket.gethostname(); SIZE was always 32 MiB."""
@@ -868,8 +939,10 @@ def test_ehlo_says_the_upstreams_size_and_helo_name_is_used_upstream(
 
 
 def test_opportunistic_starttls_is_used_when_offered_whatever_the_certificate(
-    sqlite_tracking: tuple[Config, Store], ca: tuple[ssl.SSLContext, Path],
-    make_upstream: Callable[..., tuple[Collector, int]], start_relay: Callable[..., SmtpRelay],
+    sqlite_tracking: tuple[Config, Store],
+    ca: tuple[ssl.SSLContext, Path],
+    make_upstream: Callable[..., tuple[Collector, int]],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 9: upstream_tls none never used STARTTLS; the default is now opportunistic."""
     config, store = sqlite_tracking
@@ -881,7 +954,8 @@ def test_opportunistic_starttls_is_used_when_offered_whatever_the_certificate(
 
 
 def test_upstream_connections_are_retired_after_their_max_age(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 7a: a busy pooled connection lived for ever (40 s of mail past a postfix reload)."""
@@ -915,7 +989,8 @@ class CountingCollector(SlowCollector):
 
 
 def test_max_buffered_messages_bounds_the_messages_in_memory_at_once(
-    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+    tracking: tuple[Config, Store, Server],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 8: every message was buffered at once (ten 14 MB messages: 466 MB)."""
     config, store, _ = tracking
@@ -925,10 +1000,14 @@ def test_max_buffered_messages_bounds_the_messages_in_memory_at_once(
     try:
         relay = start_relay(config, store, controller.port, max_buffered_messages=1)
         with ThreadPoolExecutor(3) as pool:
-            list(pool.map(
-                lambda i: send(relay, RECIPIENTS[:1], message=make_message(f"<b{i}@example.com>")),
-                range(3),
-            ))
+            list(
+                pool.map(
+                    lambda i: send(
+                        relay, RECIPIENTS[:1], message=make_message(f"<b{i}@example.com>")
+                    ),
+                    range(3),
+                )
+            )
         assert len(collector.received) == 3
         assert collector.most_inside == 1
         relay.stop()
@@ -937,7 +1016,8 @@ def test_max_buffered_messages_bounds_the_messages_in_memory_at_once(
 
 
 def test_auth_outside_the_allowed_networks_is_refused_before_any_credential(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 6: from outside allowed_networks a right password got 235."""
@@ -950,13 +1030,16 @@ def test_auth_outside_the_allowed_networks_is_refused_before_any_credential(
         client.ehlo()
         assert "auth" not in client.esmtp_features
         assert client.docmd("AUTH", "PLAIN AGFwcABzM2NyZXQ=") == (
-            503, b"5.5.1 Error: authentication not enabled"
+            503,
+            b"5.5.1 Error: authentication not enabled",
         )
 
 
 def test_failed_auth_is_slowed_and_the_connection_closed_after_three(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
-    start_relay: Callable[..., SmtpRelay], caplog: pytest.LogCaptureFixture,
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
+    start_relay: Callable[..., SmtpRelay],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Row 6: 50 wrong passwords were answered in milliseconds, no disconnect."""
     config, store, _ = tracking
@@ -970,7 +1053,8 @@ def test_failed_auth_is_slowed_and_the_connection_closed_after_three(
         assert time.monotonic() - started >= 0.9  # the failure waited its second
         assert client.docmd("AUTH", wrong)[0] == 535
         assert client.docmd("AUTH", wrong) == (
-            421, b"4.7.0 Too many failed AUTH attempts; closing the connection"
+            421,
+            b"4.7.0 Too many failed AUTH attempts; closing the connection",
         )
         with pytest.raises(smtplib.SMTPServerDisconnected):
             client.noop()
@@ -980,7 +1064,8 @@ def test_failed_auth_is_slowed_and_the_connection_closed_after_three(
 
 
 def test_the_received_line_names_the_protocol(
-    tracking: tuple[Config, Store, Server], upstream: tuple[Collector, int],
+    tracking: tuple[Config, Store, Server],
+    upstream: tuple[Collector, int],
     start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """Row 9: SMTPUTF8 sessions said ESMTP; RFC 6531 says UTF8SMTP (and ...A when AUTH)."""
@@ -1027,7 +1112,8 @@ class HeldCollector(Collector):
 
 
 def test_the_same_message_on_two_connections_at_once_goes_out_once(
-    tracking: tuple[Config, Store, Server], start_relay: Callable[..., SmtpRelay],
+    tracking: tuple[Config, Store, Server],
+    start_relay: Callable[..., SmtpRelay],
 ) -> None:
     """A client that gave up waiting and retried while the first try is still in flight."""
     config, store, _ = tracking

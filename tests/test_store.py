@@ -102,11 +102,21 @@ def test_a_message_is_stored_pending_as_postal_writes_it(store: Store) -> None:
 
 def test_messages_links_clicks_loads(store: Store) -> None:
     server = store.add_server("Main")
-    links = [Link(random_token(), "https://example.com/a?x=1&y=2"), Link(random_token(), "https://ü.example/ö")]
+    links = [
+        Link(random_token(), "https://example.com/a?x=1&y=2"),
+        Link(random_token(), "https://ü.example/ö"),
+    ]
     message_id = store.save_tracked_message(
         server.id,
-        {"token": "Msg0000000000001", "scope": "outgoing", "timestamp": 1700000000.5, "parsed": 1,
-         "tracked_links": 2, "tracked_images": 1, "subject": "Hello ✓"},
+        {
+            "token": "Msg0000000000001",
+            "scope": "outgoing",
+            "timestamp": 1700000000.5,
+            "parsed": 1,
+            "tracked_links": 2,
+            "tracked_images": 1,
+            "subject": "Hello ✓",
+        },
         links,
     )
     found = store.find_link(server.id, links[1].token)
@@ -136,8 +146,11 @@ def test_messages_links_clicks_loads(store: Store) -> None:
 
 def test_certificates(store: Store) -> None:
     assert store.get_certificate("click.example.com") is None
-    store.save_certificate("Click.example.com", verification_path="/.well-known/acme-challenge/t",
-                           verification_string="t.abc")
+    store.save_certificate(
+        "Click.example.com",
+        verification_path="/.well-known/acme-challenge/t",
+        verification_string="t.abc",
+    )
     cert = store.save_certificate("click.example.com", certificate="PEM", key="KEY")
     assert cert.verification_string == "t.abc"
     assert cert.certificate == "PEM"
@@ -183,7 +196,10 @@ def test_bot_check_reads_clicks_from_the_covering_index_alone(store: Store) -> N
         db.execute("DELETE FROM tracking_migrations WHERE version IN (3, 4)")
     store.create_message_schema(server.id)
     with store.messages(server.id) as db:
-        assert db.one("SELECT COUNT(*) AS n FROM tracking_migrations WHERE version IN (3, 4)")["n"] == 2
+        assert (
+            db.one("SELECT COUNT(*) AS n FROM tracking_migrations WHERE version IN (3, 4)")["n"]
+            == 2
+        )
 
 
 def test_transaction_rolls_back_on_error(store: Store) -> None:
@@ -202,8 +218,9 @@ def test_mysql_reconnects_after_losing_its_connections(store: Store) -> None:
         own = db.one("SELECT CONNECTION_ID() AS id")["id"]
     with store.main() as db:  # the same pooled connection, killed under our feet
         assert db.one("SELECT CONNECTION_ID() AS id")["id"] == own
-    admin = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"],
-                            password=MYSQL["password"])
+    admin = pymysql.connect(
+        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
+    )
     with admin.cursor() as cursor:
         cursor.execute(f"KILL {int(own)}")
     admin.close()

@@ -252,7 +252,11 @@ def test_row2_what_the_grammar_allows_is_still_served(site: dict[str, Any]) -> N
     live = start(site)
     try:
         sized = b"\r\nPOST / HTTP/1.1\r\nHost:\tx\t\r\nContent-Length: \t5 \r\n\r\nhello"
-        answer = raw_exchange(live.host, live.http_port, sized + SMUGGLED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        answer = raw_exchange(
+            live.host,
+            live.http_port,
+            sized + SMUGGLED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+        )
         assert answer.count(b"HTTP/1.1 200 ") == 2  # a sized body: the next request is read
         chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         answer = raw_exchange(live.host, live.http_port, chunked + SMUGGLED)
@@ -267,7 +271,9 @@ def test_row2_the_request_line_pattern_expands_to_its_golden_copy() -> None:
     from postal_tracking_plugin.web._http_head import REQUEST_LINE
 
     expanded = re.sub(r"\s+#[^\n]*|\s+", "", REQUEST_LINE.pattern)
-    assert expanded == r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)\x20([^\x00-\x20\x7f]+)\x20(HTTP/1\.[01])\r?\n"
+    assert (
+        expanded == r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)\x20([^\x00-\x20\x7f]+)\x20(HTTP/1\.[01])\r?\n"
+    )
 
 
 REQUEST_LINES = {
@@ -334,7 +340,9 @@ def test_row4_half_sent_proxy_lines_wait_without_polling(
     monkeypatch.setattr(proxy_protocol, "wait_readable", counted)
     live = start(site, with_settings(site["config"], proxy_protocol=True))
     try:
-        half = [socket.create_connection((live.host, live.http_port), timeout=10) for _ in range(20)]
+        half = [
+            socket.create_connection((live.host, live.http_port), timeout=10) for _ in range(20)
+        ]
         for sock in half:
             sock.sendall(b"PROXY TCP4 203.0.113.7 19")
         time.sleep(1.0)  # a 5 ms poll would have woken each of them ~200 times
@@ -343,7 +351,9 @@ def test_row4_half_sent_proxy_lines_wait_without_polling(
         first = half[0]
         first.sendall(b"2.0.2.1 56324 5010\r\nG")
         time.sleep(0.1)
-        first.sendall(f"ET {click_path(site)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        first.sendall(
+            f"ET {click_path(site)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
         assert read_until_closed(first).startswith(b"HTTP/1.1 307")
         half[1].close()  # closed inside the line: dropped and counted
         for sock in half:
@@ -520,10 +530,16 @@ def test_row8_emfile_on_accept_is_logged_once_and_accepting_resumes(
 
 def test_row9_access_log_escapes_like_apache(site: dict[str, Any], tmp_path: Path) -> None:
     log_path = tmp_path / "access.log"
-    log_settings = type(site["config"].tracking.log)(access_log="common", access_log_path=str(log_path))
+    log_settings = type(site["config"].tracking.log)(
+        access_log="common", access_log_path=str(log_path)
+    )
     live = start(site, with_settings(site["config"], tracking={"log": log_settings}))
     try:
-        raw_exchange(live.host, live.http_port, b'GET /a"b\xff\\c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        raw_exchange(
+            live.host,
+            live.http_port,
+            b'GET /a"b\xff\\c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+        )
         raw_exchange(live.host, live.http_port, b"GET /\x1b[31mred\x1b[0m HTTP/1.1\r\n\r\n")
     finally:
         live.stop()
@@ -541,13 +557,21 @@ def test_row10_scoped_or_overlong_addresses_are_not_client_addresses(site: dict[
     config = with_settings(site["config"], tracking={"trusted_proxies": ("127.0.0.1/32",)})
     live = start(site, config)
     try:
-        for forged in ("fe80::1%<script>", "fe80::1%eth0", "1" * 50, "::ffff:" + "0" * 40 + "1.2.3.4"):
+        for forged in (
+            "fe80::1%<script>",
+            "fe80::1%eth0",
+            "1" * 50,
+            "::ffff:" + "0" * 40 + "1.2.3.4",
+        ):
             response, _ = live.request("GET", click_path(site), {"X-Forwarded-For": forged})
             assert response.status == 307
         live.flush()
     finally:
         live.stop()
-    found = {r["ip_address"] for r in rows(site["store"], site["server"].id, "SELECT ip_address FROM clicks")}
+    found = {
+        r["ip_address"]
+        for r in rows(site["store"], site["server"].id, "SELECT ip_address FROM clicks")
+    }
     assert found == {"127.0.0.1"}  # the proxy itself, not what it forwarded
 
 
@@ -566,7 +590,9 @@ def test_row10_a_scoped_address_in_a_proxy_line_is_refused(site: dict[str, Any])
 # -- row 11: only http(s) URLs are redirected to ---------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [None, "", "javascript:alert(1)", "data:text/html,x", "//evil.example/", "https://"])
+@pytest.mark.parametrize(
+    "url", [None, "", "javascript:alert(1)", "data:text/html,x", "//evil.example/", "https://"]
+)
 def test_row11_a_stored_url_that_is_not_http_is_link_not_found(
     site: dict[str, Any], caplog: pytest.LogCaptureFixture, url: str | None
 ) -> None:
@@ -651,7 +677,13 @@ def _self_attributes(cls: type) -> tuple[set[str], set[str]]:
     }
     assigned = set()
     for n in ast.walk(tree):
-        targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+        targets = (
+            n.targets
+            if isinstance(n, ast.Assign)
+            else [n.target]
+            if isinstance(n, ast.AnnAssign)
+            else []
+        )
         assigned |= {t.attr for t in targets if isinstance(t, ast.Attribute)}
     return used, assigned
 

@@ -20,7 +20,15 @@ from typing import Any
 
 from ._routes import CLIENT_KEY
 
-_SPECIAL = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+_SPECIAL = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
 #: For ``str.translate`` over latin-1 text (what request lines are decoded as).
 _ESCAPES = {
     c: _SPECIAL.get(chr(c), f"\\x{c:02x}")

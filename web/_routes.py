@@ -131,7 +131,9 @@ class HotRoutes:
         head = environ["REQUEST_METHOD"] == "HEAD"
         try:
             # An over-long token is an unknown one, found without the cache or the store.
-            server_id = self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
+            server_id = (
+                self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
+            )
             if server_id is None:
                 start_response("404 Not Found", _INVALID_SERVER_HEADERS)
                 return _NO_BODY if head else [INVALID_SERVER]
@@ -172,11 +174,15 @@ class HotRoutes:
             start_response("400 Bad Request", SRC_HEADERS)
             return _NO_BODY if head else [SRC_REFUSED]
         try:
-            server_id = self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
+            server_id = (
+                self.lookup.server_id(server_token) if len(server_token) <= MAX_TOKEN else None
+            )
             if server_id is None:
                 start_response("404 Not Found", _INVALID_SERVER_HEADERS)
                 return _NO_BODY if head else [INVALID_SERVER]
-            message_id = self.lookup.message_id(server_id, token) if len(token) <= MAX_TOKEN else None
+            message_id = (
+                self.lookup.message_id(server_id, token) if len(token) <= MAX_TOKEN else None
+            )
         except StoreError as exc:
             # Postal's rule: the pixel is served even when recording cannot be.
             log.warning("store unavailable for an open: %s", exc)

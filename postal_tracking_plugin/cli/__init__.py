@@ -95,5 +95,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ctx.close()
     return int(result or 0)
-
-

@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
 def run(ctx: Context) -> int:
     address = ctx.args.address.strip()
     if "@" not in address:
-        raise UsageError(f"{address!r} is not an e-mail address: give the recipient's, a@example.com")
+        raise UsageError(
+            f"{address!r} is not an e-mail address: give the recipient's, a@example.com"
+        )
     report = forget(ctx.config, ctx.store, address)
     total = sum(n for _where, _what, n in report)
     rows = [[where, what, str(n)] for where, what, n in report if n]

@@ -28,5 +28,7 @@ def run(ctx: Context) -> int:
     if not report:
         ctx.say("Nothing older than the retention.")
         return 0
-    ctx.say(table([[where, what, str(n)] for where, what, n in report], ["where", "what", "removed"]))
+    ctx.say(
+        table([[where, what, str(n)] for where, what, n in report], ["where", "what", "removed"])
+    )
     return 0

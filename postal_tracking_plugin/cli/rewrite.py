@@ -24,11 +24,18 @@ def register(sub: Any) -> None:
         description="Rewrite a message as the send hook does: tracked links, the open pixel, "
         "rows stored. The message goes to stdout, a one-line summary to stderr.",
     )
-    p.add_argument("file", nargs="?", default="-", metavar="FILE",
-                   help="the message (RFC 5322, .eml); '-' or nothing reads stdin")
+    p.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="the message (RFC 5322, .eml); '-' or nothing reads stdin",
+    )
     p.add_argument("--server", required=True, help="server name, token or permalink")
     p.add_argument("--rcpt", metavar="ADDR", help="envelope recipient (default: the To address)")
-    p.add_argument("--mail-from", metavar="ADDR", help="envelope sender (default: the From address)")
+    p.add_argument(
+        "--mail-from", metavar="ADDR", help="envelope sender (default: the From address)"
+    )
     p.set_defaults(func=run)
 
 
@@ -43,8 +50,12 @@ def run(ctx: Context) -> int:
             raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     server = ctx.store.get_server(args.server)  # an unknown server is the user's error here
     result = rewrite_message(
-        raw, config=ctx.config, store=ctx.store, server=server,
-        rcpt_to=args.rcpt, mail_from=args.mail_from,
+        raw,
+        config=ctx.config,
+        store=ctx.store,
+        server=server,
+        rcpt_to=args.rcpt,
+        mail_from=args.mail_from,
     )
     out = getattr(ctx.out, "buffer", None)
     if out is None:

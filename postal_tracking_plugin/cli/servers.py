@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     add = s.add_parser("add", help="add a server and create its message database")
     add.add_argument("name", help="the server's name")
     add.add_argument(
-        "--token", help="the server token used in tracking URLs (6 lowercase letters; default random)"
+        "--token",
+        help="the server token used in tracking URLs (6 lowercase letters; default random)",
     )
     add.set_defaults(func=run_add)
     ls = s.add_parser("list", help="list servers with their tokens")

@@ -23,16 +23,19 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument(
-        "--listen", metavar="HOST:PORT",
+        "--listen",
+        metavar="HOST:PORT",
         help="address to listen on (default tracking.relay.listen, 127.0.0.1:2525; port 0 "
         "picks a free one)",
     )
     p.add_argument(
-        "--upstream", metavar="HOST:PORT",
+        "--upstream",
+        metavar="HOST:PORT",
         help="the SMTP server to relay to (default tracking.relay.upstream)",
     )
     p.add_argument(
-        "--server", metavar="NAME",
+        "--server",
+        metavar="NAME",
         help="the Postal server the relayed mail is sent for (default tracking.relay.server)",
     )
     p.set_defaults(func=run)
@@ -62,9 +65,7 @@ def run(ctx: Context) -> int:
     relay.bind()
     warnings = []
     if not ctx.config.fast_server.enabled:
-        warnings.append(
-            "fast_server.enabled is false, so messages are relayed without tracking"
-        )
+        warnings.append("fast_server.enabled is false, so messages are relayed without tracking")
     elif not any(td.dns_ok for td in ctx.store.list_track_domains(relay.server.id)):
         warnings.append(
             f"server {relay.server.name!r} has no tracking domain with DNS OK, so messages "

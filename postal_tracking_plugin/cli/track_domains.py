@@ -69,22 +69,33 @@ def register(sub: Any) -> None:
 def _settings(p: argparse.ArgumentParser, for_set: bool = False) -> None:
     default = None if for_set else True
     p.add_argument(
-        "--no-ssl", dest="ssl_enabled", action="store_false", default=default,
+        "--no-ssl",
+        dest="ssl_enabled",
+        action="store_false",
+        default=default,
         help="serve tracking links over plain http (no certificate)",
     )
     p.add_argument(
-        "--no-track-clicks", dest="track_clicks", action="store_false", default=default,
+        "--no-track-clicks",
+        dest="track_clicks",
+        action="store_false",
+        default=default,
         help="do not rewrite links",
     )
     p.add_argument(
-        "--no-track-loads", dest="track_loads", action="store_false", default=default,
+        "--no-track-loads",
+        dest="track_loads",
+        action="store_false",
+        default=default,
         help="do not insert the open-tracking pixel",
     )
     p.add_argument(
-        "--exclude", metavar="HOST", action="append", default=None,
+        "--exclude",
+        metavar="HOST",
+        action="append",
+        default=None,
         help=(
-            "a link host never to track (repeatable; *.example.com for a domain and its "
-            "subdomains)"
+            "a link host never to track (repeatable; *.example.com for a domain and its subdomains)"
         ),
     )
     if for_set:

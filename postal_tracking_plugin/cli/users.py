@@ -58,9 +58,7 @@ def _password(ctx: Context) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         if not sys.stdin.isatty():
-            raise UsageError(
-                "no terminal to ask the password on: pipe it in with --password-stdin"
-            )
+            raise UsageError("no terminal to ask the password on: pipe it in with --password-stdin")
         password = getpass.getpass("Password: ")
         if getpass.getpass("Password again: ") != password:
             raise UsageError("the two passwords differ: nothing changed, run it again")
@@ -98,8 +96,11 @@ def run_list(ctx: Context) -> int:
         ctx.note("No dashboard users yet: add one with `postal-tracking users add EMAIL`.")
         return 0
     rows = [
-        [u["email"], f"{u['created_at']:%Y-%m-%d %H:%M}" if u["created_at"] else "-",
-         f"{u['last_login_at']:%Y-%m-%d %H:%M}" if u["last_login_at"] else "never"]
+        [
+            u["email"],
+            f"{u['created_at']:%Y-%m-%d %H:%M}" if u["created_at"] else "-",
+            f"{u['last_login_at']:%Y-%m-%d %H:%M}" if u["last_login_at"] else "never",
+        ]
         for u in users
     ]
     ctx.say(table(rows, ["EMAIL", "ADDED (UTC)", "LAST LOGIN (UTC)"]))

@@ -320,7 +320,11 @@ class WebhookQueue:
             return
         log.warning("webhook to %s failed (%s); retrying in %d s", row["url"], error, delay)
         self.store.retry_webhook_delivery(
-            delivery_id, attempts=attempts, retry_after=time.time() + delay, code=status, error=error
+            delivery_id,
+            attempts=attempts,
+            retry_after=time.time() + delay,
+            code=status,
+            error=error,
         )
 
     def _finish(

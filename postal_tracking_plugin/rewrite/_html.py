@@ -182,8 +182,16 @@ def _walk(
             # Only a conditional comment whose text holds "href" stops the scan.
             body_start, body_end = m.span(_CONDBODY)
             if clicks:
-                _walk(text, body_start, body_end, tracker, edits, vml=True, position=position,
-                      base=base or None)
+                _walk(
+                    text,
+                    body_start,
+                    body_end,
+                    tracker,
+                    edits,
+                    vml=True,
+                    position=position,
+                    base=base or None,
+                )
             if body_end == m.end():  # no "-->": a comment to the end
                 unfinished = m.start(_COND)
         elif kind == _UNFINISHED:

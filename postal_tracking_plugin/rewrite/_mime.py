@@ -98,7 +98,9 @@ class MimeWalk:
     eol: bytes
     edits: list[Edit] = field(default_factory=list)
 
-    def entity(self, start: int, end: int, default_type: str = "text/plain", depth: int = 0) -> None:
+    def entity(
+        self, start: int, end: int, default_type: str = "text/plain", depth: int = 0
+    ) -> None:
         """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
         if depth > _MAX_DEPTH:
             raise Malformed(f"multiparts nested more than {_MAX_DEPTH} deep")

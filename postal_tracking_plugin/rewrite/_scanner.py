@@ -111,7 +111,7 @@ def pattern(vml: bool, body_start: bool = True) -> str:
 
     # A start tag in the common shape, behind its first letter: a special letter
     # needs no look-ahead when its second letter continues no special name.
-    fast = {"": (rf"[{plain}]{FAST_ATTRS}>", "start tag, plain first letter, attributes in \"\"")}
+    fast = {"": (rf"[{plain}]{FAST_ATTRS}>", 'start tag, plain first letter, attributes in ""')}
     # The same rule for any start tag (the look-ahead keeps special names out).
     general = [(rf"[{plain}]{TAG_REST}>", "start tag, plain first letter")]
     for first, rests in special.items():
@@ -122,9 +122,11 @@ def pattern(vml: bool, body_start: bool = True) -> str:
         which = ", ".join(first + r for r in rests)
         fast[first] = (
             rf"""{letter}[^{seconds_class}{ends}>"'=]{FAST_ATTRS}>""",
-            f"start tag at {first}, not {which}, attributes in \"\"",
+            f'start tag at {first}, not {which}, attributes in ""',
         )
-        general.append((rf"{letter}{_not_followed_by(rests)}{TAG_REST}>", f"start tag at {first}, not {which}"))
+        general.append(
+            (rf"{letter}{_not_followed_by(rests)}{TAG_REST}>", f"start tag at {first}, not {which}")
+        )
     order = {c: i for i, c in enumerate(COMMON_FIRST)}
     fast_choices = [fast[k] for k in sorted(fast, key=lambda k: order.get(k, len(order)))]
     bare = "".join(sorted(c + c.upper() for c in special if "" not in special[c]))
@@ -138,7 +140,10 @@ def pattern(vml: bool, body_start: bool = True) -> str:
             (rf"{COND_HEAD}{NO_HREF_BODY}--!?>", "conditional comment without href"),
         ]
     raw_text = [
-        (rf"{ci(name)}{END}{TAG_REST}>[^<]*+(?:<(?!/{ci(name)}{END})[^<]*+)*+(?=</)", f"<{name}> and its text")
+        (
+            rf"{ci(name)}{END}{TAG_REST}>[^<]*+(?:<(?!/{ci(name)}{END})[^<]*+)*+(?=</)",
+            f"<{name}> and its text",
+        )
         for name in RAW
     ]
     copied = [
@@ -172,13 +177,16 @@ def pattern(vml: bool, body_start: bool = True) -> str:
         "# then the token that matters, or the end\n"
         + _either(
             [
-                (rf"(?P<cond>{cond})(?P<condbody>{COMMENT_BODY})(?:--!?>)?",
-                 "conditional comment with href (never in VML)"),
-                (rf"(?P<tag><(?P<name>{stops}){END}(?P<attrs>{FAST_ATTRS}|{TAG_REST})>)",
-                 "<a>, <area>, <base> (VML: <v:...>), <body> at the top"),
+                (
+                    rf"(?P<cond>{cond})(?P<condbody>{COMMENT_BODY})(?:--!?>)?",
+                    "conditional comment with href (never in VML)",
+                ),
+                (
+                    rf"(?P<tag><(?P<name>{stops}){END}(?P<attrs>{FAST_ATTRS}|{TAG_REST})>)",
+                    "<a>, <area>, <base> (VML: <v:...>), <body> at the top",
+                ),
                 (rf"(?P<endbody></{ci('body')}{END}{TAG_REST}>)", "</body>"),
-                (rf"(?P<unfinished><{_either(unfinished, '      ')}\Z)",
-                 "left open at the end"),
+                (rf"(?P<unfinished><{_either(unfinished, '      ')}\Z)", "left open at the end"),
                 (r"<", "a safety net: a '<' none of the above takes (none is known)"),
                 (r"\Z", "the end"),
             ],
@@ -196,5 +204,6 @@ SCAN_BOTTOM = compile_scanner(vml=False, body_start=False)  # the pixel goes bef
 SCAN_VML = compile_scanner(vml=True)  # inside a conditional comment
 # Group numbers, the same in every scanner (the loop has no groups of its own).
 TAG, NAME, ATTRS, ENDBODY, COND, CONDBODY, UNFINISHED = (
-    SCAN.groupindex[n] for n in ("tag", "name", "attrs", "endbody", "cond", "condbody", "unfinished")
+    SCAN.groupindex[n]
+    for n in ("tag", "name", "attrs", "endbody", "cond", "condbody", "unfinished")
 )

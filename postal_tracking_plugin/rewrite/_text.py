@@ -31,7 +31,9 @@ def _ranges(chars: list[int]) -> str:
     start = prev = chars[0]
     for c in [*chars[1:], -1]:
         if c != prev + 1:
-            parts.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
+            parts.append(
+                re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else "")
+            )
             start = c
         prev = c
     return "".join(parts)

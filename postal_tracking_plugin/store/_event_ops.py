@@ -391,8 +391,12 @@ class EventOperations:
         """
         removed: dict[str, int] = {}
         statements = [
-            ("tracking_events", "SELECT event_id AS k FROM tracking_events WHERE timestamp < %s",
-             "event_id", (before,)),
+            (
+                "tracking_events",
+                "SELECT event_id AS k FROM tracking_events WHERE timestamp < %s",
+                "event_id",
+                (before,),
+            ),
             (
                 "tracking_events",
                 "SELECT event_id AS k FROM tracking_events t WHERE t.message_id IS NOT NULL AND "
@@ -418,7 +422,9 @@ class EventOperations:
                 cooperate()
         return removed
 
-    def forget_recipient(self, server_id: int, address: str, *, own_messages: bool) -> dict[str, int]:
+    def forget_recipient(
+        self, server_id: int, address: str, *, own_messages: bool
+    ) -> dict[str, int]:
         """Erase what was tracked for mail to ``address`` on one server; counts by table.
 
         Its ``clicks``, ``loads`` and ``tracking_events`` rows, and the opened
@@ -430,11 +436,15 @@ class EventOperations:
         match = "rcpt_to = %s" if self.dialect == "mysql" else "rcpt_to = %s COLLATE NOCASE"
         removed: dict[str, int] = {}
         with self.messages(server_id) as db:
-            ids = [int(r["id"]) for r in db.query(f"SELECT id FROM messages WHERE {match}", (address,))]
+            ids = [
+                int(r["id"]) for r in db.query(f"SELECT id FROM messages WHERE {match}", (address,))
+            ]
             for chunk in _chunks(ids):
                 marks = _marks(chunk)
                 counts = {
-                    "clicks": db.execute(f"DELETE FROM clicks WHERE message_id IN ({marks})", chunk),
+                    "clicks": db.execute(
+                        f"DELETE FROM clicks WHERE message_id IN ({marks})", chunk
+                    ),
                     "loads": db.execute(f"DELETE FROM loads WHERE message_id IN ({marks})", chunk),
                     "tracking_events": db.execute(
                         f"DELETE FROM tracking_events WHERE message_id IN ({marks})", chunk

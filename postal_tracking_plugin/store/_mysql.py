@@ -135,7 +135,9 @@ class _Pool:
         except pymysql.err.Error as exc:
             self._slots.release()
             hint = ": run `postal-tracking init` first" if _code(exc) == _UNKNOWN_DATABASE else ""
-            raise StoreError(f"cannot connect to {self._describe()}: {_reason(exc)}{hint}") from None
+            raise StoreError(
+                f"cannot connect to {self._describe()}: {_reason(exc)}{hint}"
+            ) from None
 
     def release(self, conn: Any, *, discard: bool = False, server_gone: bool = False) -> None:
         """Put ``conn`` back, or close it (``discard``); ``server_gone`` closes the idle ones too."""

@@ -71,9 +71,7 @@ class PostalStore(MysqlStore):
 
     def create_message_schema(self, server_id: int) -> None:
         with self.messages(server_id) as db:
-            _migrate(
-                db, _schema.MESSAGE_MIGRATIONS, _schema.MESSAGE_COLLATION, _schema.is_ours
-            )
+            _migrate(db, _schema.MESSAGE_MIGRATIONS, _schema.MESSAGE_COLLATION, _schema.is_ours)
 
     _major_version: int | None = None
 
@@ -125,5 +123,7 @@ class PostalStore(MysqlStore):
         self.check_can_issue_certificates()
         return super().save_certificate(domain, **fields)
 
-    def save_tracked_message(self, server_id: int, message: dict[str, Any], links: Sequence[Any]) -> int:
+    def save_tracked_message(
+        self, server_id: int, message: dict[str, Any], links: Sequence[Any]
+    ) -> int:
         _refuse("outgoing messages and their links (Postal tracks the mail it sends)")

@@ -28,7 +28,11 @@ def checks(config: Config, store: Any) -> list[tuple[str, str, bool]]:
 
     streams, backlog = spool_backlog(config.data_dir / "spool")
     out.append(
-        ("Spool backlog", f"{backlog} bytes not yet in the store, {streams} stream(s)", backlog == 0)
+        (
+            "Spool backlog",
+            f"{backlog} bytes not yet in the store, {streams} stream(s)",
+            backlog == 0,
+        )
     )
     now = time.time()
     for server in store.list_servers():

@@ -60,9 +60,12 @@ FILTER = """<form method="get" class="filter">
 <label>To <input type="date" name="to" value="{{ form.get('to','') }}"></label>
 <label>Tag <input name="tag" value="{{ form.get('tag','') }}" placeholder="all"></label> <button type="submit" id="show">Show</button></form>"""
 
-OVERVIEW = """{% extends "base.html" %}{% block title %}{{ server.name }}{% endblock %}{% block body %}
+OVERVIEW = (
+    """{% extends "base.html" %}{% block title %}{{ server.name }}{% endblock %}{% block body %}
 <h1>{{ server.name }} <small>({{ server.token }})</small></h1>
-""" + FILTER + """
+"""
+    + FILTER
+    + """
 <table id="figures"><tr><th></th><th>All events</th><th>People</th></tr>
 <tr><th>Messages sent</th><td class="n" id="sent">{{ s.messages.sent }}</td><td></td></tr>
 <tr><th>Tracked messages</th><td class="n" id="tracked">{{ s.messages.tracked }}</td><td></td></tr>
@@ -87,6 +90,7 @@ OVERVIEW = """{% extends "base.html" %}{% block title %}{{ server.name }}{% endb
 </table>{% else %}<p>No flagged events in this range.</p>{% endif %}
 <p><a href="{{ url_for('dashboard.links', server=server.token, **form) }}">Top links</a></p>
 {% endblock %}"""
+)
 
 MESSAGES = """{% extends "base.html" %}{% block title %}Messages{% endblock %}{% block body %}
 <h1>Messages of {{ server.name }}</h1>
@@ -121,13 +125,17 @@ MESSAGE = """{% extends "base.html" %}{% block title %}Message {{ m.token }}{% e
 <h2>Links</h2><ul>{% for l in links %}<li>{{ l.url }}</li>{% endfor %}</ul>
 {% endblock %}"""
 
-LINKS = """{% extends "base.html" %}{% block title %}Links{% endblock %}{% block body %}
+LINKS = (
+    """{% extends "base.html" %}{% block title %}Links{% endblock %}{% block body %}
 <h1>Links of {{ server.name }}</h1>
-""" + FILTER + """
+"""
+    + FILTER
+    + """
 <table id="links"><tr><th>People</th><th>All</th><th>Clicks</th><th>URL</th><th>Clicks over time ({{ 'daily' if bucket >= 86400 else 'hourly' }})</th></tr>
 {% for l in top %}<tr><td class="n">{{ l.unique_people }}</td><td class="n">{{ l.unique_all }}</td><td class="n">{{ l.clicks }}</td><td>{{ l.url }}</td><td>{{ spark[l.url]|safe }}</td></tr>
 {% else %}<tr><td colspan="5">No clicks in this range.</td></tr>{% endfor %}</table>
 {% endblock %}"""
+)
 
 DOMAINS = """{% extends "base.html" %}{% block title %}Tracking domains{% endblock %}{% block body %}
 <h1>Tracking domains</h1>

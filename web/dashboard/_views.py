@@ -172,7 +172,10 @@ def overview(server: str) -> Any:
     # Top links are on their own page: their queries cost more than the rest.
     stats, hourly = store.tracking_overview(srv, flt, top=0)
     bucket = _bucket(
-        since, until, hourly[0]["start"] if hourly else None, hourly[-1]["start"] if hourly else None
+        since,
+        until,
+        hourly[0]["start"] if hourly else None,
+        hourly[-1]["start"] if hourly else None,
     )
     series = _by(hourly, bucket)
     starts = [p["start"] for p in series]
@@ -251,7 +254,12 @@ def links(server: str) -> Any:
         series = _by([{"start": h, "clicks": n} for h, n in sorted(points.items())], bucket)
         spark[url] = " ".join(f"{label(p['start'], bucket)}: {p['clicks']}" for p in series)
     return _page(
-        "links.html", server=srv, top=top, spark=spark, form=request.args, bucket=bucket,
+        "links.html",
+        server=srv,
+        top=top,
+        spark=spark,
+        form=request.args,
+        bucket=bucket,
     )
 
 
@@ -307,9 +315,7 @@ def domain(name: str) -> Any:
         )
         flash(f"Saved the settings of {td.full_name}.")
         return redirect(url_for("dashboard.domain", name=td.full_name))
-    return _page(
-        "domain.html", d=td, cert=_certificates().get(td.full_name), readonly=_readonly()
-    )
+    return _page("domain.html", d=td, cert=_certificates().get(td.full_name), readonly=_readonly())
 
 
 @bp.route("/domains/<name>/check-dns", methods=["POST"])
