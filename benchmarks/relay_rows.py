@@ -26,16 +26,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import trustme  # noqa: E402
-import yaml  # noqa: E402
-from postfix_instance import PostfixInstance  # noqa: E402
+import trustme
+import yaml
+from postfix_instance import PostfixInstance
 
-from _support import free_port  # noqa: E402
-from postal_tracking_plugin.config import RelayConfig  # noqa: E402
-from postal_tracking_plugin.config import load_config  # noqa: E402
-from postal_tracking_plugin.hooks import get_plugin_manager  # noqa: E402
-from postal_tracking_plugin.hooks.smtp_relay import SmtpRelay  # noqa: E402
-from postal_tracking_plugin.store import open_store  # noqa: E402
+from _support import free_port
+from postal_tracking_plugin.config import RelayConfig
+from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.hooks import get_plugin_manager
+from postal_tracking_plugin.hooks.smtp_relay import SmtpRelay
+from postal_tracking_plugin.store import open_store
 
 FIELDS = {f.name for f in dataclasses.fields(RelayConfig)}
 

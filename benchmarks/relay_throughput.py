@@ -34,12 +34,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import yaml  # noqa: E402
-from postfix_instance import PostfixInstance  # noqa: E402
+import yaml
+from postfix_instance import PostfixInstance
 
-from _support import free_port  # noqa: E402
-from postal_tracking_plugin.config import load_config  # noqa: E402
-from postal_tracking_plugin.store import open_store  # noqa: E402
+from _support import free_port
+from postal_tracking_plugin.config import load_config
+from postal_tracking_plugin.store import open_store
 
 MESSAGE = (
     "From: News <news@example.com>\r\nTo: ann@example.net\r\nSubject: throughput\r\n"

@@ -46,22 +46,22 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--child":
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import gc
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import yaml  # noqa: E402
+import yaml
 
 MYSQL = {
     "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),

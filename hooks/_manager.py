@@ -62,7 +62,7 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     if load_entrypoints:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # noqa: BLE001 - any plugin's import error lands here
+        except Exception as exc:  # any plugin's import error lands here
             raise PluginError(
                 f"a plugin under the entry-point group {ENTRY_POINT_GROUP} failed to load "
                 f"({type(exc).__name__}: {exc}); fix or uninstall it (pip list shows what is "
@@ -131,7 +131,7 @@ def run_send_pipeline(
         kwargs = {name: data if name == "message" else context[name] for name in impl.argnames}
         try:
             result = impl.function(**kwargs)
-        except Exception:  # noqa: BLE001 - a plugin's bug must not lose the message
+        except Exception:  # a plugin's bug must not lose the message
             log.exception(
                 "plugin %r raised in postal_rewrite_message; the message is sent as it was "
                 "before that plugin",
@@ -170,7 +170,7 @@ def notify_tracking_event(pm: pluggy.PluginManager, event: spec.TrackingEvent) -
         kwargs = {"event": event} if "event" in impl.argnames else {}
         try:
             impl.function(**kwargs)
-        except Exception:  # noqa: BLE001 - one plugin must not keep events from the others
+        except Exception:  # one plugin must not keep events from the others
             log.exception(
                 "plugin %r raised in postal_tracking_event for event %s",
                 impl.plugin_name,

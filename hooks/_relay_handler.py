@@ -260,7 +260,7 @@ class RelayHandler:
         held: list[UpstreamConnection | None] = [txn.conn if txn else None]
         try:
             return self._relay(incoming, txn, held)
-        except Exception:  # noqa: BLE001 - a bug here must make the client retry, not lose mail
+        except Exception:  # a bug here must make the client retry, not lose mail
             log.exception("smtp-relay: unexpected error; the client is asked to retry")
             return "451 4.3.0 Local error in the relay; try again later"
         finally:

@@ -258,7 +258,7 @@ class SmtpRelay:
 
         try:
             server = await loop.create_server(factory, sock=self._sock)
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:  # reported to start()
             self._failure = exc
             self._ready.set()
             raise

@@ -51,7 +51,7 @@ def postal_rewrite_message(
             rcpt_to=_rcpt_to_column(rcpt_to),
             mail_from=mail_from or None,
         )
-    except Exception:  # noqa: BLE001 - rewrite_message never raises; belt and braces
+    except Exception:  # rewrite_message never raises; belt and braces
         log.exception("tracking: the rewriter failed; the message is sent unchanged")
         return None
     if result.tracked:

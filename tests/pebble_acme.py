@@ -129,7 +129,7 @@ class Pebble:
         return self
 
     def _start(self, argv: list[str], log: str, env: dict[str, str]) -> None:
-        out = open(self.workdir / log, "wb")  # noqa: SIM115 - closed in __exit__
+        out = open(self.workdir / log, "wb")  # closed in __exit__
         self._logs.append(out)
         self._procs.append(
             subprocess.Popen(
@@ -204,7 +204,7 @@ class StoreResponder:
         responder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
                 body, code = b"not found", 404
                 if self.path.startswith(PREFIX) and host not in ignore:

@@ -67,7 +67,7 @@ class PrivateMariaDB:
         )
 
     def start(self) -> None:
-        log = open(self.base / "mariadbd.log", "ab")  # noqa: SIM115 - lives with the process
+        log = open(self.base / "mariadbd.log", "ab")  # lives with the process
         self.proc = subprocess.Popen(
             [
                 MARIADBD,
@@ -133,7 +133,7 @@ class FastServer:
         self.log = config_path.parent / "fast-server.log"
 
     def start(self) -> None:
-        log = open(self.log, "ab")  # noqa: SIM115 - lives with the process
+        log = open(self.log, "ab")  # lives with the process
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -144,7 +144,7 @@ def cluster(backend: str, tmp_path: Path) -> Iterator[dict]:
         try:
             for path, address in zip(configs, addresses, strict=True):
                 log = path.with_suffix(".log")
-                logs.append(open(log, "w"))  # noqa: SIM115 - closed below
+                logs.append(open(log, "w"))  # closed below
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "postal_tracking_plugin.cli", "-c", str(path),
                      "fast-server"],

@@ -161,7 +161,7 @@ class HotRoutes:
                     user_agent=environ.get("HTTP_USER_AGENT"),
                     method="GET",
                 )
-            except Exception:  # noqa: BLE001 - recording must never cost the redirect
+            except Exception:  # recording must never cost the redirect
                 log.exception("could not record a click")
         return _NO_BODY
 
@@ -203,7 +203,7 @@ class HotRoutes:
                     user_agent=environ.get("HTTP_USER_AGENT"),
                     method="GET",
                 )
-            except Exception:  # noqa: BLE001 - recording must never cost the pixel
+            except Exception:  # recording must never cost the pixel
                 log.exception("could not record an open")
         return [PIXEL]
 

@@ -119,7 +119,7 @@ def serve(
                     tls_context,
                     supervisor=supervisor,
                 )
-            except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+            except BaseException:  # a child must never return into the parent's code
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)

@@ -310,7 +310,7 @@ def _open_access_log(config: Config) -> AccessLog | None:
         return None
     stream: TextIO
     if settings.access_log_path:
-        stream = open(config.path(settings.access_log_path), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        stream = open(config.path(settings.access_log_path), "a", buffering=1, encoding="utf-8")
     else:
         stream = sys.stderr
     return AccessLog(settings.access_log, stream)
@@ -487,7 +487,7 @@ class Worker:
         if self.owns_recorder:
             try:
                 flushed = bool(self.recorder.stop(timeout=5.0))
-            except Exception:  # noqa: BLE001 - report, and still exit
+            except Exception:  # report, and still exit
                 log.exception("events could not all be flushed")
                 flushed = False
         log.info(
@@ -521,7 +521,7 @@ def run_scheduled_renewal(config: Config) -> None:
         return
     try:
         gevent.get_hub().threadpool.spawn(renew, config).get()
-    except Exception:  # noqa: BLE001 - renewal failure must not touch serving
+    except Exception:  # renewal failure must not touch serving
         log.exception("scheduled certificate renewal failed")
 
 

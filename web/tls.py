@@ -214,5 +214,5 @@ def run_every(seconds: float, func: Callable[[], Any], sleep: Callable[[float], 
         sleep(seconds)
         try:
             func()
-        except Exception:  # noqa: BLE001 - a background task must keep going
+        except Exception:  # a background task must keep going
             log.exception("background task %s failed", getattr(func, "__name__", func))

@@ -63,7 +63,7 @@ def run_scheduled_renewal(config: Config, *, timeout: float = SCHEDULED_TIMEOUT)
             if line.strip():
                 (log.warning if returncode else log.info)("certs renew: %s", line)
         return returncode
-    except Exception:  # noqa: BLE001 - a timer must keep running whatever happens
+    except Exception:  # a timer must keep running whatever happens
         log.exception("certificate renewal could not run")
         return None
 

@@ -218,7 +218,7 @@ class EventRecorder:
                 f'"ip_address":{_str(ip_address)},"user_agent":{_str(user_agent)},'
                 f'"timestamp":{_time(timestamp)}}}\n'
             )
-        except Exception:  # noqa: BLE001 - the click path must never fail on recording
+        except Exception:  # the click path must never fail on recording
             log.exception("could not spool a click event")
             return None
         return self._append(line.encode("ascii"), event_id)
@@ -250,7 +250,7 @@ class EventRecorder:
                 f'"ip_address":{_str(ip_address)},"user_agent":{_str(user_agent)},'
                 f'"timestamp":{_time(timestamp)}}}\n'
             )
-        except Exception:  # noqa: BLE001 - the pixel must never fail on recording
+        except Exception:  # the pixel must never fail on recording
             log.exception("could not spool an open event")
             return None
         return self._append(line.encode("ascii"), event_id)
@@ -279,7 +279,7 @@ class EventRecorder:
             if backlog > limit * _WARN_FRACTION:
                 self._warn_full(backlog, limit)
             spool.append(line)
-        except Exception:  # noqa: BLE001 - the click path must never fail on recording
+        except Exception:  # the click path must never fail on recording
             log.exception("could not spool an event")
             return None
         self._queued += 1
@@ -350,7 +350,7 @@ class EventRecorder:
                 public["bot"] = bool(public["bot"])
                 try:
                     self.hook(public)
-                except Exception:  # noqa: BLE001 - a plugin must not stop recording
+                except Exception:  # a plugin must not stop recording
                     log.exception("tracking-event hook failed for event %s", event["event_id"])
 
 

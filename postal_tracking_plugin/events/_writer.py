@@ -277,5 +277,5 @@ class Writer:
             return
         try:
             self.on_recorded(server_id, fresh)
-        except Exception:  # noqa: BLE001 - a hook must never stop recording
+        except Exception:  # a hook must never stop recording
             log.exception("event hook or webhook queueing failed for server %s", server_id)

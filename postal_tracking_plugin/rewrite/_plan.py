@@ -111,7 +111,7 @@ class Tracker:
         self._max_links = max_links
         self._limited = False
         if plan is not None:
-            parts = plan._parts  # noqa: SLF001 - the plan's own cache
+            parts = plan._parts  # the plan's own cache
             self._prefix, self._own_host, self._exact, self._suffixes = parts[:4]
             self._pixel_head, self._pixel_tail = parts[4:]
 
