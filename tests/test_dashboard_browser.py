@@ -112,12 +112,25 @@ def dashboard(store: Store, backend_config: Config, account: str) -> Iterator[st
     proc.stdout.close()
 
 
+def _follow(browser: Any, element: Any) -> None:
+    """Click ``element`` and wait until the page it leads to has replaced this one.
+
+    Without the wait, the next ``browser.get`` can overtake the POST the click
+    started (a login not yet answered), which a busy machine showed.
+    """
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element.click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(element))
+
+
 def _login(browser: Any, url: str, password: str = PASSWORD) -> None:
     browser.delete_all_cookies()
     browser.get(url + "/login")
     browser.find_element(By.NAME, "email").send_keys(EMAIL)
     browser.find_element(By.NAME, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _follow(browser, browser.find_element(By.CSS_SELECTOR, "form button[type=submit]"))
 
 
 def _shot(browser: Any, name: str) -> None:
@@ -167,11 +180,11 @@ def test_a_messages_timeline_lists_its_events_with_flags(
     campaign: dict[str, Any],  # noqa: F811
 ) -> None:
     _login(browser, dashboard)
-    browser.find_element(By.LINK_TEXT, "Messages").click()
+    _follow(browser, browser.find_element(By.LINK_TEXT, "Messages"))
     browser.find_element(By.NAME, "rcpt").send_keys("reader2")
-    browser.find_element(By.ID, "search").click()
+    _follow(browser, browser.find_element(By.ID, "search"))
     token = campaign["messages"][2]["token"]
-    browser.find_element(By.LINK_TEXT, token).click()
+    _follow(browser, browser.find_element(By.LINK_TEXT, token))
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#timeline tr.event")]
     assert len(rows) == 3
     assert any("apple-privacy-proxy" in r and "machine" in r for r in rows)
@@ -195,15 +208,15 @@ def test_settings_change_excluded_domains_and_the_next_message_honours_them(
 ) -> None:
     _newsletter(store)
     _login(browser, dashboard)
-    browser.find_element(By.LINK_TEXT, "Tracking domains").click()
+    _follow(browser, browser.find_element(By.LINK_TEXT, "Tracking domains"))
     assert browser.find_element(By.CSS_SELECTOR, "#domains td.cert-status").text.startswith(
         "pending"
     )
-    browser.find_element(By.LINK_TEXT, "settings").click()
+    _follow(browser, browser.find_element(By.LINK_TEXT, "settings"))
     box = browser.find_element(By.ID, "excluded")
     box.clear()
     box.send_keys("partner.example.org\n*.cdn.example.net")
-    browser.find_element(By.ID, "save").click()
+    _follow(browser, browser.find_element(By.ID, "save"))
     assert (
         "Saved the settings of click.example.com"
         in browser.find_element(By.CSS_SELECTOR, ".flash").text
@@ -238,7 +251,7 @@ def test_a_form_posted_without_its_csrf_token_changes_nothing(
     browser.get(dashboard + "/domains/click.example.com")
     browser.find_element(By.ID, "excluded").send_keys("evil.example")
     browser.execute_script("document.querySelector('#settings input[name=csrf_token]').remove()")
-    browser.find_element(By.ID, "save").click()
+    _follow(browser, browser.find_element(By.ID, "save"))
     assert "CSRF token is missing or wrong" in browser.page_source
     assert store.get_track_domain("click.example.com").excluded_click_domains == ()
 
@@ -248,7 +261,7 @@ def test_logout_ends_the_session(browser: Any, dashboard: str, store: Store) -> 
     _login(browser, dashboard)
     cookie = browser.get_cookie("postal_tracking_dashboard")
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
-    browser.find_element(By.ID, "logout").click()
+    _follow(browser, browser.find_element(By.ID, "logout"))
     assert browser.current_url.endswith("/login")
     browser.get(dashboard + "/health")
     assert "/login" in browser.current_url
