@@ -23,8 +23,6 @@ from .spec import TrackingEvent as TrackingEvent
 from .spec import hookimpl as hookimpl
 from .spec import hookspec as hookspec
 
-PluginError.__module__ = __name__
-
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROJECT_NAME",

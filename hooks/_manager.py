@@ -17,7 +17,7 @@ from typing import Any
 
 import pluggy
 
-from postal_tracking_plugin.errors import Error
+from postal_tracking_plugin.errors import PluginError as PluginError
 
 from . import spec
 
@@ -34,10 +34,6 @@ ENTRY_POINT_GROUP = "postal.plugins"
 
 #: The name this package's own plugin is registered under, by entry point or by hand.
 TRACKING_PLUGIN_NAME = "tracking"
-
-
-class PluginError(Error):
-    """A plugin under ``postal.plugins`` cannot be loaded or implements an unknown hook."""
 
 
 def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from postal_tracking_plugin.errors import ConfigError
-from postal_tracking_plugin.errors import Error
+from postal_tracking_plugin.errors import RelayError as RelayError
 
 from ._relay_handler import DEFAULT_SIZE
 from ._relay_handler import RelayHandler
@@ -59,13 +59,6 @@ log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
 #: client's open transaction holds no thread between its commands; a message
 #: waiting up to upstream_data_done_timeout for its reply holds one.
 WORKERS = 32
-
-
-class RelayError(Error):
-    """The relay cannot start (address in use, not configured)."""
-
-
-RelayError.__module__ = "postal_tracking_plugin.hooks.smtp_relay"
 
 
 class SmtpRelay:

@@ -8,11 +8,7 @@ from dataclasses import dataclass
 
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.config import listen_addresses
-from postal_tracking_plugin.errors import Error
-
-
-class ServerError(Error):
-    """The fast server cannot listen (a port in use, an address not this machine's)."""
+from postal_tracking_plugin.errors import ServerError as ServerError
 
 
 @dataclass(frozen=True)

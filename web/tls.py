@@ -25,17 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from postal_tracking_plugin.errors import Error
 from postal_tracking_plugin.errors import StoreError
+from postal_tracking_plugin.errors import TlsError as TlsError
 
 log = logging.getLogger(__name__)
 
 #: TLS 1.2 suites: ECDHE key exchange with AES-GCM or ChaCha20 (TLS 1.3 has its own, all modern).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
-
-
-class TlsError(Error):
-    """A certificate or key cannot be loaded."""
 
 
 def _context_class() -> type[ssl.SSLContext]:
