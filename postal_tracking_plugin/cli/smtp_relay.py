@@ -46,7 +46,7 @@ def run(ctx: Context) -> int:
     from ..hooks.smtp_relay import SmtpRelay
 
     a = ctx.args
-    if ctx.config.tracking.store == "postal":
+    if not ctx.store.tracks_outgoing_mail:
         raise ConfigError(
             "smtp-relay does not run with tracking.store: postal: Postal tracks the mail it "
             "sends, so send to Postal's SMTP server directly"

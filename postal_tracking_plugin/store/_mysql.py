@@ -299,27 +299,21 @@ class MysqlStore(Store):
         ``tracking.store: mysql`` on Postal's database would add servers and
         domains behind Postal's back; ``postal`` on ours would find no Postal.
         """
-        self._owner_checked = True  # first, so that the query below may use main()
-        try:
-            is_postal = self.has_main_table("organizations")
-        except BaseException:
-            self._owner_checked = False
-            raise
+        is_postal = self.has_main_table("organizations")  # its own connection, not main()
         where = f"`{self.database}` ({self.describe()})"
         if is_postal and not self.expects_postal:
-            self._owner_checked = False
             raise ConfigError(
                 f"{where} is Postal's database (it has Postal's organizations table): "
                 f"set tracking.store: postal, so that Postal's servers, domains and messages "
                 f"are only read"
             )
         if self.expects_postal and not is_postal:
-            self._owner_checked = False
             raise ConfigError(
                 f"tracking.store is postal, but {where} has no Postal organizations table: "
                 f"point main_db at Postal's database, or set tracking.store: mysql for a "
                 f"database of this project's own"
             )
+        self._owner_checked = True
 
     def has_main_table(self, table: str) -> bool:
         """Whether the main database has ``table`` (False when the database is missing)."""
