@@ -163,7 +163,7 @@ def rewrite(
         edits=list(top_edits),
     )
     try:
-        walk.entity(0, len(raw))
+        walk.entity(0, len(raw), msg=msg)
     except _mime.Untouchable as exc:
         return untouched(str(exc))
     except _mime.Malformed as exc:

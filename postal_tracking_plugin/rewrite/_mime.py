@@ -18,6 +18,7 @@ import codecs
 import functools
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from email import policy
@@ -99,14 +100,24 @@ class MimeWalk:
     edits: list[Edit] = field(default_factory=list)
 
     def entity(
-        self, start: int, end: int, default_type: str = "text/plain", depth: int = 0
+        self,
+        start: int,
+        end: int,
+        default_type: str = "text/plain",
+        depth: int = 0,
+        msg: Message | None = None,
     ) -> None:
-        """Collect the edits that rewrite entity ``raw[start:end]`` and its children."""
+        """Collect the edits that rewrite entity ``raw[start:end]`` and its children.
+
+        ``msg``: the entity's header, when the caller has read it already (the
+        top level's: a header read costs about 0.35 ms).
+        """
         if depth > _MAX_DEPTH:
             raise Malformed(f"multiparts nested more than {_MAX_DEPTH} deep")
         raw = self.raw
         header_end, body_start = split_headers(raw, start, end)
-        msg = parse_headers(raw, start, header_end)
+        if msg is None:
+            msg = parse_headers(raw, start, header_end)
         msg.set_default_type(default_type)
         ctype = msg.get_content_type()
         if ctype in _SIGNED:
@@ -186,8 +197,13 @@ def _rewrite_leaf(walk: MimeWalk, leaf: _Leaf) -> None:
         if base64.b64encode(data) != b"".join(body.split()):
             return  # two padded chunks, stray characters: decoding would drop some
     elif cte == "quoted-printable":
-        body_read = _QP_PADDING.sub(b"", body)  # RFC 2045 6.7 (3): transport padding goes
-        if _QP_LOSSY.search(body_read):
+        padded = _has_qp_padding(body)
+        body_read = _QP_PADDING.sub(b"", body) if padded else body
+        m = _QP_LOSSY_OR_LF.search(body_read)  # one pass for both: both are rare
+        encoded_lf = m is not None and m.group()[1:] in (b"0A", b"0a")
+        if encoded_lf and m is not None:
+            m = _QP_LOSSY.search(body_read, m.end())
+        if m is not None:
             return  # a2b_qp would drop the rest of the part, or read "==" as "="
         data = binascii.a2b_qp(body_read)
     elif cte in ("7bit", "8bit", "binary"):
@@ -198,9 +214,11 @@ def _rewrite_leaf(walk: MimeWalk, leaf: _Leaf) -> None:
     try:
         codec = codecs.lookup(charset).name
         text = data.decode(codec, "surrogateescape")
-        if (not data.isascii() or not _ascii_compatible(codec)) and text.encode(
-            codec, "surrogateescape"
-        ) != data:
+        if (
+            codec not in _ROUND_TRIPS
+            and (not data.isascii() or not _ascii_compatible(codec))
+            and text.encode(codec, "surrogateescape") != data
+        ):
             return  # the codec would not give the same bytes back (UTF-16 without a BOM)
     except (LookupError, UnicodeError, ValueError):
         return  # a charset Python does not know: leave the part alone
@@ -214,7 +232,11 @@ def _rewrite_leaf(walk: MimeWalk, leaf: _Leaf) -> None:
     if not changes:
         return
     try:
-        reused = _qp_edited(body, text, changes, codec, eol) if cte == "quoted-printable" else None
+        reused = (
+            _qp_edited(body, text, changes, codec, eol, padded=padded, encoded_lf=encoded_lf)
+            if cte == "quoted-printable"
+            else None
+        )
         if reused is not None:
             edits.append((body_start, end, reused))
             return
@@ -259,15 +281,35 @@ def _has_long_line(data: bytes) -> bool:
     return any(len(line) > 998 for line in data.replace(b"\r", b"\n").split(b"\n"))
 
 
+def _has_qp_padding(body: bytes) -> bool:
+    """Whether a line of ``body`` ends in transport padding (RFC 2045 6.7 (3)).
+
+    Encoders write trailing blanks as ``=20``, so there is seldom any: a search
+    from line feed to line feed rules it out (the substitution alone tried every
+    byte: 1.7 ms on a 20 KB part).
+    """
+    return _PADDED_LF.search(body) is not None or body.endswith((b" ", b"\t"))
+
+
 # Literal white space before an encoded line's end is transport padding (RFC 2045 6.7).
 # Trailing blanks of a line: a match starts only where a run of blanks starts and
 # never gives a blank back, so an indented line costs one step per blank, not the
 # square of its indentation (which made the whole-message QP path 12x slower).
 _QP_PADDING = re.compile(rb"(?<![ \t])[ \t]++(?=\r?\n|\Z)")
+# With transport padding after a soft break's "=" (rare), the pattern that marks the
+# break's line feed and keeps what is before it.
+_SOFT_LF_PADDED = re.compile(rb"(=[ \t]*+\r?)\n")
+_PADDED_LF = re.compile(rb"\n(?:(?<=[ \t]\n)|(?<=[ \t]\r\n))")  # after a blank
+_SOFT_MARK = b"\x00soft\x00"  # stands for a soft break's line feed while lines are split
 # What a2b_qp reads with loss: "=" before a lone CR stops it (the rest of the part is
 # dropped), and "==" becomes "=".
 _QP_LOSSY = re.compile(rb"=\r(?!\n)|==")
-_QP_ENCODED_LF = re.compile(rb"=0[aA]")  # maybe an encoded line break (not after another "=")
+# The same, or an encoded line break ("=0A" not after another "=": that is lossy).
+_QP_LOSSY_OR_LF = re.compile(rb"=(?:\r(?!\n)|=|0[aA])")
+# Codecs that give every byte string back from its surrogateescape decoding (an
+# undecodable byte becomes a lone surrogate and is written back as that byte), so
+# checking costs a whole encode for nothing (about 10% of the QP message path).
+_ROUND_TRIPS = frozenset({"utf-8", "ascii", "iso8859-1"})  # codecs.lookup() names
 # Codecs where a line cannot be encoded on its own, or "\n" is not the byte 0x0A.
 _STATEFUL_OR_WIDE = ("iso2022", "utf-7", "hz", "utf-16", "utf-32")
 
@@ -285,7 +327,14 @@ def _ascii_compatible(codec: str) -> bool:
 
 
 def _qp_edited(
-    body: bytes, text: str, changes: list[tuple[int, int, str]], codec: str, eol: bytes
+    body: bytes,
+    text: str,
+    changes: list[tuple[int, int, str]],
+    codec: str,
+    eol: bytes,
+    *,
+    padded: bool,
+    encoded_lf: bool,
 ) -> bytes | None:
     """The quoted-printable ``body`` with ``changes`` (offsets in the decoded ``text``)
     applied by re-encoding only the lines they touch.
@@ -297,70 +346,92 @@ def _qp_edited(
     line breaks (``=0A``). None when the lines do not add up to ``text`` (a
     charset whose line breaks are not "\\n"), or when the result does not
     decode to ``text`` with the changes: then the caller encodes the whole part
-    again.
+    again. ``padded``, ``encoded_lf``: whether ``body`` has transport padding,
+    and an ``=0A``.
+
+    The soft breaks' line feeds are swapped for a mark and the body split at the
+    others, in C: a Python step per physical line cost 3 ms per corpus document
+    (a' in ``benchmarks/rewrite.py``).
     """
-    if codec.startswith(_STATEFUL_OR_WIDE):
+    if _SOFT_MARK in body or codec.startswith(_STATEFUL_OR_WIDE):
         return None
-    physical = body.split(b"\n")
-    encoded_breaks = _QP_ENCODED_LF.search(body) is not None  # rare: then decode line by line
-    # Each encoded line: (first physical line, after its last, decoded "\n" it adds).
-    logical: list[tuple[int, int, int]] = []
-    first = 0
-    pieces: list[bytes] = []  # the encoded line's text, soft breaks and padding removed
-    for i, line in enumerate(physical):
-        content = (line[:-1] if line.endswith(b"\r") else line).rstrip(b" \t")
-        soft = content.endswith(b"=") and i + 1 < len(physical)
-        if encoded_breaks:
-            pieces.append(content[:-1] if soft else content)
-        if soft:
-            continue  # the encoded line goes on
-        extra = binascii.a2b_qp(b"".join(pieces)).count(b"\n") if encoded_breaks else 0
-        pieces.clear()
-        logical.append((first, i + 1, extra))
-        first = i + 1
-    if sum(extra for _, _, extra in logical) + len(logical) != text.count("\n") + 1:
+    if padded:
+        lines = _SOFT_LF_PADDED.sub(rb"\1" + _SOFT_MARK, body).split(b"\n")
+    else:
+        marked = body.replace(b"=\r\n", b"=\r" + _SOFT_MARK).replace(b"=\n", b"=" + _SOFT_MARK)
+        lines = marked.split(b"\n")
+    # The decoded "\n"s an encoded line carries inside it (its "=0A"s): rare.
+    if not encoded_lf:
+        inner = None
+        decoded_lines = len(lines)
+    else:
+        inner = [line.count(b"=0A") + line.count(b"=0a") for line in lines]
+        decoded_lines = len(lines) + sum(inner)
+    if decoded_lines != text.count("\n") + 1:
         return None
     # Decoded line k of text belongs to encoded line owner[k]; encoded line n decodes to
-    # the decoded lines first_line[n] up to first_line[n + 1].
-    owner = [n for n, (_, _, extra) in enumerate(logical) for _ in range(extra + 1)]
-    first_line = list(itertools.accumulate((extra + 1 for _, _, extra in logical), initial=0))
-    line_start = [0]  # where each decoded line starts in text
-    at = text.find("\n")
-    while at != -1:
-        line_start.append(at + 1)
-        at = text.find("\n", at + 1)
-    line_start.append(len(text) + 1)  # one past the last line's end
-    # Changes grouped by the encoded lines they touch (in order, so a sweep merges them).
-    groups: list[tuple[int, int, list[tuple[int, int, str]]]] = []
+    # the decoded lines first_line[n] up to first_line[n + 1] (without "=0A"s: n to n + 1).
+    if inner is None:
+        owner: Sequence[int] = range(decoded_lines)
+        first_line: Sequence[int] = range(decoded_lines + 1)
+    else:
+        owner = [n for n, more in enumerate(inner) for _ in range(more + 1)]
+        first_line = list(itertools.accumulate((more + 1 for more in inner), initial=0))
+    # Changes grouped by the encoded lines they touch (in order, so a sweep merges
+    # them): (first encoded line, last, the changes, decoded line of the first
+    # change's start, decoded line of the last change's end).
+    groups: list[tuple[int, int, list[tuple[int, int, str]], int, int]] = []
     index = 0  # the decoded line number of position ``counted``, counted forwards once
     counted = 0
     for change in changes:
         start, end, _ = change
         index += text.count("\n", counted, start)
         counted = start
-        first, last = owner[index], owner[index + text.count("\n", start, end)]
+        end_line = index + text.count("\n", start, end)
+        first, last = owner[index], owner[end_line]
         if groups and first <= groups[-1][1]:
-            groups[-1] = (groups[-1][0], max(last, groups[-1][1]), [*groups[-1][2], change])
+            g_first, g_last, g_changes, g_line, _ = groups[-1]
+            groups[-1] = (g_first, max(last, g_last), [*g_changes, change], g_line, end_line)
         else:
-            groups.append((first, last, [change]))
-    replacements = []
-    for first, last, group in groups:
-        seg_start = line_start[first_line[first]]
-        seg_end = line_start[first_line[last + 1]] - 1
+            groups.append((first, last, [change], index, end_line))
+    for first, last, group, start_line, end_line in reversed(groups):
+        seg_start = _line_start(text, group[0][0], start_line - first_line[first])
+        seg_end = _line_end(text, group[-1][1], first_line[last + 1] - 1 - end_line)
+        # Read back as a reader's decoder will, the lines replaced and their
+        # replacement: a line mapped wrong (malformed quoted-printable) and the caller
+        # encodes the whole part instead. The lines between stay as they were.
+        old = b"\n".join(lines[first : last + 1]).replace(_SOFT_MARK, b"\n")
+        if padded:
+            old = _QP_PADDING.sub(b"", old)
+        if binascii.a2b_qp(old) != text[seg_start:seg_end].encode(codec, "surrogateescape"):
+            return None
         segment = apply_text_edits(
             text[seg_start:seg_end], [(s - seg_start, e - seg_start, new) for s, e, new in group]
-        )
-        encoded = segment.encode(codec, "surrogateescape").split(b"\n")
-        replacements.append(
-            (logical[first][0], logical[last][1], [_qp_line(line, eol) for line in encoded])
-        )
-    for first_physical, after_physical, new_lines in reversed(replacements):
-        physical[first_physical:after_physical] = new_lines
-    new_body = b"\n".join(physical)
-    # Read back as a reader's decoder will: anything else (malformed quoted-printable
-    # mapped wrong) and the caller encodes the whole part instead.
-    decoded = binascii.a2b_qp(_QP_PADDING.sub(b"", new_body)).decode(codec, "surrogateescape")
-    return new_body if decoded == apply_text_edits(text, changes) else None
+        ).encode(codec, "surrogateescape")
+        new_lines = [_qp_line(line, eol) for line in segment.split(b"\n")]
+        if binascii.a2b_qp(b"\n".join(new_lines)) != segment:
+            return None
+        lines[first : last + 1] = new_lines
+    return b"\n".join(lines).replace(_SOFT_MARK, b"\n")
+
+
+def _line_start(text: str, at: int, back: int) -> int:
+    """Where the line ``back`` lines before the one holding ``text[at]`` starts."""
+    for _ in range(back + 1):
+        at = text.rfind("\n", 0, at)
+        if at == -1:
+            return 0
+    return at + 1
+
+
+def _line_end(text: str, at: int, forward: int) -> int:
+    """Where the line ``forward`` lines after the one holding ``text[at]`` ends (its "\\n")."""
+    at -= 1
+    for _ in range(forward + 1):
+        at = text.find("\n", at + 1)
+        if at == -1:
+            return len(text)
+    return at
 
 
 def _qp_line(line: bytes, eol: bytes) -> bytes:
