@@ -14,9 +14,9 @@ from postal_tracking_plugin.rewrite import _scanner
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "rewrite_scanner.txt"
 VARIANTS = {
-    "SCAN (pixel at the top: stops at <body>)": _scanner.SCAN,
-    "SCAN_BOTTOM (pixel before </body>)": _scanner.SCAN_BOTTOM,
-    "SCAN_VML (inside a conditional comment)": _scanner.SCAN_VML,
+    "SCAN (pixel at the top: stops at <body>)": _scanner.scanner(vml=False, body_start=True),
+    "SCAN_BOTTOM (pixel before </body>)": _scanner.scanner(vml=False, body_start=False),
+    "SCAN_VML (inside a conditional comment)": _scanner.scanner(vml=True, body_start=False),
 }
 
 
@@ -42,9 +42,8 @@ def test_every_alternative_has_its_own_commented_line() -> None:
 
 
 def test_the_variants_share_their_group_numbers() -> None:
-    assert (
-        _scanner.SCAN.groupindex == _scanner.SCAN_BOTTOM.groupindex == _scanner.SCAN_VML.groupindex
-    )
+    top, bottom, vml = VARIANTS.values()
+    assert top.groupindex == bottom.groupindex == vml.groupindex
 
 
 if __name__ == "__main__":

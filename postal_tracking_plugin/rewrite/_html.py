@@ -27,13 +27,11 @@ from ._scanner import CONDBODY as _CONDBODY
 from ._scanner import END
 from ._scanner import ENDBODY as _ENDBODY
 from ._scanner import NAME as _NAME
-from ._scanner import SCAN as _SCAN
-from ._scanner import SCAN_BOTTOM as _SCAN_BOTTOM
-from ._scanner import SCAN_VML as _SCAN_VML
 from ._scanner import TAG as _TAG
 from ._scanner import UNFINISHED as _UNFINISHED
 from ._scanner import WS
 from ._scanner import ci
+from ._scanner import scanner
 from ._urls import C0_SPACE
 from ._urls import clean_url
 from ._urls import decode_attribute
@@ -152,11 +150,8 @@ def _walk(
     ``last_link``: set to ``[end]`` of the last ``<a>`` start tag seen.
     """
     clicks = tracker.clicks
-    if vml:
-        scan = _SCAN_VML
-    else:
-        scan = _SCAN if position == "top" else _SCAN_BOTTOM
-    body_tags = scan is _SCAN  # the only scanner that stops at <body>
+    body_tags = not vml and position == "top"  # <body> stops the scan: the pixel follows it
+    scan = scanner(vml, body_tags)
     body_open: int | None = None
     body_close: int | None = None
     unfinished: int | None = None  # where a construct starts that runs to the end unclosed

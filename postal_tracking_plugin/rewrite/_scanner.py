@@ -26,6 +26,7 @@ starts again one character later.
 
 from __future__ import annotations
 
+import functools
 import re
 
 WS = r"\t\n\f\r "  # HTML's white space, for use inside a character class
@@ -195,15 +196,15 @@ def pattern(vml: bool, body_start: bool = True) -> str:
     )
 
 
-def compile_scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
+@functools.cache
+def scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
+    """The compiled scanner, made on first use: each takes 25 ms to compile, and
+    most processes need one (the pixel goes at the bottom, few messages have VML)."""
     return re.compile(pattern(vml, body_start), re.VERBOSE)
 
 
-SCAN = compile_scanner(vml=False)  # stops at <body>: the pixel goes right after it
-SCAN_BOTTOM = compile_scanner(vml=False, body_start=False)  # the pixel goes before </body>
-SCAN_VML = compile_scanner(vml=True)  # inside a conditional comment
 # Group numbers, the same in every scanner (the loop has no groups of its own).
 TAG, NAME, ATTRS, ENDBODY, COND, CONDBODY, UNFINISHED = (
-    SCAN.groupindex[n]
+    scanner(vml=False, body_start=False).groupindex[n]
     for n in ("tag", "name", "attrs", "endbody", "cond", "condbody", "unfinished")
 )
