@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 from typing import Any
 from urllib.parse import urlsplit
 
 from postal_tracking_plugin.errors import StoreError
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.store import Store
 
 from ._location import location_value
 
@@ -29,7 +33,7 @@ LinkEntry = tuple[int, int | None, str, str | None]
 _MISS = object()
 
 
-def redirectable(url: Any) -> bool:
+def redirectable(url: object) -> bool:
     """Whether a stored URL may be redirected to: an ``http``/``https`` URL with a host.
 
     NULL, empty, ``javascript:``, ``data:`` or relative values never are (they
@@ -98,7 +102,7 @@ class Lookup:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         *,
         links: int = 100_000,
         messages: int = 25_000,

@@ -35,7 +35,10 @@ from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
-Hook = Callable[[dict[str, Any]], None]
+#: The tracking-event hook: called with each recorded event, a dict keyed by
+#: :data:`EVENT_KEYS` (``postal_tracking_plugin.hooks`` passes it on to the plugins'
+#: ``postal_tracking_event``, which documents each key as ``TrackingEvent``).
+TrackingHook = Callable[[dict[str, Any]], None]
 
 #: The keys of the event dict passed to the tracking-event hook.
 EVENT_KEYS = (
@@ -84,7 +87,7 @@ class EventRecorder:
         self,
         config: Config,
         store: Store,
-        hook: Hook | None = None,
+        hook: TrackingHook | None = None,
         *,
         webhooks: bool | None = None,
     ) -> None:

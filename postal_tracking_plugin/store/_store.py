@@ -314,6 +314,20 @@ class Store(MessageOperations, DashboardOperations):
             )
         return Certificate.from_row(row) if row else None
 
+    def certificate_versions(self) -> dict[str, tuple[object, object]]:
+        """Each domain that has a certificate and key: its ``(updated_at, expires_at)``.
+
+        What the fast server compares, every few seconds, with the version it
+        loaded, to notice a certificate issued, renewed or removed; the PEM text
+        is read (with :meth:`get_certificate`) only for a domain whose version changed.
+        """
+        with self.main(readonly=True) as db:
+            rows = db.query(
+                "SELECT domain, updated_at, expires_at FROM track_certificates "
+                "WHERE certificate IS NOT NULL AND `key` IS NOT NULL"
+            )
+        return {str(r["domain"]).lower(): (r["updated_at"], r["expires_at"]) for r in rows}
+
     def list_certificates(self) -> list[Certificate]:
         with self.main(readonly=True) as db:
             rows = db.query("SELECT * FROM track_certificates ORDER BY domain")
