@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._hub import Runner
 from .._hub import cooperate
 from .._hub import spawn
 from ..config import Config
@@ -124,7 +125,7 @@ class EventRecorder:
         if self._webhooks is not None:
             self.writer.claimant = self._webhooks.name
         self._webhooks_behind = self._webhooks is not None  # catch up once at start
-        self._runner: Any = None
+        self._runner: Runner | None = None
         self._dropped = 0
         self._last_full_log = 0.0
         self._last_warn_log = 0.0
