@@ -63,12 +63,6 @@ from typing import Any
 
 import yaml
 
-MYSQL = {
-    "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),
-    "port": int(os.environ.get("PTP_MYSQL_PORT", "3306")),
-    "username": os.environ.get("PTP_MYSQL_USER", "root"),
-    "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
-}
 TOKEN = "benchw"
 MESSAGES = 1000
 LINKS = 100
@@ -93,10 +87,21 @@ AGENTS = [
 # -- the measured run (a child process) -------------------------------------------------
 
 
+def mysql_settings() -> dict[str, str | int]:
+    """MariaDB's address and user, as the tests read them (``PTP_MYSQL_*``).
+
+    The one copy is the shared helper's (``benchmarks/_support.py``); imported
+    here, not at the top, so that a SQLite run's child loads neither it nor pytest.
+    """
+    from _support import MYSQL
+
+    return MYSQL
+
+
 def config_data(backend: str, database: str, data_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = {"tracking": {"data_dir": str(data_dir)}}
     if backend == "mysql":
-        data["main_db"] = {**MYSQL, "database": database}
+        data["main_db"] = {**mysql_settings(), "database": database}
         data["message_db"] = {"prefix": database}
         data["tracking"]["store"] = "mysql"
     return data
@@ -182,11 +187,12 @@ def reset(backend: str, database: str, template: Path, data_dir: Path) -> None:
     import pymysql
 
     data_dir.mkdir()
+    mysql = mysql_settings()
     conn = pymysql.connect(
-        host=MYSQL["host"],
-        port=MYSQL["port"],
-        user=MYSQL["username"],
-        password=MYSQL["password"],
+        host=str(mysql["host"]),
+        port=int(mysql["port"]),
+        user=str(mysql["username"]),
+        password=str(mysql["password"]),
         autocommit=True,
     )
     try:
@@ -392,22 +398,6 @@ def fill(backend: str, database: str, template: Path) -> dict[str, Any]:
     return layout
 
 
-def drop_database(database: str) -> None:
-    import pymysql
-
-    conn = pymysql.connect(
-        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW DATABASES")
-            for (name,) in cur.fetchall():
-                if name == database or name.startswith(database + "-"):
-                    cur.execute(f"DROP DATABASE `{name}`")
-    finally:
-        conn.close()
-
-
 def export(ref: str, into: Path) -> Path:
     """The package of git revision ``ref``, in ``into``."""
     root = Path(__file__).resolve().parent.parent
@@ -554,7 +544,9 @@ def main() -> int:
                         )
     finally:
         if "mysql" in backends:
-            drop_database(database)
+            from _support import drop_mysql_databases
+
+            drop_mysql_databases(database)
         shutil.rmtree(work, ignore_errors=True)
 
     print(

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from email.message import Message
 from typing import TYPE_CHECKING
-from typing import Any
 
 import pluggy
 
@@ -109,7 +108,7 @@ def run_send_pipeline(
     """
     data = message.as_bytes() if isinstance(message, Message) else bytes(message)
     recipients = [rcpt_to] if isinstance(rcpt_to, str) else list(rcpt_to)
-    context: dict[str, Any] = {
+    context: dict[str, object] = {
         "mail_from": mail_from,
         "rcpt_to": recipients,
         "server": server,

@@ -28,10 +28,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from dataclasses import field
 from typing import TYPE_CHECKING
-from typing import Any
 
 from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import LoginPassword
+from aiosmtpd.smtp import Session
 
 from ._manager import run_send_pipeline
 from ._relay_memory import RelayedRecipients
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from postal_tracking_plugin.config import Config
     from postal_tracking_plugin.store import Server
     from postal_tracking_plugin.store import Store
+
+    from ._relay_smtp import RelaySMTP
 
 log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
 
@@ -104,7 +107,7 @@ class RelayHandler:
 
     # -- the client ------------------------------------------------------------
 
-    def allowed(self, peer: Any) -> bool:
+    def allowed(self, peer: object) -> bool:
         """Is the client's address inside ``tracking.relay.allowed_networks``?"""
         host = peer[0] if isinstance(peer, tuple) and peer else peer
         try:
@@ -116,7 +119,12 @@ class RelayHandler:
         return any(address in network for network in self.networks)
 
     def authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: object,
     ) -> AuthResult:
         """aiosmtpd authenticator: ``tracking.relay.auth_users`` (user: password).
 
@@ -139,7 +147,12 @@ class RelayHandler:
         return AuthResult(success=False, handled=True)
 
     async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         """PIPELINING; SIZE as the upstream's; AUTH offered only inside ``allowed_networks``."""
         session.host_name = hostname
@@ -157,7 +170,12 @@ class RelayHandler:
         return out
 
     async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
     ) -> str:
         if self.closing:
             return "421 4.3.2 The relay is shutting down; try again later"
@@ -190,7 +208,12 @@ class RelayHandler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
     ) -> str:
         txn: Transaction | None = server.relay_transaction
         if txn is None:  # pragma: no cover - aiosmtpd sends RCPT here only after our MAIL 250
@@ -199,6 +222,7 @@ class RelayHandler:
             return "452 4.5.3 Too many recipients; send the rest in another transaction"
         if not _encodable(address):
             return "553 5.1.3 The recipient address is not valid UTF-8"
+        assert envelope.mail_from is not None  # set by our MAIL, as txn is
         if not address.isascii() and not (txn.smtputf8 or not envelope.mail_from.isascii()):
             return "553 5.6.7 Must declare SMTPUTF8 to send a non-ASCII address"
         if not address.isascii() and not txn.conn.smtputf8:
@@ -216,11 +240,11 @@ class RelayHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         await self._drop(server)
         return "250 2.0.0 OK"
 
-    def connection_closed(self, server: Any) -> None:
+    def connection_closed(self, server: RelaySMTP) -> None:
         """The client's connection went (called on the loop): give back its upstream connection."""
         txn, server.relay_transaction = server.relay_transaction, None
         if txn is None:
@@ -230,14 +254,14 @@ class RelayHandler:
         except RuntimeError:  # the relay is stopping: the pool is shut down
             txn.conn.close()
 
-    async def _drop(self, server: Any) -> None:
+    async def _drop(self, server: RelaySMTP) -> None:
         txn, server.relay_transaction = server.relay_transaction, None
         if txn is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.upstream.release, txn.conn
             )
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         txn, server.relay_transaction = server.relay_transaction, None
         incoming = Incoming(
             mail_from=envelope.mail_from or "",
@@ -403,7 +427,7 @@ class Incoming:
         return text.encode("utf-8", "replace")
 
 
-def _trace(session: Any, hostname: str, *, smtputf8: bool) -> str:
+def _trace(session: Session, hostname: str, *, smtputf8: bool) -> str:
     """RFC 3848 / RFC 6531 protocol names: ESMTP[S][A], UTF8SMTP[S][A]."""
     peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else "unknown"
     helo = _clean(session.host_name or "unknown")

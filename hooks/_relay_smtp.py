@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 from typing import Any
 
 from aiosmtpd.smtp import MISSING
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Session
 from aiosmtpd.smtp import syntax
+
+if TYPE_CHECKING:
+    from ._relay_handler import RelayHandler
+    from ._relay_handler import Transaction
 
 log = logging.getLogger("postal_tracking_plugin.hooks.smtp_relay")
 
@@ -70,7 +75,7 @@ class RelaySMTP(SMTP):
 
     def __init__(
         self,
-        handler: Any,
+        handler: RelayHandler,
         *,
         buffers: asyncio.Semaphore,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
@@ -83,7 +88,7 @@ class RelaySMTP(SMTP):
         #: Set by the handler's authenticator when credentials were wrong.
         self.auth_rejected = False
         #: The handler's per-transaction state (an open upstream transaction).
-        self.relay_transaction: Any = None
+        self.relay_transaction: Transaction | None = None
 
     def _create_session(self) -> Session:
         return _Session(self.loop)

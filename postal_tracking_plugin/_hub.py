@@ -13,7 +13,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec
+from typing import Protocol
+from typing import TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class Runner(Protocol):
+    """What :func:`spawn` returns, a greenlet or a thread: only ``join`` is used."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until it has finished, at most ``timeout`` seconds."""
+        ...
 
 
 def gevent_patched() -> bool:
@@ -38,7 +51,7 @@ def cooperate() -> None:
     time.sleep(0)
 
 
-def off_hub(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def off_hub(func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """``func(*args, **kwargs)`` in gevent's thread pool when under gevent, else inline.
 
     For calls that block without a socket to yield on (SQLite): run from a
@@ -51,7 +64,7 @@ def off_hub(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return func(*args, **kwargs)
 
 
-def spawn(target: Callable[[], None], name: str) -> Any:
+def spawn(target: Callable[[], None], name: str) -> Runner:
     """Run ``target`` in a greenlet under gevent, else in a daemon thread; returns it.
 
     Either has ``join(timeout)``.

@@ -19,15 +19,22 @@ import ipaddress
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from typing import Literal
+from typing import TypeVar
 
 import yaml
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    _D = TypeVar("_D", bound=DataclassInstance)
 
 DEFAULT_PATH = "postal.yml"
 ENV_VAR = "POSTAL_TRACKING_CONFIG"
@@ -38,7 +45,7 @@ _PORT = {"range": (1, 65535)}
 _POSITIVE = {"range": (1, 2**31)}
 
 
-def _port(default: int) -> Any:
+def _port(default: int) -> int:
     return field(default=default, metadata=_PORT)
 
 
@@ -347,7 +354,7 @@ def listen_addresses(config: Config) -> list[tuple[str, int, bool]]:
     return [(address, port, tls) for address in fs.bind_address for port, tls in both]
 
 
-def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> Any:
+def _build(cls: type[_D], data: object, prefix: str, where: str, *, strict: bool) -> _D:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -362,7 +369,7 @@ def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> An
                 f"unknown key {prefix}{unknown[0]} ({where}); the keys of "
                 f"{prefix.rstrip('.')} are: {known}"
             )
-    kwargs = {}
+    kwargs: dict[str, object] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
@@ -371,7 +378,9 @@ def _build(cls: type, data: Any, prefix: str, where: str, *, strict: bool) -> An
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, key: str, where: str, meta: Any) -> Any:
+def _coerce(
+    hint: object, value: object, key: str, where: str, meta: Mapping[str, tuple[int, int]]
+) -> object:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -405,9 +414,10 @@ def _coerce(hint: Any, value: Any, key: str, where: str, meta: Any) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be a whole number, not {value!r} ({where})")
-        low, high = meta.get("range", (None, None))
-        if low is not None and not low <= value <= high:
-            raise ConfigError(f"{key} must be between {low} and {high}, not {value} ({where})")
+        if "range" in meta:
+            low, high = meta["range"]
+            if not low <= value <= high:
+                raise ConfigError(f"{key} must be between {low} and {high}, not {value} ({where})")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):

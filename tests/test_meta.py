@@ -75,7 +75,8 @@ def _package_of(path: Path, top: Path, name: str) -> str:
 
 # The rooms of the package and their floors: a module imports only from its own room
 # and the rooms below it, so the doors run one way. The core's own modules (config,
-# errors, ...) are the ground floor; nothing imports the CLI.
+# errors, ...) are the ground floor; nothing imports the CLI. hooks and web, on one
+# floor, never import each other.
 FLOORS = {
     "core": 0,
     "store": 1,
@@ -85,14 +86,17 @@ FLOORS = {
     "hooks": 3,
     "web": 3,
     "cli": 4,
+    "entry": 5,
 }
 
+#: Modules where a process starts (``python -m ...``, gunicorn's ``module:app``): they
+#: wire the rooms together (web/__main__.py hands the plugins' tracking-event hook to
+#: the fast server), so they stand on the top floor, whatever folder they are in;
+#: nothing imports them.
+ENTRY_MODULES = ("__main__", "wsgi")
+
 # Known exceptions, each (importing file, imported module), to be removed when fixed.
-KNOWN = {
-    # issue 16 item 4: web imports hooks for the tracking-event hook, which the entry
-    # point could hand in instead.
-    ("web/_supervisor.py", "postal_tracking_plugin.hooks"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 TOPS = (
     (ROOT / "postal_tracking_plugin", "postal_tracking_plugin"),
@@ -102,8 +106,11 @@ TOPS = (
 
 
 def _room(module: str, rooms: set[str]) -> str:
-    """``store`` for postal_tracking_plugin.store._models; ``core`` for .config."""
+    """``store`` for postal_tracking_plugin.store._models; ``core`` for .config;
+    ``entry`` for postal_tracking_plugin.web.__main__."""
     parts = module.split(".")
+    if any(part in ENTRY_MODULES for part in parts[1:]):
+        return "entry"
     return parts[1] if len(parts) > 1 and parts[1] in rooms else "core"
 
 
@@ -126,7 +133,7 @@ def _door_violations(tops: tuple[tuple[Path, str], ...], root: Path) -> list[str
     for top, name in tops:
         for path in sorted(top.rglob("*.py")):
             package = _package_of(path, top, name)
-            here = _room(f"{package}.x", rooms)
+            here = _room(f"{package}.{path.stem}", rooms)
             shown = path.relative_to(root).as_posix()
             for module in sorted(_imports(path, package)):
                 if not module.startswith("postal_tracking_plugin"):
@@ -174,6 +181,41 @@ def test_the_door_check_catches_a_private_import_and_an_upward_one(tmp_path: Pat
     assert "private" in found[0]
     assert "store/ops.py imports postal_tracking_plugin.events:" in found[1]
     assert "(store -> events)" in found[1]
+
+
+def test_the_door_check_keeps_hooks_out_of_web_but_lets_an_entry_module_wire_them(
+    tmp_path: Path,
+) -> None:
+    """web's library may not import hooks (nor hooks web); its process entry point may,
+    and nothing may import an entry point."""
+    core = tmp_path / "postal_tracking_plugin"
+    core.mkdir()
+    (core / "__init__.py").write_text("")
+    (core / "config.py").write_text("import postal_tracking_plugin.web.wsgi\n")
+    web, hooks = tmp_path / "web", tmp_path / "hooks"
+    for folder in (web, hooks):
+        folder.mkdir()
+        (folder / "__init__.py").write_text("")
+    (hooks / "_manager.py").write_text("")
+    (web / "_supervisor.py").write_text("from postal_tracking_plugin.hooks import x\n")
+    (web / "__main__.py").write_text(
+        "from postal_tracking_plugin.hooks import x\nfrom ._supervisor import serve\n"
+    )
+    (web / "wsgi.py").write_text("from postal_tracking_plugin import hooks\n")
+    (hooks / "spec.py").write_text("from postal_tracking_plugin.web import app\n")
+    tops = (
+        (core, "postal_tracking_plugin"),
+        (hooks, "postal_tracking_plugin.hooks"),
+        (web, "postal_tracking_plugin.web"),
+    )
+    found = _door_violations(tops, tmp_path)
+    assert found == [
+        "postal_tracking_plugin/config.py imports postal_tracking_plugin.web: "
+        "a room up or beside (core -> entry)",
+        "hooks/spec.py imports postal_tracking_plugin.web: a room up or beside (hooks -> web)",
+        "web/_supervisor.py imports postal_tracking_plugin.hooks: "
+        "a room up or beside (web -> hooks)",
+    ], found
 
 
 def test_the_fast_server_check_loads_neither_web_nor_gevent(tmp_path: Path) -> None:

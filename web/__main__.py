@@ -4,6 +4,11 @@ gevent's monkey-patching happens here, first thing, and nowhere else: it must
 come before anything imports ``socket``, ``ssl`` or ``threading`` for PyMySQL
 and the recorder to cooperate with the hub. ``postal-tracking fast-server``
 replaces itself with this (exec), so the patched interpreter is a fresh one.
+
+As the process's entry point, this module wires the rooms together: it hands
+the installed plugins' tracking-event hook (``postal_tracking_plugin.hooks``)
+to :func:`._supervisor.serve`, so that nothing else in ``web`` imports ``hooks``
+(tests/test_meta.py holds entry modules to the CLI's floor).
 """
 
 from gevent import monkey
@@ -29,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    from functools import partial
+
     from postal_tracking_plugin.config import load_config
     from postal_tracking_plugin.errors import Error
+    from postal_tracking_plugin.hooks import get_plugin_manager
+    from postal_tracking_plugin.hooks import notify_tracking_event
 
     from ._supervisor import serve
 
@@ -39,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(
             logging.DEBUG if args.debug else config.tracking.log.level.upper()
         )
-        return serve(config, workers=args.workers, resumption=not args.no_tls_resumption)
+        hook = partial(notify_tracking_event, get_plugin_manager())
+        return serve(config, workers=args.workers, hook=hook, resumption=not args.no_tls_resumption)
     except Error as exc:
         print(f"postal-tracking: error: {exc}", file=sys.stderr)
         if args.debug:

@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import TextIO
 
 from ._routes import CLIENT_KEY
+
+if TYPE_CHECKING:
+    from ._handler import TrackingHandler
 
 _SPECIAL = {
     '"': '\\"',
@@ -47,7 +51,7 @@ def escape(text: str) -> str:
 class AccessLog:
     """Writes one line per request to ``stream`` (a file or stderr)."""
 
-    def __init__(self, fmt: str, stream: Any) -> None:
+    def __init__(self, fmt: str, stream: TextIO) -> None:
         self.fmt = fmt
         self.stream = stream
 
@@ -55,7 +59,7 @@ class AccessLog:
         if self.stream not in (sys.stderr, sys.stdout):
             self.stream.close()
 
-    def write(self, handler: Any) -> None:
+    def write(self, handler: TrackingHandler) -> None:
         """The line for the request ``handler`` (a ``TrackingHandler``) has just answered."""
         environ = getattr(handler, "environ", None) or {}
         client = environ.get(CLIENT_KEY) or environ.get("REMOTE_ADDR")

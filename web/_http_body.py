@@ -11,7 +11,8 @@ read at all (see ``_handler``); this module only reads.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import gevent
 from gevent.pywsgi import Input
@@ -26,16 +27,16 @@ _YIELD_EVERY = 4096
 class _NoInput:
     """``wsgi.input`` of a request without a body: always at its end."""
 
-    def read(self, *_args: Any) -> bytes:
+    def read(self, *_args: object) -> bytes:
         return b""
 
-    def readline(self, *_args: Any) -> bytes:
+    def readline(self, *_args: object) -> bytes:
         return b""
 
-    def readlines(self, *_args: Any) -> list[bytes]:
+    def readlines(self, *_args: object) -> list[bytes]:
         return []
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[bytes]:
         return iter(())
 
     def _discard(self) -> None:
@@ -59,7 +60,7 @@ class BodyReader:
 
     __slots__ = ("_rfile", "_left", "_until_yield")
 
-    def __init__(self, rfile: Any, limit: int) -> None:
+    def __init__(self, rfile: BinaryIO, limit: int) -> None:
         self._rfile = rfile
         self._left = limit
         self._until_yield = _YIELD_EVERY

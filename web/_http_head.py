@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
+from typing import overload
 
 #: Request line and headers together, in bytes; beyond it: 431.
 MAX_HEAD_BYTES = 8192
@@ -31,6 +32,8 @@ _MAX_LENGTH_DIGITS = 18
 
 #: The body is chunked (the value :func:`body_framing` returns for it).
 CHUNKED = -1
+
+_T = TypeVar("_T")
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 #: A request line (latin-1 text, with its line ending). Nothing but one SP between
@@ -97,7 +100,11 @@ class Headers:
         self._items = items
         self.noted = noted
 
-    def get(self, name: str, default: Any = None) -> Any:
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: _T) -> str | _T: ...
+    def get(self, name: str, default: object = None) -> object:
         name = name.lower()
         for key, value in self._items:
             if key.lower() == name:

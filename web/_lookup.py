@@ -12,12 +12,20 @@ the cache is what a worker's memory grows with.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import Final
+from typing import Generic
+from typing import Literal
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from postal_tracking_plugin.errors import StoreError
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.store import Store
 
 from ._location import location_value
 
@@ -25,11 +33,22 @@ log = logging.getLogger(__name__)
 
 #: (link id, message id or None, Location header value, stored URL if it differs)
 LinkEntry = tuple[int, int | None, str, str | None]
+_MissKey = tuple[str, int, str]
 
-_MISS = object()
+
+class _Missing(enum.Enum):
+    """The answer of :meth:`_Lru.get` for a key it does not hold (a value may be None)."""
+
+    MISS = enum.auto()
 
 
-def redirectable(url: Any) -> bool:
+_MISS: Final = _Missing.MISS
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def redirectable(url: object) -> bool:
     """Whether a stored URL may be redirected to: an ``http``/``https`` URL with a host.
 
     NULL, empty, ``javascript:``, ``data:`` or relative values never are (they
@@ -43,7 +62,7 @@ def redirectable(url: Any) -> bool:
         return False
 
 
-class _Lru:
+class _Lru(Generic[_K, _V]):
     """A bounded mapping that keeps recently used keys: two generations of plain dicts.
 
     New and recently read keys live in ``young``; when it holds ``size`` keys
@@ -57,11 +76,11 @@ class _Lru:
     __slots__ = ("_young", "_old", "_size")
 
     def __init__(self, size: int) -> None:
-        self._young: dict[Any, Any] = {}
-        self._old: dict[Any, Any] = {}
+        self._young: dict[_K, _V] = {}
+        self._old: dict[_K, _V] = {}
         self._size = max(1, size)
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: _K) -> _V | Literal[_Missing.MISS]:
         value = self._young.get(key, _MISS)
         if value is _MISS:
             value = self._old.pop(key, _MISS)
@@ -69,7 +88,7 @@ class _Lru:
                 self.put(key, value)
         return value
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: _K, value: _V) -> None:
         young = self._young
         young[key] = value
         if len(young) >= self._size:
@@ -98,7 +117,7 @@ class Lookup:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         *,
         links: int = 100_000,
         messages: int = 25_000,
@@ -107,9 +126,12 @@ class Lookup:
     ) -> None:
         self.store = store
         self._servers: dict[str, tuple[int | None, float]] = {}
-        self._links = _Lru(links)
-        self._messages = _Lru(messages)
-        self._misses = _Lru(10_000)
+        #: Token -> "server id, link id, message id, Location, URL", tab-separated.
+        self._links: _Lru[str, str] = _Lru(links)
+        #: Token -> "server id, message id", tab-separated.
+        self._messages: _Lru[str, str] = _Lru(messages)
+        #: ("l" or "m", server id, token) -> until when it is known to be unknown.
+        self._misses: _Lru[_MissKey, float] = _Lru(10_000)
         self.server_ttl = server_ttl
         self.negative_ttl = negative_ttl
 
@@ -178,11 +200,11 @@ class Lookup:
         """``(link id, message id, Location, URL)`` of the server's link ``token``, or None."""
         entry = self._links.get(token)
         if entry is not _MISS:
-            sid, link_id, message_id, location, url = entry.split("\t", 4)
+            sid, link_text, message_text, location, url = entry.split("\t", 4)
             if int(sid) == server_id:
                 return (
-                    int(link_id),
-                    int(message_id) if message_id else None,
+                    int(link_text),
+                    int(message_text) if message_text else None,
                     location,
                     url or None,
                 )
@@ -222,9 +244,9 @@ class Lookup:
         """The id of the server's message with ``token``, or None."""
         found = self._messages.get(token)
         if found is not _MISS:
-            sid, message_id = found.split("\t", 1)
+            sid, message_text = found.split("\t", 1)
             if int(sid) == server_id:
-                return int(message_id)
+                return int(message_text)
         if self._recent_miss(("m", server_id, token)):
             return None
         row = self.store.find_message(server_id, token)
@@ -235,7 +257,7 @@ class Lookup:
         self.remember_message(server_id, token, message_id)
         return message_id
 
-    def _recent_miss(self, key: tuple[Any, ...]) -> bool:
+    def _recent_miss(self, key: _MissKey) -> bool:
         until = self._misses.get(key)
         return until is not _MISS and until > time.monotonic()
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from postal_tracking_plugin.errors import StoreError
 
 from ._lookup import Lookup
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.store import Server
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,12 @@ class Prefetcher:
     :param pause: called between chunks, so a long first load yields to requests.
     """
 
-    def __init__(self, lookup: Lookup, pause: Callable[[], Any] = lambda: None) -> None:
+    def __init__(self, lookup: Lookup, pause: Callable[[], object] = lambda: None) -> None:
         self.lookup = lookup
         self.store = lookup.store
         self.pause = pause
         self._last: dict[tuple[str, int], int] = {}
-        self._servers: list[Any] = []
+        self._servers: list[Server] = []
         self._servers_at = 0.0
         self._warned = 0.0
 

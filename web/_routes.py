@@ -16,14 +16,19 @@ import logging
 import re
 import struct
 import zlib
-from collections.abc import Callable
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import Protocol
 
 from postal_tracking_plugin.errors import StoreError
 
 from ._client import ClientAddress
 from ._lookup import Lookup
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,46 @@ MAX_TOKEN = 64
 #: Key in the WSGI environ where the resolved client address is left for the access log.
 CLIENT_KEY = "postal_tracking.client"
 
-StartResponse = Callable[..., Any]
-Wsgi = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+class Recorder(Protocol):
+    """Where the hot routes hand each counted click and open: the two calls they make.
+
+    Defined here, by its consumer, with only what it calls, rather than as the
+    whole :class:`~postal_tracking_plugin.events.EventRecorder` (which is one):
+    a test or a benchmark passes a few lines that count, and ``web`` depends on
+    no more of ``events`` than this. Both calls must return at once and never
+    raise for the request's sake (an exception is logged, the answer goes out).
+    The return value (the event id) is not used.
+    """
+
+    def click(
+        self,
+        *,
+        server_id: int,
+        server_token: str,
+        message_id: int | None,
+        link_id: int | None,
+        url: str | None,
+        ip_address: str | None,
+        user_agent: str | None,
+        method: str = "GET",
+    ) -> object:
+        """Record a click on link ``link_id`` of message ``message_id``."""
+        ...
+
+    def open(
+        self,
+        *,
+        server_id: int,
+        server_token: str,
+        message_id: int | None,
+        message_token: str | None,
+        ip_address: str | None,
+        user_agent: str | None,
+        method: str = "GET",
+    ) -> object:
+        """Record an open (the pixel of message ``message_id`` loaded)."""
+        ...
 
 
 def _png_1x1() -> bytes:
@@ -107,14 +150,18 @@ class HotRoutes:
     """
 
     def __init__(
-        self, fallback: Wsgi, lookup: Lookup, recorder: Any, client: ClientAddress
+        self,
+        fallback: WSGIApplication,
+        lookup: Lookup,
+        recorder: Recorder | None,
+        client: ClientAddress,
     ) -> None:
         self.fallback = fallback
         self.lookup = lookup
         self.recorder = recorder
         self.client = client
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if len(path) > 4 and path[1] in "iI":
             match = IMG_RE.match(path)
@@ -126,7 +173,7 @@ class HotRoutes:
         return self.fallback(environ, start_response)
 
     def click(
-        self, environ: dict[str, Any], start_response: StartResponse, server_token: str, token: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, server_token: str, token: str
     ) -> Iterable[bytes]:
         head = environ["REQUEST_METHOD"] == "HEAD"
         try:
@@ -166,7 +213,7 @@ class HotRoutes:
         return _NO_BODY
 
     def pixel(
-        self, environ: dict[str, Any], start_response: StartResponse, server_token: str, token: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, server_token: str, token: str
     ) -> Iterable[bytes]:
         head = environ["REQUEST_METHOD"] == "HEAD"
         query = environ.get("QUERY_STRING")
@@ -192,7 +239,13 @@ class HotRoutes:
         client = environ[CLIENT_KEY] = self.client(environ)
         if head:
             return _NO_BODY
-        if message_id is not None and environ["REQUEST_METHOD"] == "GET" and self.recorder:
+        # A message id implies a server id (both are None when the store failed).
+        if (
+            message_id is not None
+            and server_id is not None
+            and environ["REQUEST_METHOD"] == "GET"
+            and self.recorder
+        ):
             try:
                 self.recorder.open(
                     server_id=server_id,

@@ -4,6 +4,10 @@
 workers (or serves in this process when there is one), forwards SIGTERM and
 SIGHUP to them and replaces a worker that dies. Must run in a gevent-patched
 process: ``python -m postal_tracking_plugin.web`` patches first thing.
+
+The plugins' tracking-event hook is handed in by the process's entry point
+(``web/__main__.py``): this module, like the rest of ``web``'s library, does not
+know ``postal_tracking_plugin.hooks``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
@@ -28,20 +32,14 @@ from ._sockets import bind
 from ._sockets import listen_specs
 from .server import Worker
 
+if TYPE_CHECKING:
+    from postal_tracking_plugin.events import TrackingHook
+    from postal_tracking_plugin.store import Store
+
 #: Seconds between a worker's checks that its supervisor is still there.
 SUPERVISOR_CHECK = 1.0
 
 log = logging.getLogger("postal_tracking_plugin.web")
-
-
-def plugin_hook() -> Callable[[dict[str, Any]], None]:
-    """The installed plugins' ``postal_tracking_event``, as the recorder's hook."""
-    from functools import partial
-
-    from postal_tracking_plugin.hooks import get_plugin_manager
-    from postal_tracking_plugin.hooks import notify_tracking_event
-
-    return partial(notify_tracking_event, get_plugin_manager())
 
 
 def default_workers(config: Config) -> int:
@@ -49,11 +47,18 @@ def default_workers(config: Config) -> int:
 
 
 def serve(
-    config: Config, *, workers: int | None = None, hook: Any = None, resumption: bool = True
+    config: Config,
+    *,
+    workers: int | None = None,
+    hook: TrackingHook | None = None,
+    resumption: bool = True,
 ) -> int:
     """Bind, fork ``workers`` processes (one: serve in this one), run until SIGTERM.
 
     Must run in a gevent-patched process (``python -m postal_tracking_plugin.web``).
+
+    :param hook: the tracking-event hook each worker's event recorder calls (the
+        entry point passes the installed plugins'); None: no hook.
     """
     from postal_tracking_plugin.config import load_config
     from postal_tracking_plugin.store import open_store
@@ -68,8 +73,6 @@ def serve(
     # Made once, here, so that every worker (and a replacement of one) seals
     # session tickets with the same keys; and a bad certificate fails now, in one line.
     tls_context = context_from_files(*default_certificate_paths(config), resumption=resumption)
-    if hook is None:
-        hook = plugin_hook()
     sets = [[(bind(s, reuse_port=count > 1), s.tls) for s in specs] for _ in range(count)]
     shown = ", ".join(
         f"{'https' if s.tls else 'http'}://{_host(s.address)}:{s.port}" for s in specs
@@ -92,7 +95,7 @@ def serve(
 
     children: dict[int, int] = {}
     stopping = gevent.event.Event()
-    handlers: list[Any] = []
+    handlers: list[gevent.signal_handler[[]]] = []
 
     supervisor = os.getpid()  # read here: a child asking getppid() could already see init
 
@@ -186,9 +189,9 @@ def _run_worker(
     config: Config,
     sockets: list[tuple[socket.socket, bool]],
     index: int,
-    hook: Any,
+    hook: TrackingHook | None,
     reload_config: Callable[[], Config | None],
-    open_store: Callable[[Config], Any],
+    open_store: Callable[[Config], Store],
     resumption: bool = True,
     tls_context: ssl.SSLContext | None = None,
     supervisor: int | None = None,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import cast
 
 from flask import Flask
 from flask import Response
@@ -28,6 +29,11 @@ from ._client import ClientAddress
 from ._lookup import Lookup
 from ._routes import CLIENT_KEY
 from ._routes import HotRoutes
+from ._routes import Recorder
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.events import EventRecorder
+    from postal_tracking_plugin.store import Store
 
 EXTENSION = "postal_tracking"
 
@@ -39,21 +45,25 @@ class TrackingState:
     """What the views share, kept in ``app.extensions["postal_tracking"]``."""
 
     config: Config
-    store: Any
+    store: Store
     lookup: Lookup
-    recorder: Any
+    recorder: Recorder | None
     client: ClientAddress
     owns_recorder: bool = False
 
 
 def create_app(
-    config: Config, store: Any, recorder: Any = None, *, lookup: Lookup | None = None
+    config: Config,
+    store: Store,
+    recorder: Recorder | None = None,
+    *,
+    lookup: Lookup | None = None,
 ) -> Flask:
     """Build the tracking app.
 
     :param config: the loaded ``postal.yml``.
     :param store: the :class:`~postal_tracking_plugin.store.Store` links are read from.
-    :param recorder: the event recorder clicks and opens go to; by default an
+    :param recorder: where clicks and opens go (any :class:`~._routes.Recorder`); by default an
         :class:`~postal_tracking_plugin.events.EventRecorder` is made and started
         here (stop it with :func:`close_app`).
     :param lookup: the link cache; by default a new one in front of ``store``.
@@ -92,8 +102,8 @@ def create_app(
 def close_app(app: Flask, timeout: float = 5.0) -> None:
     """Flush and stop the recorder if :func:`create_app` made it."""
     state = tracking_state(app)
-    if state.owns_recorder:
-        state.recorder.stop(timeout=timeout)
+    if state.owns_recorder:  # then create_app made it: an EventRecorder
+        cast("EventRecorder", state.recorder).stop(timeout=timeout)
 
 
 def tracking_state(app: Flask) -> TrackingState:

@@ -26,9 +26,9 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import TextIO
 
@@ -55,6 +55,15 @@ from .app import tracking_state
 from .proxy_protocol import read_header
 from .tls import CertificateContexts
 from .tls import run_every
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from postal_tracking_plugin.events import EventRecorder
+    from postal_tracking_plugin.events import TrackingHook
+    from postal_tracking_plugin.store import Store
+
+    from ._routes import Recorder
 
 log = logging.getLogger("postal_tracking_plugin.web")
 
@@ -173,7 +182,7 @@ class Listener(WSGIServer):
 
     handler_class = TrackingHandler
 
-    def __init__(self, sock: socket.socket, app: Any, worker: Worker, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, app: Flask, worker: Worker, tls: bool) -> None:
         environ = {
             "wsgi.url_scheme": "https" if tls else "http",
             "SERVER_SOFTWARE": "postal-tracking",
@@ -335,11 +344,11 @@ class Worker:
     def __init__(
         self,
         config: Config,
-        store: Any,
+        store: Store,
         sockets: list[tuple[socket.socket, bool]],
         *,
-        recorder: Any = None,
-        hook: Callable[[dict[str, Any]], None] | None = None,
+        recorder: Recorder | None = None,
+        hook: TrackingHook | None = None,
         index: int = 0,
         limits: Limits | None = None,
         resumption: bool = True,
@@ -366,11 +375,13 @@ class Worker:
         self.per_address_cap = config.tracking.max_connections_per_address
         self.per_address: dict[str, int] = {}
         self.owns_recorder = recorder is None
+        #: The recorder made here (started and stopped with the worker), if none was given.
+        self._own_recorder: EventRecorder | None = None
         if recorder is None:
             from postal_tracking_plugin.events import EventRecorder
 
-            recorder = EventRecorder(config, store, hook=hook)
-        self.recorder = recorder
+            recorder = self._own_recorder = EventRecorder(config, store, hook=hook)
+        self.recorder: Recorder = recorder
         self.certificates: CertificateContexts | None = None
         if any(tls for _, tls in sockets):
             self.certificates = CertificateContexts(
@@ -409,8 +420,8 @@ class Worker:
         return [(listener.address, listener.tls) for listener in self.listeners]
 
     def start(self) -> None:
-        if self.owns_recorder:
-            self.recorder.start()
+        if self._own_recorder is not None:
+            self._own_recorder.start()
         if self.certificates is not None:
             self.certificates.refresh()
             self._background.append(
@@ -484,9 +495,9 @@ class Worker:
         for greenlet in self._background:
             greenlet.kill(block=False)
         flushed = True
-        if self.owns_recorder:
+        if self._own_recorder is not None:
             try:
-                flushed = bool(self.recorder.stop(timeout=5.0))
+                flushed = self._own_recorder.stop(timeout=5.0)
             except Exception:  # report, and still exit
                 log.exception("events could not all be flushed")
                 flushed = False

@@ -23,10 +23,14 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import Protocol
 
 from postal_tracking_plugin.errors import StoreError
 from postal_tracking_plugin.errors import TlsError as TlsError
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.store import Certificate
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +102,33 @@ def context_from_pem(
     return ctx
 
 
+#: What :class:`CertificateContexts` remembers of a loaded certificate to notice a change:
+#: the row's ``(updated_at, expires_at)``, compared only for equality.
+Version = tuple[object, object]
+
+
+class CertificateSource(Protocol):
+    """Where :class:`CertificateContexts` reads certificates: the two store calls it makes.
+
+    Defined here, beside its one consumer, rather than as the whole
+    :class:`~postal_tracking_plugin.store.Store`: the SNI side needs no more than
+    this, and a test can hand in a few PEM strings without a database. Every
+    :class:`~postal_tracking_plugin.store.Store` is one.
+    """
+
+    def certificate_versions(self) -> dict[str, Version]:
+        """Each domain with a certificate and key, and the version of its row."""
+        ...
+
+    def get_certificate(self, domain: str) -> Certificate | None:
+        """The row of ``domain`` (PEM text, expiry), or None."""
+        ...
+
+
 class CertificateContexts:
     """The default context (with the SNI callback) and one context per domain name.
 
-    :param store: where ``track_certificates`` rows are read.
+    :param store: where certificates are read (the store, as a :class:`CertificateSource`).
     :param default_paths: (certificate, key) of the default certificate.
     :param resumption: TLS session tickets (see :func:`new_context`).
     :param default: the default context, made by :func:`context_from_files`
@@ -114,7 +141,7 @@ class CertificateContexts:
 
     def __init__(
         self,
-        store: Any,
+        store: CertificateSource,
         default_paths: tuple[Path, Path],
         *,
         resumption: bool = True,
@@ -124,15 +151,17 @@ class CertificateContexts:
         self.default_paths = default_paths
         self.resumption = resumption
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._versions: dict[str, Any] = {}
-        self._failed: dict[str, Any] = {}
+        self._versions: dict[str, Version] = {}
+        self._failed: dict[str, Version] = {}
         self._lock = threading.Lock()
         if default is None:
             default = context_from_files(*default_paths, resumption=resumption)
         default.sni_callback = self._choose
         self.default = default
 
-    def _choose(self, sslsock: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    def _choose(
+        self, sslsock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
         if server_name:
             ctx = self._contexts.get(server_name.lower().rstrip("."))
             if ctx is not None:
@@ -152,15 +181,10 @@ class CertificateContexts:
         Returns how many contexts changed. A store failure keeps what is loaded.
         """
         try:
-            with self.store.main(readonly=True) as db:
-                rows = db.query(
-                    "SELECT domain, updated_at, expires_at FROM track_certificates "
-                    "WHERE certificate IS NOT NULL AND `key` IS NOT NULL"
-                )
+            current = self.store.certificate_versions()
         except StoreError as exc:
             log.warning("cannot refresh certificates from the store: %s", exc)
             return 0
-        current = {str(r["domain"]).lower(): (r["updated_at"], r["expires_at"]) for r in rows}
         changed = 0
         for name, version in current.items():
             if self._versions.get(name) == version or self._failed.get(name) == version:
@@ -174,7 +198,7 @@ class CertificateContexts:
             changed += 1
         return changed
 
-    def _load(self, name: str, version: Any) -> int:
+    def _load(self, name: str, version: Version) -> int:
         try:
             row = self.store.get_certificate(name)
         except StoreError as exc:
@@ -204,7 +228,7 @@ class CertificateContexts:
         return 1
 
 
-def run_every(seconds: float, func: Callable[[], Any], sleep: Callable[[float], Any]) -> None:
+def run_every(seconds: float, func: Callable[[], object], sleep: Callable[[float], object]) -> None:
     """Call ``func`` every ``seconds`` until the greenlet or thread is killed; log failures."""
     while True:
         sleep(seconds)

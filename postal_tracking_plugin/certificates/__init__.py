@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from ..config import Config
 from ._account import Account as Account
@@ -68,12 +68,20 @@ def run_scheduled_renewal(config: Config, *, timeout: float = SCHEDULED_TIMEOUT)
         return None
 
 
-def _original(module: str, name: str) -> Any:
-    """``module.name`` as the standard library has it, even after gevent's monkey-patching."""
+_T = TypeVar("_T")
+
+
+def _original(module: str, name: str, current: _T) -> _T:
+    """``module.name`` as the standard library has it, even after gevent's monkey-patching.
+
+    ``current`` is that name as this process has it (``os.waitpid``): the
+    original has its type.
+    """
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is not None and gevent_monkey.is_module_patched(module):
-        return gevent_monkey.get_original(module, name)
-    return getattr(sys.modules[module], name)
+        original: _T = gevent_monkey.get_original(module, name)
+        return original
+    return current
 
 
 def _run_child(command: list[str], timeout: float) -> tuple[int, str]:
@@ -84,14 +92,14 @@ def _run_child(command: list[str], timeout: float) -> tuple[int, str]:
     (where gevent's own ``subprocess`` cannot watch children). The sleeps are
     whatever ``time.sleep`` is, so a greenlet caller yields while it waits.
     """
-    waitpid = _original("os", "waitpid")
+    waitpid = _original("os", "waitpid", os.waitpid)
     with tempfile.TemporaryFile() as out, open(os.devnull, "rb") as devnull:
         actions = [
             (os.POSIX_SPAWN_DUP2, devnull.fileno(), 0),
             (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
             (os.POSIX_SPAWN_DUP2, out.fileno(), 2),
         ]
-        spawn = _original("os", "posix_spawn")
+        spawn = _original("os", "posix_spawn", os.posix_spawn)
         pid = spawn(command[0], command, dict(os.environ), file_actions=actions)
         deadline = time.monotonic() + timeout
         while True:

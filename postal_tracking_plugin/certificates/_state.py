@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ..store import Db
+from ..store import SqlValue
 from ..store import Store
 from ..store import utcnow
 
@@ -68,7 +69,7 @@ def _status(row: dict) -> Status:
     )
 
 
-def _write(store: Store, domain: str, **fields: object) -> None:
+def _write(store: Store, domain: str, **fields: SqlValue) -> None:
     domain = domain.lower()
     fields["updated_at"] = utcnow()
     with store.main() as db:

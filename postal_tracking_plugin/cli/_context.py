@@ -7,12 +7,17 @@ import sys
 from collections.abc import Mapping
 from functools import cached_property
 from typing import TextIO
+from typing import TypeAlias
 
 from ..config import Config
 from ..config import load_config
 from ..config import resolve_path
 from ..store import Store
 from ..store import open_store
+
+#: What each command module's ``register(sub)`` adds its parsers to (the object
+#: ``add_subparsers`` returns; a string, as argparse's class is not subscriptable).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class Context:

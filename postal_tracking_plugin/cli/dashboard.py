@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from ._context import Context
+from ._context import Subparsers
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "dashboard",
         help="serve the dashboard (opens and clicks, people vs machines, domain settings)",

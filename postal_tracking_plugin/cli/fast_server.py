@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 from ..config import listen_addresses
 from ..errors import UsageError
 from ._context import Context
+from ._context import Subparsers
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "fast-server",
         help="run the tracking web server (clicks, opens, HTTP-01 answers) in the foreground",

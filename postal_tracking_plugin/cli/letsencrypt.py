@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from collections.abc import Callable
 
 from ..certificates import Issuer
 from ..certificates import LockBusy
@@ -14,10 +14,11 @@ from ..certificates import register as register_account
 from ..config import LETS_ENCRYPT_STAGING_DIRECTORY
 from ..errors import UsageError
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "register-lets-encrypt",
         help="register an ACME (Let's Encrypt) account for tracking domain certificates",
@@ -114,7 +115,7 @@ def run_register(ctx: Context) -> int:
     return 0
 
 
-def _progress(ctx: Context) -> Any:
+def _progress(ctx: Context) -> Callable[[str, bool], None] | None:
     """A line per domain on a terminal; nothing under cron (failures are reported after)."""
     if not ctx.err.isatty():
         return None

@@ -14,22 +14,25 @@ from __future__ import annotations
 import argparse
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from ..config import Config
 from ..config import load_config
 from ..default_certificate import ensure_default_certificate
 from ..errors import NotFound
 from ..errors import UsageError
+from ..store import Server
+from ..store import Store
 from ..store import open_store
 from ._context import Context
+from ._context import Subparsers
 
 DEMO_SERVER = "Demo"
 DEMO_TRACK_DOMAIN = "click.example.com"  # the sample newsletter is from news@example.com
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "quickstart",
         help="set up a demo in DIR (SQLite), track the sample newsletter, run the fast server",
@@ -118,7 +121,7 @@ def run(ctx: Context) -> int:
 
 
 def _track_sample(
-    ctx: Context, config: Any, store: Any, server: Any, directory: Path
+    ctx: Context, config: Config, store: Store, server: Server, directory: Path
 ) -> tuple[list[tuple[str, str]], str | None]:
     from ..rewrite import rewrite_message
 

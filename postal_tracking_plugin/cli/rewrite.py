@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
 from ..rewrite import rewrite_message
 from ._context import Context
+from ._context import Subparsers
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "rewrite",
         help="rewrite one message's links and add the open pixel (stdout), summary on stderr",

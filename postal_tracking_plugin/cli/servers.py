@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("servers", help="add and list mail servers")
     s = p.add_subparsers(dest="servers_command", metavar="ACTION", required=True)
     add = s.add_parser("add", help="add a server and create its message database")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..default_certificate import ensure_default_certificate
 from ._context import Context
+from ._context import Subparsers
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "init",
         help="create the data directory, the database schema and a default certificate",

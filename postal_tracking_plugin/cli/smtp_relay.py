@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..errors import ConfigError
 from ._context import Context
+from ._context import Subparsers
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "smtp-relay",
         help="accept mail over SMTP, track it, and relay it to an upstream SMTP server",

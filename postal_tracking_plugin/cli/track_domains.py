@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Iterable
 
 from ..dns_check import check_track_domain
 from ..errors import UsageError
+from ..store import SqlValue
 from ..store import split_track_domain_name
 from ..store import utcnow
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("track-domains", help="add, list, change and check tracking domains")
     s = p.add_subparsers(dest="track_domains_command", metavar="ACTION", required=True)
 
@@ -165,7 +167,7 @@ def run_remove(ctx: Context) -> int:
 def run_set(ctx: Context) -> int:
     a = ctx.args
     td = ctx.store.get_track_domain(a.full_name)
-    changes: dict[str, Any] = {
+    changes: dict[str, SqlValue | Iterable[str]] = {
         k: getattr(a, k)
         for k in ("ssl_enabled", "track_clicks", "track_loads")
         if getattr(a, k) is not None

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import Any
 
 from werkzeug.security import generate_password_hash
 
 from ..errors import UsageError
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 MIN_PASSWORD = 8
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("users", help="dashboard accounts: add, list, remove, change a password")
     s = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = s.add_parser("add", help="add a dashboard account (the password is asked twice)")

@@ -14,6 +14,7 @@ from ._privacy import forget as forget
 from ._privacy import prune as prune
 from ._recorder import EVENT_KEYS as EVENT_KEYS
 from ._recorder import EventRecorder as EventRecorder
+from ._recorder import TrackingHook as TrackingHook
 from ._spool import spool_backlog as spool_backlog
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "EventRecorder",
     "Flagger",
     "Rules",
+    "TrackingHook",
     "anonymize_ip",
     "forget",
     "is_bot_reason",

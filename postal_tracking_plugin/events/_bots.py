@@ -41,11 +41,16 @@ from dataclasses import dataclass
 from dataclasses import field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 from .._hub import cooperate
 from ..config import Config
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..store import FlagQueries
+    from ..store import Row
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
@@ -197,7 +202,7 @@ class Flagger:
             all_links_count=ev.all_links_count,
         )
 
-    def __call__(self, db: Any, events: list[dict[str, Any]]) -> None:
+    def __call__(self, db: FlagQueries, events: list[dict[str, Any]]) -> None:
         """Flag ``events``; ``db`` is the store's :class:`FlagQueries` on the open transaction."""
         classify = self.rules.classify
         for i, event in enumerate(events):
@@ -210,8 +215,8 @@ class Flagger:
         cooperate()
         # ``messages`` rows are read only for the events whose flag depends on them:
         # the unflagged ones (too fast?) and the bursts that could change something.
-        messages: dict[int, Any] = {}
-        fetched: set[Any] = set()
+        messages: dict[int, Row] = {}
+        fetched: set[int] = set()
         if self.too_fast_seconds > 0:
             pending = [
                 e for e in events if e["bot_reason"] is None and e.get("message_id") is not None
@@ -227,17 +232,17 @@ class Flagger:
             cooperate()
         self._all_links_at_once(db, events, messages, fetched)
 
-    def _need(self, message: Any) -> int:
+    def _need(self, message: Row | None) -> int:
         """Different links that make a burst: ``all_links_count``, or all of a smaller message's."""
         tracked = int(message["tracked_links"] or 0) if message else 0
         return self.all_links_count if tracked < 2 else min(self.all_links_count, tracked)
 
     def _all_links_at_once(
         self,
-        db: Any,
+        db: FlagQueries,
         events: list[dict[str, Any]],
-        messages: dict[int, Any],
-        fetched: set[Any],
+        messages: dict[int, Row],
+        fetched: set[int],
     ) -> None:
         clicks = [
             e
@@ -343,7 +348,7 @@ def _set(event: dict[str, Any], reason: str | None, *, force: bool = False) -> N
 
 
 def _load_messages(
-    db: Any, messages: dict[int, Any], fetched: set[Any], ids: Iterable[Any]
+    db: FlagQueries, messages: dict[int, Row], fetched: set[int], ids: Iterable[int]
 ) -> None:
     """Add the ``messages`` rows (id, timestamp, tracked_links) of ``ids`` not read yet."""
     missing = sorted({m for m in ids if m not in fetched})

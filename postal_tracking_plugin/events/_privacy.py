@@ -23,12 +23,21 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import ParamSpec
+from typing import TypeVar
 
 from .._hub import off_hub
 from ..config import Config
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ._spool import Spool
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
@@ -130,7 +139,7 @@ def forget(config: Config, store: Store, address: str) -> list[tuple[str, str, i
 class Pruner:
     """Runs :func:`prune` from the recorder's writer once a day (first ten minutes after start)."""
 
-    def __init__(self, config: Config, store: Store, spool: Any) -> None:
+    def __init__(self, config: Config, store: Store, spool: Spool) -> None:
         self.config = config
         self.store = store
         self.spool = spool
@@ -152,5 +161,6 @@ class Pruner:
             log.info("daily prune removed %d rows and files older than the retention", total)
 
 
-def _call(func: Any, *args: Any) -> Any:
-    return func(*args)
+def _call(func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """``func(*args, **kwargs)``, here: :func:`off_hub`'s form, for the other stores."""
+    return func(*args, **kwargs)

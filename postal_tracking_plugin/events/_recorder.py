@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._hub import Runner
 from .._hub import cooperate
 from .._hub import spawn
 from ..config import Config
@@ -35,7 +36,10 @@ from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
-Hook = Callable[[dict[str, Any]], None]
+#: The tracking-event hook: called with each recorded event, a dict keyed by
+#: :data:`EVENT_KEYS` (``postal_tracking_plugin.hooks`` passes it on to the plugins'
+#: ``postal_tracking_event``, which documents each key as ``TrackingEvent``).
+TrackingHook = Callable[[dict[str, Any]], None]
 
 #: The keys of the event dict passed to the tracking-event hook.
 EVENT_KEYS = (
@@ -84,7 +88,7 @@ class EventRecorder:
         self,
         config: Config,
         store: Store,
-        hook: Hook | None = None,
+        hook: TrackingHook | None = None,
         *,
         webhooks: bool | None = None,
     ) -> None:
@@ -121,7 +125,7 @@ class EventRecorder:
         if self._webhooks is not None:
             self.writer.claimant = self._webhooks.name
         self._webhooks_behind = self._webhooks is not None  # catch up once at start
-        self._runner: Any = None
+        self._runner: Runner | None = None
         self._dropped = 0
         self._last_full_log = 0.0
         self._last_warn_log = 0.0

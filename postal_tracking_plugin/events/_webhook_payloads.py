@@ -6,7 +6,12 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
+from typing import NotRequired
+from typing import TypedDict
+
+from ..store import Row
 
 SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
 #: Postal's ``webhook_requests.payload`` is a MySQL ``TEXT``: 65,535 bytes.
@@ -19,7 +24,41 @@ class PayloadTooLarge(ValueError):
     """A payload that does not fit Postal's column even once cut."""
 
 
-def postal_payload(payload: dict[str, Any], limit: int = POSTAL_PAYLOAD_BYTES) -> str:
+#: Postal's ``Message#webhook_hash`` (``from`` is a Python keyword: the functional form).
+MessageHash = TypedDict(
+    "MessageHash",
+    {
+        "id": int,
+        "token": "str | None",
+        "direction": "str | None",
+        "message_id": "str | None",
+        "to": "str | None",
+        "from": "str | None",
+        "subject": "str | None",
+        "timestamp": "float | None",
+        "spam_status": str,
+        "tag": "str | None",
+    },
+)
+
+
+class WebhookPayload(TypedDict):
+    """One event's webhook payload, as Postal's ``MessageLinkClicked``/``MessageLoaded``.
+
+    Keys in this order (the YAML Postal's queue stores lists them so); ``url``
+    and ``token`` only for clicks. ``bot`` and ``bot_reason`` are ours.
+    """
+
+    message: MessageHash
+    url: NotRequired[str | None]
+    token: NotRequired[str | None]
+    ip_address: str | None
+    user_agent: str | None
+    bot: bool
+    bot_reason: str | None
+
+
+def postal_payload(payload: WebhookPayload, limit: int = POSTAL_PAYLOAD_BYTES) -> str:
     """``payload`` as Rails' YAML for ``webhook_requests.payload``, cut to fit ``limit`` bytes.
 
     A payload too large for Postal's ``TEXT`` column (a link URL of 65,400
@@ -31,10 +70,11 @@ def postal_payload(payload: dict[str, Any], limit: int = POSTAL_PAYLOAD_BYTES) -
     text = rails_yaml(payload)
     if len(text.encode("utf-8")) <= limit:
         return text
-    cut = dict(payload)
+    cut: dict[str, object] = dict(payload)
     for key in ("url", "user_agent"):
-        if isinstance(cut.get(key), str):
-            cut[key] = cut[key][:CUT_TO]
+        value = cut.get(key)
+        if isinstance(value, str):
+            cut[key] = value[:CUT_TO]
     cut["truncated"] = True
     text = rails_yaml(cut)
     size = len(text.encode("utf-8"))
@@ -43,14 +83,14 @@ def postal_payload(payload: dict[str, Any], limit: int = POSTAL_PAYLOAD_BYTES) -
     return text
 
 
-def spam_status(message: dict[str, Any]) -> str:
+def spam_status(message: Row) -> str:
     """Postal's ``spam_status`` of a message row."""
     if not message.get("inspected"):
         return "NotChecked"
     return "Spam" if message.get("spam") else "NotSpam"
 
 
-def message_hash(message: dict[str, Any]) -> dict[str, Any]:
+def message_hash(message: Row) -> MessageHash:
     """Postal's ``Message#webhook_hash``."""
     ts = message.get("timestamp")
     return {
@@ -67,22 +107,28 @@ def message_hash(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def payload_for(
-    event: dict[str, Any], message: dict[str, Any], link_token: str | None
-) -> dict[str, Any]:
-    """The webhook payload of one event, Postal's keys first."""
-    payload: dict[str, Any] = {"message": message_hash(message)}
+def payload_for(event: Mapping[str, Any], message: Row, link_token: str | None) -> WebhookPayload:
+    """The webhook payload of one event (a recorded event dict) and its message's row."""
     if event["kind"] == "click":
-        payload["url"] = event.get("url")
-        payload["token"] = link_token
-    payload["ip_address"] = event.get("ip_address")
-    payload["user_agent"] = event.get("user_agent")
-    payload["bot"] = bool(event.get("bot"))
-    payload["bot_reason"] = event.get("bot_reason")
-    return payload
+        return {
+            "message": message_hash(message),
+            "url": event.get("url"),
+            "token": link_token,
+            "ip_address": event.get("ip_address"),
+            "user_agent": event.get("user_agent"),
+            "bot": bool(event.get("bot")),
+            "bot_reason": event.get("bot_reason"),
+        }
+    return {
+        "message": message_hash(message),
+        "ip_address": event.get("ip_address"),
+        "user_agent": event.get("user_agent"),
+        "bot": bool(event.get("bot")),
+        "bot_reason": event.get("bot_reason"),
+    }
 
 
-def rails_yaml(payload: dict[str, Any]) -> str:
+def rails_yaml(payload: Mapping[str, object]) -> str:
     """``payload`` as Rails' YAML column coder writes a Ruby Hash with Symbol keys.
 
     Postal declares ``serialize :payload, Hash`` on ``webhook_requests`` (YAML,
@@ -94,7 +140,7 @@ def rails_yaml(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _yaml_lines(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
+def _yaml_lines(mapping: Mapping[str, object], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for key, value in mapping.items():
         if isinstance(value, dict) and value:
@@ -104,7 +150,7 @@ def _yaml_lines(mapping: dict[str, Any], indent: int, lines: list[str]) -> None:
             lines.append(f"{pad}:{key}: {_yaml_scalar(value)}")
 
 
-def _yaml_scalar(value: Any) -> str:
+def _yaml_scalar(value: object) -> str:
     if value is None:
         return "~"
     if isinstance(value, bool):

@@ -44,13 +44,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .._hub import Runner
 from .._hub import spawn
 from ..config import Config
+from ..store import Row
+from ..store import Server
 from ..store import Store
 from ._webhook_http import Refused
 from ._webhook_http import post
 from ._webhook_payloads import SIGNATURE_HEADER
 from ._webhook_payloads import PayloadTooLarge
+from ._webhook_payloads import WebhookPayload
 from ._webhook_payloads import payload_for
 from ._webhook_payloads import postal_payload
 from ._webhook_payloads import sign
@@ -72,7 +76,7 @@ KEEP_SECONDS = 7 * 86400
 # -- queueing --------------------------------------------------------------------
 
 
-def _event_of(server: Any, row: dict[str, Any]) -> dict[str, Any]:
+def _event_of(server: Server, row: Row) -> dict[str, Any]:
     """The event dict of a ``tracking_events`` row (its URL is filled in from ``links``)."""
     return {
         "event_id": row["event_id"],
@@ -111,7 +115,7 @@ class WebhookQueue:
         self.settings = config.tracking.webhooks
         self.postal_mode = config.tracking.store in ("mysql", "postal")
         self.urls = tuple(self.settings.urls)
-        self._runner: Any = None
+        self._runner: Runner | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         #: This process's claims on events and on deliveries.
@@ -123,7 +127,7 @@ class WebhookQueue:
         self,
         server_id: int,
         events: Sequence[dict[str, Any]],
-        messages: dict[int, Any],
+        messages: dict[int, Row],
     ) -> int:
         """Queue webhooks for ``events`` (in the store, claimed by this process); returns rows queued."""
         counted = [
@@ -136,7 +140,7 @@ class WebhookQueue:
         links = self.store.links_by_id(
             server_id, [e["link_id"] for e in counted if e["kind"] == "click" and e.get("link_id")]
         )
-        items = []
+        items: list[tuple[dict[str, Any], str, WebhookPayload]] = []
         for e in counted:
             link = links.get(int(e["link_id"])) if e.get("link_id") is not None else None
             token = link["token"] if link is not None else None
@@ -151,7 +155,9 @@ class WebhookQueue:
         self.store.mark_webhooks_queued(server_id, [e["event_id"] for e in events])
         return queued
 
-    def _queue_postal(self, server_id: int, items: list[tuple[dict[str, Any], str, Any]]) -> int:
+    def _queue_postal(
+        self, server_id: int, items: list[tuple[dict[str, Any], str, WebhookPayload]]
+    ) -> int:
         now = time.time()
         names = {name for _e, name, _p in items}
         hooks = {name: self.store.subscribed_webhooks(server_id, name) for name in names}
@@ -177,7 +183,7 @@ class WebhookQueue:
             log.error("skipped (the others are queued): %s", error)
         return inserted
 
-    def _queue_standalone(self, items: list[tuple[dict[str, Any], str, Any]]) -> int:
+    def _queue_standalone(self, items: list[tuple[dict[str, Any], str, WebhookPayload]]) -> int:
         now = time.time()
         rows = []
         for event, name, payload in items:

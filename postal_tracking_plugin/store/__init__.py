@@ -12,7 +12,10 @@ from __future__ import annotations
 from ..config import Config
 from ._dashboard_ops import Filter as Filter
 from ._db import Db as Db
+from ._db import Row as Row
+from ._db import SqlValue as SqlValue
 from ._db import utcnow as utcnow
+from ._event_ops import FlagQueries as FlagQueries
 from ._models import Certificate as Certificate
 from ._models import Link as Link
 from ._models import Server as Server
@@ -42,8 +45,11 @@ __all__ = [
     "Certificate",
     "Db",
     "Filter",
+    "FlagQueries",
     "Link",
+    "Row",
     "Server",
+    "SqlValue",
     "Store",
     "TrackDomain",
     "open_store",

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .._hub import cooperate
 from ._db import Db
 from ._db import Row
+from ._db import SqlValue
 from ._event_ops import EventOperations
 from ._event_ops import FlagQueries
 from ._models import Link
@@ -26,15 +29,22 @@ from ._tokens import url_hash
 #: keep that stretch, and so the requests' wait, short.
 ROWS_PER_STATEMENT = 100
 
+#: A ``clicks`` row to insert: ``(message_id, link_id, ip_address, user_agent, timestamp)``.
+ClickRow = tuple[int | None, int | None, str | None, str | None, float]
+#: A ``loads`` row to insert: ``(message_id, ip_address, user_agent, timestamp)``.
+LoadRow = tuple[int, str | None, str | None, float]
+
 
 class MessageOperations(EventOperations):
     """Messages, links, clicks, loads and our ``tracking_events``."""
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
     def save_tracked_message(
-        self, server_id: int, message: dict[str, Any], links: Sequence[Link]
+        self, server_id: int, message: Mapping[str, SqlValue], links: Sequence[Link]
     ) -> int:
         """Insert a ``messages`` row and its ``links`` rows in one transaction.
 
@@ -72,19 +82,19 @@ class MessageOperations(EventOperations):
         with self.messages(server_id, readonly=True) as db:
             return db.one("SELECT * FROM messages WHERE token = %s", (token,))
 
-    def record_clicks(self, server_id: int, clicks: Iterable[Sequence[Any]]) -> None:
+    def record_clicks(self, server_id: int, clicks: Iterable[ClickRow]) -> None:
         """Insert ``clicks`` rows ``(message_id, link_id, ip, user_agent, timestamp)``.
 
         Also sets each message's ``clicked`` to its latest click, as Postal does.
         Not idempotent: the event recorder uses :meth:`record_events`.
         """
-        clicks = list(clicks)
-        if not clicks:
+        rows = list(clicks)
+        if not rows:
             return
         with self.messages(server_id) as db:
-            _insert_clicks(db, clicks)
+            _insert_clicks(db, rows)
 
-    def record_loads(self, server_id: int, loads: Iterable[Sequence[Any]]) -> None:
+    def record_loads(self, server_id: int, loads: Iterable[LoadRow]) -> None:
         """Insert ``loads`` rows ``(message_id, ip, user_agent, timestamp)``.
 
         Sets ``messages.loaded`` to the earliest open: Postal sets it on the
@@ -92,11 +102,11 @@ class MessageOperations(EventOperations):
         spools drain out of order, so an earlier open replaces a later one.
         Not idempotent: the event recorder uses :meth:`record_events`.
         """
-        loads = list(loads)
-        if not loads:
+        rows = list(loads)
+        if not rows:
             return
         with self.messages(server_id) as db:
-            _insert_loads(db, loads)
+            _insert_loads(db, rows)
 
     def record_events(
         self,
@@ -151,9 +161,9 @@ class MessageOperations(EventOperations):
             if flag is not None:
                 flag(FlagQueries(db), fresh)
                 cooperate()
-            clicks = []
-            loads = []
-            tracked = []
+            clicks: list[ClickRow] = []
+            loads: list[LoadRow] = []
+            tracked: list[tuple[SqlValue, ...]] = []
             now = time.time()
             for e in fresh:
                 method = (e.get("method") or "GET").upper()
@@ -206,7 +216,7 @@ class MessageOperations(EventOperations):
         return fresh
 
 
-def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
+def _insert_clicks(db: Db, clicks: Sequence[ClickRow]) -> None:
     """``clicks`` rows in one statement, and ``messages.clicked`` = the latest click."""
     if not clicks:
         return
@@ -222,7 +232,7 @@ def _insert_clicks(db: Db, clicks: Sequence[Sequence[Any]]) -> None:
     _set_message_times(db, "clicked", latest, only_if="`clicked` IS NULL OR `clicked` < {new}")
 
 
-def _insert_loads(db: Db, loads: Sequence[Sequence[Any]]) -> None:
+def _insert_loads(db: Db, loads: Sequence[LoadRow]) -> None:
     """``loads`` rows in one statement, and ``messages.loaded`` = the earliest open."""
     if not loads:
         return
@@ -252,7 +262,7 @@ def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if:
     inline = db.dialect == "mysql"
     for start in range(0, len(items), ROWS_PER_STATEMENT):
         chunk = items[start : start + ROWS_PER_STATEMENT]
-        params: list[Any] = []
+        params: list[SqlValue] = []
         new = (
             "(CASE `id` "
             + "".join(
@@ -261,7 +271,7 @@ def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if:
             )
             + "END)"
         )
-        id_params: list[Any] = []
+        id_params: list[SqlValue] = []
         id_list = ", ".join([_value(m, id_params, inline) for m, _ in chunk])
         condition = only_if.format(new=new)
         db.execute(
@@ -272,7 +282,7 @@ def _set_message_times(db: Db, column: str, times: dict[int, float], *, only_if:
         cooperate()
 
 
-def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
+def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[SqlValue]]) -> None:
     """``head`` (``INSERT INTO t (columns) VALUES``) for ``rows``, 100 rows a statement.
 
     On MySQL numbers and NULLs are written into the statement as PyMySQL
@@ -285,7 +295,7 @@ def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
         db.executemany(f"{head} ({', '.join(['%s'] * len(rows[0]))})", rows)
         return
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        params: list[Any] = []
+        params: list[SqlValue] = []
         bind = params.append
         values = []
         for row in rows[start : start + ROWS_PER_STATEMENT]:
@@ -307,11 +317,13 @@ def _insert_rows(db: Db, head: str, rows: Sequence[Sequence[Any]]) -> None:
         cooperate()
 
 
-_float_repr = float.__repr__
+# Called only where ``type(value) is float`` (the hot loop above tests the type, not
+# isinstance: a bool is an int and goes through PyMySQL's escaping).
+_float_repr: Callable[[SqlValue], str] = float.__repr__
 _NOT_FINITE = frozenset(("inf", "-inf", "nan"))
 
 
-def _value(value: Any, params: list[Any], inline: bool) -> str:
+def _value(value: SqlValue, params: list[SqlValue], inline: bool) -> str:
     """``value`` written into the statement (an int, a finite float or None, on
     MySQL: the text PyMySQL would send), or ``%s`` with ``value`` added to ``params``.
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Any
 
 from ._db import Row
 
 
-def _bool(value: Any, default: bool) -> bool:
+def _bool(value: str | int | None, default: bool) -> bool:
     return default if value is None else bool(int(value))
 
 
@@ -121,8 +120,19 @@ class Certificate:
 
     @classmethod
     def from_row(cls, row: Row) -> Certificate:
-        fields: dict[str, Any] = {name: row.get(name) for name in cls.__dataclass_fields__}
-        return cls(**fields)
+        return cls(
+            id=row["id"],
+            domain=row["domain"],
+            certificate=row.get("certificate"),
+            intermediaries=row.get("intermediaries"),
+            key=row.get("key"),
+            expires_at=row.get("expires_at"),
+            renew_after=row.get("renew_after"),
+            verification_path=row.get("verification_path"),
+            verification_string=row.get("verification_string"),
+            created_at=row.get("created_at"),
+            updated_at=row.get("updated_at"),
+        )
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,24 @@ import time
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextlib import contextmanager
-from typing import Any
+from typing import NotRequired
+from typing import Protocol
+from typing import TypedDict
 
 import pymysql
 import pymysql.connections
+import pymysql.cursors
 import pymysql.err
 
 from ..config import Config
 from ..errors import ConfigError
 from ..errors import StoreError
 from . import _schema
+from ._db import Db
 from ._db import Row
+from ._db import SqlValue
 from ._store import Store
 
 #: Client error codes that mean the connection is gone (CR_SERVER_GONE_ERROR,
@@ -50,27 +56,27 @@ class _MysqlDb:
     dialect = "mysql"
     __slots__ = ("_cursor",)
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: pymysql.cursors.DictCursor) -> None:
         self._cursor = cursor
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         return int(self._cursor.execute(sql, tuple(params)))
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        rows = [tuple(r) for r in rows]
-        if not rows:
+    def executemany(self, sql: str, rows: Iterable[Sequence[SqlValue]]) -> int:
+        tuples = [tuple(r) for r in rows]
+        if not tuples:
             return 0
-        return int(self._cursor.executemany(sql, rows) or 0)
+        return int(self._cursor.executemany(sql, tuples) or 0)
 
-    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def insert(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         self._cursor.execute(sql, tuple(params))
         return int(self._cursor.lastrowid)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def query(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
         self._cursor.execute(sql, tuple(params))
         return list(self._cursor.fetchall())
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+    def one(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
         self._cursor.execute(sql, tuple(params))
         return self._cursor.fetchone()
 
@@ -92,18 +98,54 @@ class _Connection(pymysql.connections.Connection):
     a stall of the fast server's whole event loop. The same settings, shared.
     """
 
-    def _create_ssl_ctx(self, sslp: Any) -> Any:
+    def _create_ssl_ctx(self, sslp: dict[str, object] | None) -> ssl.SSLContext:
         if not sslp:
             return _preferred_tls_context()
-        return super()._create_ssl_ctx(sslp)  # type: ignore[misc]  # not in the stubs
+        ctx: ssl.SSLContext = super()._create_ssl_ctx(sslp)  # type: ignore[misc]  # not in the stubs
+        return ctx
+
+
+class _Params(TypedDict):
+    """What :class:`_Connection` is made with (PyMySQL's ``connect`` arguments)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    charset: str
+    autocommit: bool
+    connect_timeout: int
+    read_timeout: int
+    write_timeout: int
+    cursorclass: type[pymysql.cursors.DictCursor]
+    database: NotRequired[str]
+
+
+def _params(*, host: str, port: int, user: str, password: str) -> _Params:
+    return _Params(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        charset="utf8mb4",
+        autocommit=False,
+        connect_timeout=5,
+        read_timeout=30,
+        write_timeout=30,
+        cursorclass=pymysql.cursors.DictCursor,
+    )
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class _Pool:
     """At most ``size`` connections to one database, handed out LIFO."""
 
-    def __init__(self, params: dict[str, Any], size: int, timeout: float) -> None:
+    def __init__(self, params: _Params, size: int, timeout: float) -> None:
         self._params = params
-        self._idle: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[tuple[_Connection, float]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._timeout = timeout
 
@@ -111,7 +153,7 @@ class _Pool:
         p = self._params
         return f"MySQL {p['user']}@{p['host']}:{p['port']}/{p.get('database') or ''}"
 
-    def acquire(self) -> Any:
+    def acquire(self) -> _Connection:
         if not self._slots.acquire(timeout=self._timeout):
             # From a TimeoutError: the event writer reads "not now, retry", not "bad event".
             raise StoreError(
@@ -129,7 +171,7 @@ class _Pool:
             return self._connect()
         return conn
 
-    def _connect(self) -> Any:
+    def _connect(self) -> _Connection:
         try:
             return _Connection(**self._params)
         except pymysql.err.Error as exc:
@@ -139,7 +181,9 @@ class _Pool:
                 f"cannot connect to {self._describe()}: {_reason(exc)}{hint}"
             ) from None
 
-    def release(self, conn: Any, *, discard: bool = False, server_gone: bool = False) -> None:
+    def release(
+        self, conn: _Connection, *, discard: bool = False, server_gone: bool = False
+    ) -> None:
         """Put ``conn`` back, or close it (``discard``); ``server_gone`` closes the idle ones too."""
         if discard or server_gone:
             _close_quietly(conn)
@@ -160,7 +204,7 @@ class _Pool:
             _close_quietly(conn)
 
 
-def _close_quietly(conn: Any) -> None:
+def _close_quietly(conn: _Closeable) -> None:
     try:
         conn.close()
     except Exception:  # noqa: BLE001 - it is being thrown away
@@ -168,7 +212,7 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
     if len(args) >= 2:
         return f"{args[1]} (error {args[0]})"
     return str(exc) or type(exc).__name__
@@ -183,28 +227,18 @@ class MysqlStore(Store):
         main, msg = config.main_db, config.message_db
         self.database = main.database
         self.prefix = config.message_db_prefix
-        common: dict[str, Any] = {
-            "charset": "utf8mb4",
-            "autocommit": False,
-            "connect_timeout": 5,
-            "read_timeout": 30,
-            "write_timeout": 30,
-            "cursorclass": pymysql.cursors.DictCursor,
-        }
-        self._main_params: dict[str, Any] = {
-            "host": main.host,
-            "port": main.port,
-            "user": main.username,
-            "password": main.password or "",
-            **common,
-        }
-        self._msg_params: dict[str, Any] = {
-            "host": msg.host or main.host,
-            "port": msg.port or main.port,
-            "user": msg.username or main.username,
-            "password": (msg.password if msg.password is not None else main.password) or "",
-            **common,
-        }
+        self._main_params = _params(
+            host=main.host,
+            port=main.port,
+            user=main.username,
+            password=main.password or "",
+        )
+        self._msg_params = _params(
+            host=msg.host or main.host,
+            port=msg.port or main.port,
+            user=msg.username or main.username,
+            password=(msg.password if msg.password is not None else main.password) or "",
+        )
         self._pool_size = pool_size
         self._timeout = timeout
         self._pools: dict[str, _Pool] = {}
@@ -217,7 +251,7 @@ class MysqlStore(Store):
     def message_database(self, server_id: int) -> str:
         return f"{self.prefix}-server-{int(server_id)}"
 
-    def _pool(self, database: str, params: dict[str, Any]) -> _Pool:
+    def _pool(self, database: str, params: _Params) -> _Pool:
         with self._guard:
             pool = self._pools.get(database)
             if pool is None:
@@ -226,7 +260,7 @@ class MysqlStore(Store):
                 )
             return pool
 
-    def _create_database(self, database: str, params: dict[str, Any], collation: str) -> None:
+    def _create_database(self, database: str, params: _Params, collation: str) -> None:
         try:
             conn = pymysql.connect(**params)
         except pymysql.err.Error as exc:
@@ -245,9 +279,7 @@ class MysqlStore(Store):
             _close_quietly(conn)
 
     @contextmanager
-    def _transaction(
-        self, database: str, params: dict[str, Any], create: str | None
-    ) -> Iterator[Any]:
+    def _transaction(self, database: str, params: _Params, create: str | None) -> Iterator[Db]:
         """One transaction on ``database``, made first with collation ``create`` when given."""
         if not self._owner_checked:
             self._check_owner()
@@ -257,7 +289,7 @@ class MysqlStore(Store):
         conn = pool.acquire()
         gone = discard = False
         try:
-            with conn.cursor() as cursor:
+            with conn.cursor(pymysql.cursors.DictCursor) as cursor:  # its cursorclass
                 yield _MysqlDb(cursor)
             conn.commit()
         except pymysql.err.Error as exc:
@@ -278,11 +310,13 @@ class MysqlStore(Store):
         finally:
             pool.release(conn, discard=discard, server_gone=gone)
 
-    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+    def main(self, *, create: bool = False, readonly: bool = False) -> AbstractContextManager[Db]:
         collation = _schema.MAIN_COLLATION if create else None
         return self._transaction(self.database, self._main_params, collation)
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         collation = _schema.MESSAGE_COLLATION if create else None
         return self._transaction(self.message_database(server_id), self._msg_params, collation)
 
@@ -360,7 +394,7 @@ def _is_lost(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.err.InterfaceError) or _code(exc) in _LOST
 
 
-def _rollback_quietly(conn: Any) -> None:
+def _rollback_quietly(conn: _Connection) -> None:
     try:
         conn.rollback()
     except Exception:  # noqa: BLE001 - the connection may be gone; it is discarded then

@@ -15,14 +15,17 @@ Not here: the SQL itself (inherited from :class:`MysqlStore` and the shared
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from collections.abc import Mapping
 from collections.abc import Sequence
-from typing import Any
 from typing import NoReturn
 
 from ..errors import PostalOwnsThis
 from . import _schema
 from ._db import Db
+from ._db import SqlValue
 from ._models import Certificate
+from ._models import Link
 from ._models import Server
 from ._models import TrackDomain
 from ._mysql import MysqlStore
@@ -110,20 +113,22 @@ class PostalStore(MysqlStore):
     def ensure_domain(self, db: Db, server: Server, name: str) -> int:
         _refuse("domains")
 
-    def add_track_domain(self, server: Server, full_name: str, **settings: Any) -> TrackDomain:
+    def add_track_domain(self, server: Server, full_name: str, **settings: object) -> TrackDomain:
         _refuse("tracking domains")
 
-    def update_track_domain(self, track_domain: TrackDomain, **changes: Any) -> TrackDomain:
+    def update_track_domain(
+        self, track_domain: TrackDomain, **changes: SqlValue | Iterable[str]
+    ) -> TrackDomain:
         _refuse("tracking domains and their settings")
 
     def remove_track_domain(self, track_domain: TrackDomain) -> None:
         _refuse("tracking domains")
 
-    def save_certificate(self, domain: str, **fields: Any) -> Certificate:
+    def save_certificate(self, domain: str, **fields: SqlValue) -> Certificate:
         self.check_can_issue_certificates()
         return super().save_certificate(domain, **fields)
 
     def save_tracked_message(
-        self, server_id: int, message: dict[str, Any], links: Sequence[Any]
+        self, server_id: int, message: Mapping[str, SqlValue], links: Sequence[Link]
     ) -> int:
         _refuse("outgoing messages and their links (Postal tracks the mail it sends)")

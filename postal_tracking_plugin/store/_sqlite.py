@@ -14,13 +14,15 @@ import threading
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from ..errors import StoreError
+from ._db import Db
 from ._db import Row
+from ._db import SqlValue
 from ._store import Store
 
 
@@ -32,7 +34,7 @@ sqlite3.register_converter("datetime", _convert_datetime)
 sqlite3.register_converter("datetime(6)", _convert_datetime)
 
 
-def _param(value: Any) -> Any:
+def _param(value: SqlValue) -> str | int | float | bytes | _dt.date | None:
     if isinstance(value, _dt.datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, Decimal):
@@ -47,23 +49,23 @@ class _SqliteDb:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def execute(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         return self._conn.execute(_sql(sql), [_param(p) for p in params]).rowcount
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
-        rows = [[_param(p) for p in row] for row in rows]
-        return self._conn.executemany(_sql(sql), rows).rowcount
+    def executemany(self, sql: str, rows: Iterable[Sequence[SqlValue]]) -> int:
+        converted = [[_param(p) for p in row] for row in rows]
+        return self._conn.executemany(_sql(sql), converted).rowcount
 
-    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def insert(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
         cursor = self._conn.execute(_sql(sql), [_param(p) for p in params])
         return int(cursor.lastrowid or 0)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def query(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
         cursor = self._conn.execute(_sql(sql), [_param(p) for p in params])
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+    def one(self, sql: str, params: Sequence[SqlValue] = ()) -> Row | None:
         cursor = self._conn.execute(_sql(sql), [_param(p) for p in params])
         row = cursor.fetchone()
         if row is None:
@@ -151,10 +153,12 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK")
                     raise StoreError(f"cannot write SQLite database {path}: {exc}") from None
 
-    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+    def main(self, *, create: bool = False, readonly: bool = False) -> AbstractContextManager[Db]:
         return self._transaction(self.main_path(), create, readonly)
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         return self._transaction(self.message_path(server_id), create, readonly)
 
     def message_database_exists(self, server_id: int) -> bool:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import cast
 
 from ..errors import AlreadyExists
 from ..errors import NotFound
@@ -21,6 +23,7 @@ from ..errors import StoreError
 from . import _schema
 from ._dashboard_ops import DashboardOperations
 from ._db import Db
+from ._db import SqlValue
 from ._db import utcnow
 from ._event_ops import column_exists
 from ._message_ops import MessageOperations
@@ -48,11 +51,13 @@ class Store(MessageOperations, DashboardOperations):
 
     # -- provided by each backend ------------------------------------------
 
-    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+    def main(self, *, create: bool = False, readonly: bool = False) -> AbstractContextManager[Db]:
         """A transaction on the main database (``with store.main() as db:``)."""
         raise NotImplementedError
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         """A transaction on server ``server_id``'s message database."""
         raise NotImplementedError
 
@@ -237,7 +242,7 @@ class Store(MessageOperations, DashboardOperations):
 
     def list_track_domains(self, server_id: int | None = None) -> list[TrackDomain]:
         sql = _TRACK_DOMAIN_SQL
-        params: tuple[Any, ...] = ()
+        params: tuple[SqlValue, ...] = ()
         if server_id is not None:
             sql += "WHERE td.server_id = %s "
             params = (server_id,)
@@ -281,23 +286,30 @@ class Store(MessageOperations, DashboardOperations):
         "dns_checked_at",
     }
 
-    def update_track_domain(self, track_domain: TrackDomain, **changes: Any) -> TrackDomain:
-        """Change settings of a tracking domain (keys: see ``_SETTABLE``)."""
+    def update_track_domain(
+        self, track_domain: TrackDomain, **changes: SqlValue | Iterable[str]
+    ) -> TrackDomain:
+        """Change settings of a tracking domain (keys: see ``_SETTABLE``).
+
+        ``excluded_click_domains`` is given as the host names, one per item.
+        """
         bad = set(changes) - self._SETTABLE
         if bad:
             raise StoreError(f"cannot change {', '.join(sorted(bad))} of a tracking domain")
-        if "excluded_click_domains" in changes:
-            value = changes["excluded_click_domains"]
-            changes["excluded_click_domains"] = "\n".join(value) or None
-        for key in ("ssl_enabled", "track_clicks", "track_loads"):
-            if key in changes:
-                changes[key] = int(bool(changes[key]))
-        changes["updated_at"] = utcnow()
-        assignments = ", ".join(f"`{k}` = %s" for k in changes)
+        values: dict[str, SqlValue] = {}
+        for key, value in changes.items():
+            if key == "excluded_click_domains":
+                values[key] = "\n".join(cast("Iterable[str]", value)) or None
+            elif key in ("ssl_enabled", "track_clicks", "track_loads"):
+                values[key] = int(bool(value))
+            else:
+                values[key] = cast("SqlValue", value)
+        values["updated_at"] = utcnow()
+        assignments = ", ".join(f"`{k}` = %s" for k in values)
         with self.main() as db:
             db.execute(
                 f"UPDATE track_domains SET {assignments} WHERE id = %s",
-                (*changes.values(), track_domain.id),
+                (*values.values(), track_domain.id),
             )
         return self.get_track_domain(track_domain.full_name)
 
@@ -314,12 +326,26 @@ class Store(MessageOperations, DashboardOperations):
             )
         return Certificate.from_row(row) if row else None
 
+    def certificate_versions(self) -> dict[str, tuple[object, object]]:
+        """Each domain that has a certificate and key: its ``(updated_at, expires_at)``.
+
+        What the fast server compares, every few seconds, with the version it
+        loaded, to notice a certificate issued, renewed or removed; the PEM text
+        is read (with :meth:`get_certificate`) only for a domain whose version changed.
+        """
+        with self.main(readonly=True) as db:
+            rows = db.query(
+                "SELECT domain, updated_at, expires_at FROM track_certificates "
+                "WHERE certificate IS NOT NULL AND `key` IS NOT NULL"
+            )
+        return {str(r["domain"]).lower(): (r["updated_at"], r["expires_at"]) for r in rows}
+
     def list_certificates(self) -> list[Certificate]:
         with self.main(readonly=True) as db:
             rows = db.query("SELECT * FROM track_certificates ORDER BY domain")
         return [Certificate.from_row(r) for r in rows]
 
-    def save_certificate(self, domain: str, **fields: Any) -> Certificate:
+    def save_certificate(self, domain: str, **fields: SqlValue) -> Certificate:
         """Create or update the ``track_certificates`` row of ``domain``."""
         domain = domain.lower()
         now = utcnow()
