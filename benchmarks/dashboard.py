@@ -20,8 +20,8 @@ warm-up:
 
 The goal is an overview under 500 ms for a server with one million events.
 MariaDB on 127.0.0.1:3306 as root (``PTP_MYSQL_*`` as in the tests). The data
-set lives in the database ``ptp_bench_dashboard`` (and
-``ptp_bench_dashboard-server-1``); without ``--keep`` it is dropped at the end.
+set lives in the database ``--database`` (default ``ptp_bench_dashboard``, and
+``<database>-server-1``); without ``--keep`` it is dropped at the end.
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ def _drop(prefix: str) -> None:
         conn.close()
 
 
-def _config(directory: Path) -> Path:
+def _config(directory: Path, database: str) -> Path:
     path = directory / "postal.yml"
     path.write_text(
         yaml.safe_dump(
             {
-                "main_db": {**MYSQL, "database": DATABASE},
-                "message_db": {"prefix": DATABASE},
+                "main_db": {**MYSQL, "database": database},
+                "message_db": {"prefix": database},
                 "tracking": {"store": "mysql", "data_dir": str(directory / "data")},
             }
         )
@@ -214,13 +214,16 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the data set")
+    parser.add_argument(
+        "--database", default=DATABASE, help=f"database name (and prefix; default {DATABASE})"
+    )
     args = parser.parse_args()
 
     from postal_tracking_plugin.cli.users import hash_password
     from postal_tracking_plugin.web.dashboard import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = _config(Path(tmp))
+        config_path = _config(Path(tmp), args.database)
         config = load_config(config_path)
         store = open_store(config)
         store.create_schema()
@@ -228,10 +231,12 @@ def main() -> int:
         servers = [s for s in store.list_servers() if s.name == "bench"]
         if servers and _event_count(store, servers[0].id) == args.events:
             server = servers[0]
-            print(f"Reusing the data set in {DATABASE} ({args.events} events).", file=sys.stderr)
+            print(
+                f"Reusing the data set in {args.database} ({args.events} events).", file=sys.stderr
+            )
         else:
             store.close()
-            _drop(DATABASE)
+            _drop(args.database)
             store = open_store(config)
             store.create_schema()
             print(f"Making {args.messages} messages and {args.events} events ...", file=sys.stderr)
@@ -293,7 +298,7 @@ def main() -> int:
             print(f"{name:<28} {ms:8.0f} ms  {ms / baseline:5.2f}x stats{goal}")
         store.close()
     if not args.keep:
-        _drop(DATABASE)
+        _drop(args.database)
     return 0
 
 

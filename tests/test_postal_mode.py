@@ -283,7 +283,12 @@ def test_init_adds_only_tables_of_our_own_and_creates_no_database(
     after = postal.snapshot()
     changed = changes(before, after)
     assert changed[postal.name] and all(t.startswith("tracking_") for t in changed[postal.name])
-    assert changed[f"{postal.name}-server-1"] == {"tracking_events", "tracking_migrations"}
+    assert changed[f"{postal.name}-server-1"] == {
+        "tracking_events",
+        "tracking_event_hours",
+        "tracking_event_spans",
+        "tracking_migrations",
+    }
     # Postal 3's schema.rb still has track_certificates: it is not touched
     assert after[postal.name]["track_certificates"] == before[postal.name]["track_certificates"]
     # again: nothing more

@@ -17,6 +17,7 @@ from ._db import Db
 from ._db import Row
 from ._event_ops import EventOperations
 from ._event_ops import FlagQueries
+from ._event_ops import add_to_rollups
 from ._models import Link
 from ._tokens import url_hash
 
@@ -203,6 +204,7 @@ class MessageOperations(EventOperations):
                 "recorded_at, webhooks_claimed_by, webhooks_claimed_at) VALUES",
                 tracked,
             )
+            add_to_rollups(db, fresh)
         return fresh
 
 
