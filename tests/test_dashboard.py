@@ -145,6 +145,48 @@ def test_failed_logins_are_throttled_per_account_and_address(client: FlaskClient
     assert r.status_code == 429 and "Too many failed logins" in r.get_data(as_text=True)
 
 
+def test_the_throttle_is_shared_by_every_process_on_the_store(
+    store: Store, backend_config: Config, account: str
+) -> None:
+    """Failures counted by one worker (one app, one store connection) stop another:
+    a second ``open_store`` stands in for a second gunicorn worker."""
+    from postal_tracking_plugin.store import open_store
+
+    other_store = open_store(backend_config)
+    try:
+        first = create_app(backend_config, store, secret_key=b"test" * 8).test_client()
+        second = create_app(backend_config, other_store, secret_key=b"test" * 8).test_client()
+        for n in range(5):
+            worker = first if n % 2 else second
+            assert _login(worker, "wrong password").status_code == 401
+        assert _login(first).status_code == 429
+        assert _login(second).status_code == 429
+        with store.main(readonly=True) as db:
+            kept = {
+                r["key_hash"]
+                for r in db.query("SELECT key_hash FROM tracking_dashboard_login_failures")
+            }
+        assert len(kept) == 2 and not any(EMAIL in k for k in kept)  # hashed
+    finally:
+        other_store.close()
+
+
+def test_the_throttle_forgets_failures_older_than_its_window(store: Store) -> None:
+    from postal_tracking_plugin.web.dashboard._auth import LoginThrottle
+
+    throttle = LoginThrottle(store, limit=2, window=900)
+    keys = ["addr:192.0.2.1", "user:a@example.com"]
+    throttle.failed(keys, now=1000.0)
+    assert throttle.wait(keys, now=1001.0) == 0
+    throttle.failed(["user:a@example.com"], now=1100.0)
+    assert throttle.wait(keys, now=1200.0) == pytest.approx(700.0)  # until 1000 + 900
+    assert throttle.wait(["addr:192.0.2.1"], now=1200.0) == 0  # one failure for the address
+    assert throttle.wait(keys, now=1900.5) == 0  # the first failure aged out
+    throttle.failed(keys, now=1950.0)
+    throttle.succeeded(keys)
+    assert throttle.wait(keys, now=1951.0) == 0
+
+
 def test_a_form_without_its_csrf_token_changes_nothing(client: FlaskClient, store: Store) -> None:
     r = client.post("/login", data={"email": EMAIL, "password": PASSWORD})
     assert r.status_code == 400

@@ -554,6 +554,43 @@ class DashboardOperations:
                 (session_hash, time.time()),
             )
 
+    # -- the failed-login throttle --------------------------------------------
+
+    def login_failures(self, key_hashes: list[str], since: float) -> list[Row]:
+        """Per key with failures after ``since``: ``key_hash``, ``failures``, ``oldest``."""
+        if not key_hashes:
+            return []
+        with self.main(readonly=True) as db:
+            return db.query(
+                "SELECT key_hash, COUNT(*) AS failures, MIN(failed_at) AS oldest "
+                "FROM tracking_dashboard_login_failures WHERE failed_at > %s AND key_hash IN "
+                f"({', '.join(['%s'] * len(key_hashes))}) GROUP BY key_hash",
+                [since, *key_hashes],
+            )
+
+    def add_login_failure(self, key_hashes: list[str], now: float, forget_before: float) -> None:
+        """Count one failed login for each key; failures before ``forget_before`` go."""
+        with self.main() as db:
+            db.execute(
+                "DELETE FROM tracking_dashboard_login_failures WHERE failed_at <= %s",
+                (forget_before,),
+            )
+            db.executemany(
+                "INSERT INTO tracking_dashboard_login_failures (key_hash, failed_at) "
+                "VALUES (%s, %s)",
+                [(k, now) for k in key_hashes],
+            )
+
+    def clear_login_failures(self, key_hashes: list[str]) -> None:
+        if not key_hashes:
+            return
+        with self.main() as db:
+            db.execute(
+                "DELETE FROM tracking_dashboard_login_failures WHERE key_hash IN "
+                f"({', '.join(['%s'] * len(key_hashes))})",
+                key_hashes,
+            )
+
     def end_dashboard_session(self, session_hash: str) -> None:
         with self.main() as db:
             db.execute("DELETE FROM tracking_dashboard_sessions WHERE id = %s", (session_hash,))

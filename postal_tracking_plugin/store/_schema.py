@@ -550,6 +550,15 @@ TRACKING_EVENTS = Table(
     },
 )
 
+#: Failed dashboard logins, one row each, shared by every dashboard process
+#: (gunicorn workers, several hosts on one database). ``key`` is the SHA-256
+#: of ``addr:<address>`` or ``user:<e-mail>``, so neither is kept in clear.
+TRACKING_DASHBOARD_LOGIN_FAILURES = Table(
+    "tracking_dashboard_login_failures",
+    {"id": _ID, "key_hash": "varchar(64) NOT NULL", "failed_at": "decimal(18,6) NOT NULL"},
+    indexes={"on_key_time": "`key_hash`, `failed_at`", "on_time": "`failed_at`"},
+)
+
 #: Counted events by hour, kept by the event writer in the transaction that
 #: writes the events (so exactly once, like them) and by ``prune``, ``forget``
 #: and the bot flagger's late flags: the dashboard's and ``stats``' totals,
@@ -634,6 +643,8 @@ MAIN_MIGRATIONS: dict[int, tuple[Table, ...]] = {
     2: (TRACKING_CERTIFICATE_STATUS,),
     3: (WEBHOOKS, WEBHOOK_EVENTS, WEBHOOK_REQUESTS, TRACKING_WEBHOOK_DELIVERIES),
     4: (TRACKING_DASHBOARD_USERS, TRACKING_DASHBOARD_SESSIONS),
+    # The failed-login throttle, in the store rather than in each process's memory.
+    5: (TRACKING_DASHBOARD_LOGIN_FAILURES,),
 }
 MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed | Column | Backfill, ...]] = {
     1: (MESSAGES, LINKS, CLICKS, LOADS),

@@ -70,7 +70,7 @@ def create_app(config: Config, store: Any, *, secret_key: bytes | None = None) -
     app.extensions[EXTENSION] = DashboardState(
         config=config,
         store=store,
-        throttle=_auth.LoginThrottle(config.tracking.dashboard.login_attempts),
+        throttle=_auth.LoginThrottle(store, config.tracking.dashboard.login_attempts),
     )
     app.register_blueprint(bp)
     app.before_request(_guard)
