@@ -138,6 +138,56 @@ def test_cookie_is_secure_over_https(store: Store, backend_config: Config, accou
     assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
 
 
+def _behind_proxy(config: Config, proxies: tuple[str, ...]) -> Config:
+    dashboard = dataclasses.replace(config.tracking.dashboard, trusted_proxies=proxies)
+    return dataclasses.replace(
+        config, tracking=dataclasses.replace(config.tracking, dashboard=dashboard)
+    )
+
+
+def _login_from(client: FlaskClient, peer: str, headers: dict[str, str]) -> Any:
+    env = {"REMOTE_ADDR": peer}
+    page = client.get("/login", headers=headers, environ_base=env).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    return client.post(
+        "/login",
+        data={"email": EMAIL, "password": PASSWORD, "csrf_token": token.group(1)},
+        headers=headers,
+        environ_base=env,
+    )
+
+
+def test_cookie_is_secure_behind_a_trusted_tls_proxy(
+    store: Store, backend_config: Config, account: str
+) -> None:
+    """``tracking.dashboard.trusted_proxies``: X-Forwarded-Proto is believed from those
+    peers only; off by default."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    default = create_app(backend_config, store, secret_key=b"k" * 32).test_client()
+    r = _login_from(default, "10.0.0.2", forwarded)
+    assert r.status_code == 302 and "Secure" not in r.headers["Set-Cookie"]
+
+    config = _behind_proxy(backend_config, ("10.0.0.0/24",))
+    app = create_app(config, store, secret_key=b"k" * 32)
+    r = _login_from(app.test_client(), "10.0.0.2", forwarded)
+    assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
+    with store.main(readonly=True) as db:
+        addresses = {
+            r["address"] for r in db.query("SELECT address FROM tracking_dashboard_sessions")
+        }
+    assert "198.51.100.7" in addresses  # the client, not the proxy
+
+    # A client reaching the dashboard directly cannot claim HTTPS.
+    r = _login_from(app.test_client(), "192.0.2.9", forwarded)
+    assert r.status_code == 302 and "Secure" not in r.headers["Set-Cookie"]
+
+
+def test_trusted_proxies_must_be_addresses(write_config: Any) -> None:
+    with pytest.raises(ConfigError, match=r"tracking.dashboard.trusted_proxies\[0\]"):
+        write_config({"tracking": {"dashboard": {"trusted_proxies": ["proxy.example"]}}})
+
+
 def test_failed_logins_are_throttled_per_account_and_address(client: FlaskClient) -> None:
     for _ in range(5):
         assert _login(client, "wrong password").status_code == 401
@@ -316,14 +366,15 @@ def test_settings_change_excluded_domains_and_the_next_message_honours_them(
 
 
 def test_postal_mode_shows_settings_read_only(
-    store: Store, backend_config: Config, account: str
+    store: Store, backend_config: Config, account: str, monkeypatch: Any
 ) -> None:
-    postal = dataclasses.replace(
-        backend_config, tracking=dataclasses.replace(backend_config.tracking, store="postal")
-    )
+    """The store decides (``check_changeable``, refused by PostalStore), not the config string."""
+    from postal_tracking_plugin.store._postal import _refuse
+
     server = store.add_server("Main")
     store.add_track_domain(server, "click.example.com", dns_status="OK")
-    client = create_app(postal, store, secret_key=b"k" * 32).test_client()
+    monkeypatch.setattr(store, "check_changeable", _refuse)
+    client = create_app(backend_config, store, secret_key=b"k" * 32).test_client()
     _login(client)
     html = client.get("/domains/click.example.com").get_data(as_text=True)
     assert "web interface owns these settings" in html and "<fieldset disabled" in html
