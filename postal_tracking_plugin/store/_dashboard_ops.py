@@ -32,6 +32,7 @@ from ._db import Row
 from ._db import utcnow
 from ._event_ops import HOUR
 from ._event_ops import hour_sql
+from ._tokens import url_hash
 
 #: Events the "people" figures count: recorded by us, counted, not flagged automated.
 _PEOPLE = "x.counted = 1 AND x.bot = 0"
@@ -318,7 +319,7 @@ class DashboardOperations:
                         "unique": _unique(db, flt, kind, _WHO_COUNTED),
                     }
                 out["all"], out["people"] = out.pop("all"), out.pop("people")
-            ranked = _top_links(db, flt, ew, e_params) if top > 0 or flt.message_id else []
+            ranked = _top_links(db, flt, ew, e_params, top) if top > 0 or flt.message_id else []
         reasons: dict[tuple[str, str, int], int] = {}
         series: dict[int, dict[str, Any]] = {}
         for r in groups:
@@ -366,21 +367,30 @@ class DashboardOperations:
     def link_series(
         self, server_id: int, flt: Filter, bucket: int, urls: list[str]
     ) -> dict[str, dict[int, int]]:
-        """Counted clicks per bucket for each of ``urls``: ``{url: {bucket start: clicks}}``."""
+        """Counted clicks per bucket for each of ``urls``: ``{url: {bucket start: clicks}}``.
+
+        The URLs' links are found by ``links.hash`` first, and the clicks
+        read for those links: joining every click with its link to compare
+        the ``TEXT`` URL read the whole links table once per click.
+        """
         if not urls:
             return {}
         ew, params = flt.events_where()
+        hashes = sorted({url_hash(u) for u in urls})
         with self.messages(server_id, readonly=True) as db:
             rows = db.query(
-                f"SELECT l.url, {_bucket_sql(db.dialect, bucket)} AS b, COUNT(*) AS n "
-                f"FROM {flt.events_from('tracking_events')} JOIN links l ON l.id = x.link_id "
-                f"WHERE x.kind = 'click' AND x.counted = 1 AND {ew} "
-                f"AND l.url IN ({', '.join(['%s'] * len(urls))}) GROUP BY l.url, b",
-                [*params, *urls],
+                f"SELECT l.url, t.b, SUM(t.n) AS n FROM (SELECT x.link_id, "
+                f"{_bucket_sql(db.dialect, bucket)} AS b, COUNT(*) AS n "
+                f"FROM {flt.events_from('tracking_events')} WHERE x.kind = 'click' "
+                f"AND x.counted = 1 AND {ew} AND x.link_id IN (SELECT id FROM links WHERE "
+                f"hash IN ({', '.join(['%s'] * len(hashes))}) OR hash IS NULL) "
+                "GROUP BY x.link_id, b) t JOIN links l ON l.id = t.link_id GROUP BY l.url, t.b",
+                [*params, *hashes],
             )
         out: dict[str, dict[int, int]] = {url: {} for url in urls}
         for r in rows:
-            out[r["url"]][int(r["b"]) * bucket] = int(r["n"])
+            if r["url"] in out:
+                out[r["url"]][int(r["b"]) * bucket] = int(r["n"])
         return out
 
     # -- messages ------------------------------------------------------------
@@ -602,43 +612,87 @@ def _like(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[str, Any]]:
-    """URLs ranked by unique people clicking, then unique messages, then clicks."""
-    link_where, link_params = "1 = 1", []
-    if flt.message_id is not None:
-        link_where, link_params = "l.message_id = %s", [flt.message_id]
+def _top_links(
+    db: Any, flt: Filter, ew: str, e_params: list[Any], top: int
+) -> list[dict[str, Any]]:
+    """URLs ranked by unique people clicking, then unique messages, then clicks.
+
+    Grouped by ``links.hash`` (the URL's SHA-1, set by Postal and by us), not by
+    the ``TEXT`` URL, which made MariaDB group in an on-disk temporary table;
+    the URLs are read for the ranked rows only. Links without a hash (written
+    by neither) are grouped by URL apart.
+    """
     cw, c_params = flt.events_where()
     # Clicks are grouped by link and message first, so the join with links
     # reads one row per clicked link rather than one per click.
-    links = db.query(
-        "SELECT l.url, COUNT(DISTINCT t.message_id) AS all_unique, SUM(t.n) AS all_total "
-        f"FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n FROM {flt.events_from('clicks')} "
-        f"WHERE {cw} GROUP BY x.link_id, x.message_id) t "
-        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
-        c_params,
+    everything = (
+        "SELECT {key} AS k, MIN(l.id) AS link_id, COUNT(DISTINCT t.message_id) AS all_unique, "
+        "SUM(t.n) AS all_total FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n "
+        f"FROM {flt.events_from('clicks')} WHERE {cw} GROUP BY x.link_id, x.message_id) t "
+        "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
     )
-    if flt.message_id is not None:
-        # One message: every link it has, clicked or not.
-        clicked = {r["url"] for r in links}
-        for r in db.query(f"SELECT DISTINCT l.url FROM links l WHERE {link_where}", link_params):
-            if r["url"] not in clicked:
-                links.append({"url": r["url"], "all_unique": 0, "all_total": 0})
-    people_links = db.query(
-        "SELECT l.url, COUNT(DISTINCT t.message_id) AS people_unique "
+    people = (
+        "SELECT {key} AS k, COUNT(DISTINCT t.message_id) AS people_unique "
         f"FROM (SELECT DISTINCT x.link_id, x.message_id FROM {flt.events_from('tracking_events')} "
         f"WHERE x.kind = 'click' AND {_PEOPLE} AND {ew}) t "
-        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
-        e_params,
+        "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
     )
-    people_by_url = {r["url"]: int(r["people_unique"]) for r in people_links}
+    groups: dict[Any, dict[str, Any]] = {}
+    for key, which in (("l.hash", "l.hash IS NOT NULL"), ("l.url", "l.hash IS NULL")):
+        for r in db.query(everything.format(key=key, which=which), c_params):
+            groups[(key, r["k"])] = {
+                "link_id": int(r["link_id"]),
+                "unique_people": 0,
+                "unique_all": int(r["all_unique"]),
+                "clicks": int(r["all_total"]),
+            }
+        for r in db.query(people.format(key=key, which=which), e_params):
+            group = groups.setdefault(
+                (key, r["k"]),
+                {"link_id": None, "unique_people": 0, "unique_all": 0, "clicks": 0},
+            )
+            group["unique_people"] = int(r["people_unique"])
+    if flt.message_id is not None:
+        # One message: every link it has, clicked or not.
+        for r in db.query(
+            "SELECT id, hash, url FROM links WHERE message_id = %s ORDER BY id", (flt.message_id,)
+        ):
+            k = ("l.hash", r["hash"]) if r["hash"] is not None else ("l.url", r["url"])
+            group = groups.setdefault(
+                k, {"link_id": None, "unique_people": 0, "unique_all": 0, "clicks": 0}
+            )
+            if group["link_id"] is None:
+                group["link_id"] = int(r["id"])
+    # A people-only group (its clicks pruned from Postal's table) has no link yet.
+    missing = [k for k, g in groups.items() if g["link_id"] is None]
+    for key, value in missing:
+        row = db.one(f"SELECT MIN(id) AS id FROM links l WHERE {key} = %s", (value,))
+        groups[(key, value)]["link_id"] = int(row["id"])
+
+    def rank(g: dict[str, Any]) -> tuple[int, int, int]:
+        return (-g["unique_people"], -g["unique_all"], -g["clicks"])
+
+    ordered = sorted(groups.values(), key=rank)
+    if flt.message_id is None and len(ordered) > top:
+        # The cut, and whatever ties with the last row kept (the URL decides those).
+        cut = rank(ordered[max(top, 1) - 1])
+        ordered = [g for g in ordered if rank(g) <= cut] if top > 0 else []
+    urls: dict[int, str] = {}
+    ids = [g["link_id"] for g in ordered]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for r in db.query(
+            f"SELECT id, url FROM links WHERE id IN ({', '.join(['%s'] * len(chunk))})", chunk
+        ):
+            urls[int(r["id"])] = r["url"]
     ranked = [
         {
-            "url": r["url"],
-            "unique_people": people_by_url.get(r["url"], 0),
-            "unique_all": int(r["all_unique"]),
-            "clicks": int(r["all_total"]),
+            "url": urls[g["link_id"]],
+            "unique_people": g["unique_people"],
+            "unique_all": g["unique_all"],
+            "clicks": g["clicks"],
         }
-        for r in links
+        for g in ordered
     ]
     ranked.sort(key=lambda r: (-r["unique_people"], -r["unique_all"], -r["clicks"], r["url"]))
     return ranked
