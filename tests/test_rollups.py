@@ -108,8 +108,8 @@ FILTERS = [
 
 def _agree(store: Store, server: Any) -> None:
     for flt in FILTERS:
-        rolled = store.tracking_overview(server, flt, top=0)
-        exact = store.tracking_overview(server, flt, top=0, exact=True)
+        rolled = store.tracking_overview(server, flt, top=3)
+        exact = store.tracking_overview(server, flt, top=3, exact=True)
         assert rolled == exact, (flt, rolled, exact)
 
 

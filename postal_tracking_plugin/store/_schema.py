@@ -728,6 +728,17 @@ MESSAGE_MIGRATIONS: dict[int, tuple[Table | Index | Seed | Column | Backfill, ..
         TRACKING_EVENT_SPANS,
         Backfill("tracking_event_hours", "rollups"),
     ),
+    # Top links read the clicks' links from the index too (it had message, not
+    # link: the ranking read every event row, 1M of them); the old index is
+    # its prefix, so it goes.
+    9: (
+        Index(
+            "tracking_events",
+            "on_kind_counted_bot_time_message_link",
+            "`kind`, `counted`, `bot`, `timestamp`, `message_id`, `link_id`",
+        ),
+        Index("tracking_events", "on_kind_counted_bot_time_message", drop=True),
+    ),
 }
 
 #: The collations Postal gives its databases: schema.rb's for the main
