@@ -2,13 +2,16 @@
 
 One query layer for the numbers: :meth:`DashboardOperations.tracking_stats`
 is what ``stats`` prints and what the dashboard's overview shows, for the same
-:class:`Filter`, so the two cannot disagree. "All events" figures come from
-Postal's own ``clicks`` and ``loads`` (what Postal's interface counts);
+:class:`Filter`, so the two cannot disagree. "All events" figures are what
+Postal's own ``clicks`` and ``loads`` hold (what Postal's interface counts);
 "people" figures leave out the events our ``tracking_events`` flags as
 automated (``bot = 1``) and the uncounted ``HEAD`` probes. The chart's series
-comes from ``tracking_events`` alone, split by that flag, so it covers the
-events this plugin recorded (all of them, unless Postal's own fast server
-also wrote rows).
+covers the events this plugin recorded, split by that flag.
+
+The figures are read from the rollups the event writer keeps
+(``tracking_event_hours``, ``tracking_event_spans``: see ``_event_ops``),
+except one message's (cheap from the events) and, in ``postal`` mode, the
+"all events" figures, which Postal's own fast server may also write.
 
 Also here: the dashboard's users and server-side sessions (our own
 ``tracking_dashboard_*`` tables; Postal's ``users`` is never touched) and the
