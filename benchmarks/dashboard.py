@@ -216,6 +216,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the data set")
     parser.add_argument(
+        "--pages", default="", help="only the pages whose name has this in it (and no stats)"
+    )
+    parser.add_argument(
         "--database", default=DATABASE, help=f"database name (and prefix; default {DATABASE})"
     )
     args = parser.parse_args()
@@ -297,12 +300,17 @@ def main() -> int:
             f"{events} events, MariaDB at {MYSQL['host']}:{MYSQL['port']}, "
             f"median of {args.rounds} after a warm-up"
         )
-        baseline = _median_ms(stats, args.rounds)
-        print(f"{'stats --json (baseline)':<28} {baseline:8.0f} ms")
+        baseline = float("nan")
+        if not args.pages:
+            baseline = _median_ms(stats, args.rounds)
+            print(f"{'stats --json (baseline)':<28} {baseline:8.0f} ms")
         for name, path in pages:
+            if args.pages not in name:
+                continue
             ms = _median_ms(get(path), args.rounds)
             goal = "  (goal < 500 ms)" if name == "overview, all time" else ""
-            print(f"{name:<28} {ms:8.0f} ms  {ms / baseline:5.2f}x stats{goal}")
+            ratio = f"  {ms / baseline:5.2f}x stats" if baseline == baseline else ""
+            print(f"{name:<28} {ms:8.0f} ms{ratio}{goal}")
         store.close()
     if not args.keep:
         _drop(args.database)

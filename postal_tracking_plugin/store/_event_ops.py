@@ -718,7 +718,7 @@ def change_hours(db: Db, deltas: dict[HourKey, int]) -> None:
             "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
             "DO UPDATE SET events = events + excluded.events"
         )
-    for chunk in _chunks(changes, 100):
+    for chunk in _chunks(changes, 1000 if db.dialect == "mysql" else 120):
         db.execute(
             f"INSERT INTO tracking_event_hours ({columns}) VALUES "
             + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
@@ -761,7 +761,7 @@ def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
         if message_id is None:
             continue
         ts = e["timestamp"]
-        who = [WHO_ANY]
+        who = []
         if e["counted"]:
             who.append(WHO_COUNTED)
             if not e["bot"]:
@@ -774,6 +774,31 @@ def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
                 span[0], span[1] = min(span[0], ts), max(span[1], ts)
     change_hours(db, _count_keys(events, tags, db.dialect))
     _merge_spans(db, {k: (tags.get(k[0], ""), f, last) for k, (f, last) in spans.items()})
+    _remember_tags(
+        db,
+        {
+            (int(e["message_id"]), str(e["kind"])): tags.get(int(e["message_id"]), "")
+            for e in events
+            if e["message_id"] is not None
+        },
+    )
+
+
+def _remember_tags(db: Db, tags: dict[tuple[int, str], str]) -> None:
+    """The ``who = 2`` spans (times 0): inserted where missing, never updated."""
+    rows = sorted((m, kind, WHO_ANY, tag, 0, 0) for (m, kind), tag in tags.items())
+    if not rows:
+        return
+    if db.dialect == "mysql":
+        tail = "ON DUPLICATE KEY UPDATE who = who"
+    else:
+        tail = "ON CONFLICT (message_id, kind, who) DO NOTHING"
+    for chunk in _chunks(rows, 1000 if db.dialect == "mysql" else 150):
+        db.execute(
+            "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
+            "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk)) + f" {tail}",
+            [v for row in chunk for v in row],
+        )
 
 
 def _merge_spans(db: Db, spans: dict[tuple[int, str, int], tuple[str, Any, Any]]) -> None:
@@ -791,7 +816,10 @@ def _merge_spans(db: Db, spans: dict[tuple[int, str, int], tuple[str, Any, Any]]
             "ON CONFLICT (message_id, kind, who) DO UPDATE SET "
             "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)"
         )
-    for chunk in _chunks(rows, 100):
+    # One statement for a whole batch on MySQL: 100 rows a statement made the
+    # spans most of the rollups' cost to the writer. SQLite builds older than
+    # 3.32 take at most 999 parameters.
+    for chunk in _chunks(rows, 1000 if db.dialect == "mysql" else 150):
         db.execute(
             "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
             "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk)) + f" {tail}",
@@ -822,7 +850,7 @@ def recompute_spans(db: Db, ids: Iterable[int], tags: dict[int, str]) -> None:
             message_id = int(r["message_id"])
             tag = tags.get(message_id, "")
             for who, first, last in (
-                (WHO_ANY, r["af"], r["al"]),
+                (WHO_ANY, 0 if r["af"] is not None else None, 0),
                 (WHO_COUNTED, r["cf"], r["cl"]),
                 (WHO_PEOPLE, r["pf"], r["pl"]),
             ):
@@ -873,9 +901,10 @@ def rebuild_rollups(db: Db) -> None:
         (WHO_COUNTED, "x.counted = 1"),
         (WHO_PEOPLE, "x.counted = 1 AND x.bot = 0"),
     ):
+        times = "0, 0" if who == WHO_ANY else "MIN(x.timestamp), MAX(x.timestamp)"
         db.execute(
             "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
-            f"SELECT x.message_id, x.kind, {who}, COALESCE(MAX(m.tag), ''), MIN(x.timestamp), "
-            "MAX(x.timestamp) FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
+            f"SELECT x.message_id, x.kind, {who}, COALESCE(MAX(m.tag), ''), {times} "
+            "FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
             f"WHERE x.message_id IS NOT NULL AND {condition} GROUP BY x.message_id, x.kind"
         )
