@@ -138,6 +138,9 @@ def test_rollups_give_the_events_numbers(store: Store) -> None:
     with store.messages(server.id) as db:
         rebuild_rollups(db)
     assert tables() == kept
+    with store.messages(server.id) as db:
+        rebuild_rollups(db, step=2)  # many chunks, adding to the same hours
+    assert tables() == kept
 
     store.prune_events(server.id, START + 86400 + 1800.5, own_messages=True)
     _agree(store, server)

@@ -879,44 +879,47 @@ def remove_from_rollups(db: Db, rows: Sequence[Row], tags: dict[int, str]) -> No
     change_hours(db, _count_keys(rows, tags, db.dialect, -1))
 
 
-def rebuild_rollups(db: Db) -> None:
+def rebuild_rollups(db: Db, step: int = 5000) -> None:
     """Fill the rollups from every event (the migration's backfill; also a repair).
 
-    ``INSERT ... SELECT`` statements over ``tracking_events``, a day of events
-    (hours) or 5,000 messages (spans) each: one statement over a million events
-    outlasted the connection's read timeout on a loaded machine. 38-57 s for
-    1M events on the development machine. Events whose message is gone are
-    counted without a tag, as the writer counts an event without a message.
+    ``INSERT ... SELECT`` statements over ``tracking_events``, ``step``
+    messages each (one statement over a million events outlasted the connection's read
+    timeout on a loaded machine), read from the (message, kind, counted, bot,
+    time, reason) index alone; the hours of each chunk are added to what the
+    earlier chunks left (an upsert). Events whose message is gone are counted
+    without a tag, as the writer counts an event without a message.
     """
     db.execute("DELETE FROM tracking_event_hours")
     db.execute("DELETE FROM tracking_event_spans")
-    bounds = db.one(
-        "SELECT MIN(timestamp) AS t0, MAX(timestamp) AS t1, MIN(message_id) AS m0, "
-        "MAX(message_id) AS m1 FROM tracking_events"
-    )
-    if bounds is None or bounds["t0"] is None:
-        return
-    day = 86400
+    bounds = db.one("SELECT MIN(message_id) AS m0, MAX(message_id) AS m1 FROM tracking_events")
     hour = hour_sql(db.dialect)
-    known = "CASE WHEN x.message_id IS NULL THEN 0 ELSE 1 END"
-    start = int(float(bounds["t0"])) // day * day
-    while start <= float(bounds["t1"]):
+    if db.dialect == "mysql":
+        tail = "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
+    else:
+        tail = (
+            "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
+            "DO UPDATE SET events = events + excluded.events"
+        )
+
+    def hours(where: str, params: Sequence[Any]) -> None:
         db.execute(
             "INSERT INTO tracking_event_hours (hour, tag, kind, bot, counted, reason, known, "
-            f"events) SELECT {hour}, COALESCE(m.tag, ''), x.kind, x.bot, x.counted, "
-            f"COALESCE(x.reason, ''), {known}, COUNT(*) FROM tracking_events x "
-            "LEFT JOIN messages m ON m.id = x.message_id "
-            "WHERE x.timestamp >= %s AND x.timestamp < %s "
-            f"GROUP BY {hour}, COALESCE(m.tag, ''), x.kind, x.bot, x.counted, "
-            f"COALESCE(x.reason, ''), {known}",
-            (start, start + day),
+            f"events) SELECT * FROM (SELECT {hour} AS h, COALESCE(m.tag, '') AS t, x.kind, "
+            "x.bot, x.counted, COALESCE(x.reason, '') AS r, "
+            "CASE WHEN x.message_id IS NULL THEN 0 ELSE 1 END AS k, COUNT(*) AS n "
+            "FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
+            # ``WHERE 1 = 1``: SQLite's upsert after a SELECT needs one to parse.
+            f"WHERE {where} GROUP BY h, t, x.kind, x.bot, x.counted, r, k) g WHERE 1 = 1 {tail}",
+            params,
         )
-        start += day
-    if bounds["m0"] is None:
+
+    hours("x.message_id IS NULL", ())
+    if bounds is None or bounds["m0"] is None:
         return
-    step = 5000
     first = int(bounds["m0"])
     while first <= int(bounds["m1"]):
+        chunk = "x.message_id >= %s AND x.message_id < %s"
+        hours(chunk, (first, first + step))
         for who, condition in (
             (WHO_ANY, "1 = 1"),
             (WHO_COUNTED, "x.counted = 1"),
@@ -927,8 +930,7 @@ def rebuild_rollups(db: Db) -> None:
                 "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
                 f"SELECT x.message_id, x.kind, {who}, COALESCE(MAX(m.tag), ''), {times} "
                 "FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
-                f"WHERE x.message_id >= %s AND x.message_id < %s AND {condition} "
-                "GROUP BY x.message_id, x.kind",
+                f"WHERE {chunk} AND {condition} GROUP BY x.message_id, x.kind",
                 (first, first + step),
             )
         first += step
