@@ -1,4 +1,7 @@
-"""The SQL the event recorder, its webhooks and the privacy commands need.
+"""The SQL the event recorder, its webhooks and the privacy commands need,
+and the upkeep of the dashboard's rollups (``tracking_event_hours``,
+``tracking_event_spans``: written with the events, corrected by late flags,
+``prune`` and ``forget``, rebuilt by the migration's backfill).
 
 A mixin of :class:`~postal_tracking_plugin.store._store.Store` (through
 :class:`~postal_tracking_plugin.store._message_ops.MessageOperations`), so that
