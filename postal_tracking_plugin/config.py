@@ -190,6 +190,10 @@ class DashboardConfig:
     listen: str = "127.0.0.1:5020"
     session_hours: float = 12.0
     login_attempts: int = field(default=5, metadata={"range": (1, 1000)})  # per 15 minutes
+    #: Reverse proxies (addresses or CIDRs) in front of the dashboard whose
+    #: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed: behind one that
+    #: ends TLS the cookie is then Secure and the throttle sees the client.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -458,6 +462,14 @@ def _check(config: Config, where: str) -> None:
         except ValueError:
             raise ConfigError(
                 f"tracking.trusted_proxies[{i}]: {network!r} is not an address or CIDR ({where})"
+            ) from None
+    for i, network in enumerate(config.tracking.dashboard.trusted_proxies):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"tracking.dashboard.trusted_proxies[{i}]: {network!r} is not an address or "
+                f"CIDR ({where})"
             ) from None
     for i, network in enumerate(config.tracking.relay.allowed_networks):
         try:

@@ -138,11 +138,103 @@ def test_cookie_is_secure_over_https(store: Store, backend_config: Config, accou
     assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
 
 
+def _behind_proxy(config: Config, proxies: tuple[str, ...]) -> Config:
+    dashboard = dataclasses.replace(config.tracking.dashboard, trusted_proxies=proxies)
+    return dataclasses.replace(
+        config, tracking=dataclasses.replace(config.tracking, dashboard=dashboard)
+    )
+
+
+def _login_from(client: FlaskClient, peer: str, headers: dict[str, str]) -> Any:
+    env = {"REMOTE_ADDR": peer}
+    page = client.get("/login", headers=headers, environ_base=env).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    return client.post(
+        "/login",
+        data={"email": EMAIL, "password": PASSWORD, "csrf_token": token.group(1)},
+        headers=headers,
+        environ_base=env,
+    )
+
+
+def test_cookie_is_secure_behind_a_trusted_tls_proxy(
+    store: Store, backend_config: Config, account: str
+) -> None:
+    """``tracking.dashboard.trusted_proxies``: X-Forwarded-Proto is believed from those
+    peers only; off by default."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    default = create_app(backend_config, store, secret_key=b"k" * 32).test_client()
+    r = _login_from(default, "10.0.0.2", forwarded)
+    assert r.status_code == 302 and "Secure" not in r.headers["Set-Cookie"]
+
+    config = _behind_proxy(backend_config, ("10.0.0.0/24",))
+    app = create_app(config, store, secret_key=b"k" * 32)
+    r = _login_from(app.test_client(), "10.0.0.2", forwarded)
+    assert r.status_code == 302 and "Secure" in r.headers["Set-Cookie"]
+    with store.main(readonly=True) as db:
+        addresses = {
+            r["address"] for r in db.query("SELECT address FROM tracking_dashboard_sessions")
+        }
+    assert "198.51.100.7" in addresses  # the client, not the proxy
+
+    # A client reaching the dashboard directly cannot claim HTTPS.
+    r = _login_from(app.test_client(), "192.0.2.9", forwarded)
+    assert r.status_code == 302 and "Secure" not in r.headers["Set-Cookie"]
+
+
+def test_trusted_proxies_must_be_addresses(write_config: Any) -> None:
+    with pytest.raises(ConfigError, match=r"tracking.dashboard.trusted_proxies\[0\]"):
+        write_config({"tracking": {"dashboard": {"trusted_proxies": ["proxy.example"]}}})
+
+
 def test_failed_logins_are_throttled_per_account_and_address(client: FlaskClient) -> None:
     for _ in range(5):
         assert _login(client, "wrong password").status_code == 401
     r = _login(client)  # the right password, too late
     assert r.status_code == 429 and "Too many failed logins" in r.get_data(as_text=True)
+
+
+def test_the_throttle_is_shared_by_every_process_on_the_store(
+    store: Store, backend_config: Config, account: str
+) -> None:
+    """Failures counted by one worker (one app, one store connection) stop another:
+    a second ``open_store`` stands in for a second gunicorn worker."""
+    from postal_tracking_plugin.store import open_store
+
+    other_store = open_store(backend_config)
+    try:
+        first = create_app(backend_config, store, secret_key=b"test" * 8).test_client()
+        second = create_app(backend_config, other_store, secret_key=b"test" * 8).test_client()
+        for n in range(5):
+            worker = first if n % 2 else second
+            assert _login(worker, "wrong password").status_code == 401
+        assert _login(first).status_code == 429
+        assert _login(second).status_code == 429
+        with store.main(readonly=True) as db:
+            kept = {
+                r["key_hash"]
+                for r in db.query("SELECT key_hash FROM tracking_dashboard_login_failures")
+            }
+        assert len(kept) == 2 and not any(EMAIL in k for k in kept)  # hashed
+    finally:
+        other_store.close()
+
+
+def test_the_throttle_forgets_failures_older_than_its_window(store: Store) -> None:
+    from postal_tracking_plugin.web.dashboard._auth import LoginThrottle
+
+    throttle = LoginThrottle(store, limit=2, window=900)
+    keys = ["addr:192.0.2.1", "user:a@example.com"]
+    throttle.failed(keys, now=1000.0)
+    assert throttle.wait(keys, now=1001.0) == 0
+    throttle.failed(["user:a@example.com"], now=1100.0)
+    assert throttle.wait(keys, now=1200.0) == pytest.approx(700.0)  # until 1000 + 900
+    assert throttle.wait(["addr:192.0.2.1"], now=1200.0) == 0  # one failure for the address
+    assert throttle.wait(keys, now=1900.5) == 0  # the first failure aged out
+    throttle.failed(keys, now=1950.0)
+    throttle.succeeded(keys)
+    assert throttle.wait(keys, now=1951.0) == 0
 
 
 def test_a_form_without_its_csrf_token_changes_nothing(client: FlaskClient, store: Store) -> None:
@@ -274,14 +366,15 @@ def test_settings_change_excluded_domains_and_the_next_message_honours_them(
 
 
 def test_postal_mode_shows_settings_read_only(
-    store: Store, backend_config: Config, account: str
+    store: Store, backend_config: Config, account: str, monkeypatch: Any
 ) -> None:
-    postal = dataclasses.replace(
-        backend_config, tracking=dataclasses.replace(backend_config.tracking, store="postal")
-    )
+    """The store decides (``check_changeable``, refused by PostalStore), not the config string."""
+    from postal_tracking_plugin.store._postal import _refuse
+
     server = store.add_server("Main")
     store.add_track_domain(server, "click.example.com", dns_status="OK")
-    client = create_app(postal, store, secret_key=b"k" * 32).test_client()
+    monkeypatch.setattr(store, "check_changeable", _refuse)
+    client = create_app(backend_config, store, secret_key=b"k" * 32).test_client()
     _login(client)
     html = client.get("/domains/click.example.com").get_data(as_text=True)
     assert "web interface owns these settings" in html and "<fieldset disabled" in html

@@ -283,7 +283,12 @@ def test_init_adds_only_tables_of_our_own_and_creates_no_database(
     after = postal.snapshot()
     changed = changes(before, after)
     assert changed[postal.name] and all(t.startswith("tracking_") for t in changed[postal.name])
-    assert changed[f"{postal.name}-server-1"] == {"tracking_events", "tracking_migrations"}
+    assert changed[f"{postal.name}-server-1"] == {
+        "tracking_events",
+        "tracking_event_hours",
+        "tracking_event_spans",
+        "tracking_migrations",
+    }
     # Postal 3's schema.rb still has track_certificates: it is not touched
     assert after[postal.name]["track_certificates"] == before[postal.name]["track_certificates"]
     # again: nothing more
@@ -520,3 +525,51 @@ def test_a_message_database_we_make_is_laid_out_as_postals(postal3: Postal, tmp_
         assert ours["indexes"] == theirs["indexes"]
     finally:
         drop_mysql_databases(name)
+
+
+# -- the dashboard's figures ------------------------------------------------------
+
+
+def test_figures_count_clicks_postals_fast_server_wrote(postal3: Postal, tmp_path: Path) -> None:
+    """Postal's own fast server writes ``clicks`` without our writer, so no rollup sees
+    them: the all-events figures still count them (read from Postal's tables), the
+    people figures and the chart come from our rollups, and both layers agree."""
+    from postal_tracking_plugin.store import Filter
+
+    config = write_config(tmp_path, postal3.name)
+    assert cli(config, "init").returncode == 0
+    store = open_store(load_config(config))
+    try:
+        server = next(s for s in store.list_servers() if s.name == "Mail")
+        link = store.find_link(server.id, LINK_TOKEN)
+        assert link is not None
+        now = time.time()
+        with store.messages(server.id) as db:  # what Postal's fast server does
+            db.execute(
+                "INSERT INTO clicks (message_id, link_id, ip_address, user_agent, timestamp) "
+                "VALUES (%s, %s, '192.0.2.1', 'Mozilla/5.0', %s)",
+                (link["message_id"], link["id"], now - 60),
+            )
+        store.record_events(
+            server.id,
+            [
+                {
+                    "event_id": "ours-1",
+                    "kind": "click",
+                    "method": "GET",
+                    "message_id": link["message_id"],
+                    "link_id": link["id"],
+                    "ip_address": "198.51.100.2",
+                    "user_agent": "Mozilla/5.0",
+                    "timestamp": now - 30,
+                }
+            ],
+        )
+        rolled = store.tracking_stats(server, Filter(tag="november"))
+        assert rolled["clicks"]["all"] == {"total": 2, "unique": 1}
+        assert rolled["clicks"]["people"] == {"total": 1, "unique": 1}
+        assert rolled["top_links"][0]["clicks"] == 2
+        exact = store.tracking_overview(server, Filter(tag="november"), exact=True)[0]
+        assert rolled == exact
+    finally:
+        store.close()

@@ -2,13 +2,16 @@
 
 One query layer for the numbers: :meth:`DashboardOperations.tracking_stats`
 is what ``stats`` prints and what the dashboard's overview shows, for the same
-:class:`Filter`, so the two cannot disagree. "All events" figures come from
-Postal's own ``clicks`` and ``loads`` (what Postal's interface counts);
+:class:`Filter`, so the two cannot disagree. "All events" figures are what
+Postal's own ``clicks`` and ``loads`` hold (what Postal's interface counts);
 "people" figures leave out the events our ``tracking_events`` flags as
 automated (``bot = 1``) and the uncounted ``HEAD`` probes. The chart's series
-comes from ``tracking_events`` alone, split by that flag, so it covers the
-events this plugin recorded (all of them, unless Postal's own fast server
-also wrote rows).
+covers the events this plugin recorded, split by that flag.
+
+The figures are read from the rollups the event writer keeps
+(``tracking_event_hours``, ``tracking_event_spans``: see ``_event_ops``),
+except one message's (cheap from the events) and, in ``postal`` mode, the
+"all events" figures, which Postal's own fast server may also write.
 
 Also here: the dashboard's users and server-side sessions (our own
 ``tracking_dashboard_*`` tables; Postal's ``users`` is never touched) and the
@@ -21,6 +24,7 @@ A mixin of :class:`~postal_tracking_plugin.store._store.Store`: it needs only
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +33,9 @@ from ..errors import AlreadyExists
 from ..errors import NotFound
 from ._db import Row
 from ._db import utcnow
+from ._event_ops import HOUR
+from ._event_ops import hour_sql
+from ._tokens import url_hash
 
 #: Events the "people" figures count: recorded by us, counted, not flagged automated.
 _PEOPLE = "x.counted = 1 AND x.bot = 0"
@@ -108,7 +115,114 @@ def _bucket_sql(dialect: str, seconds: int) -> str:
     """
     if dialect == "mysql":
         return f"x.timestamp DIV {int(seconds)}"
-    return f"CAST(x.timestamp / {int(seconds)} AS INTEGER)"
+    # Whole seconds first, as the rollups' hours (``_event_ops.hour_sql``).
+    return f"CAST(x.timestamp AS INTEGER) / {int(seconds)}"
+
+
+_WHO_COUNTED, _WHO_PEOPLE = 0, 1
+
+
+def _raw_unique(db: Any, flt: Filter, table: str, where: str, params: list[Any]) -> int:
+    ew, e_params = flt.events_where()
+    row = db.one(
+        f"SELECT COUNT(DISTINCT x.message_id) AS uniq FROM {flt.events_from(table)} "
+        f"WHERE {where} AND {ew}",
+        [*params, *e_params],
+    )
+    return int(row["uniq"])
+
+
+def _unique(db: Any, flt: Filter, kind: str, who: int) -> int:
+    """Messages with at least one event of ``kind`` and class ``who`` in the range.
+
+    From the spans: a message whose last event is at or after ``since`` and
+    whose first is before ``until`` may have one in the range; it certainly
+    has unless its events surround the range (first before, last after),
+    and only those are looked up in ``tracking_events`` (by message, from an
+    index). Exact, whatever the range.
+    """
+    where = ["s.kind = %s", "s.who = %s"]
+    params: list[Any] = [kind, who]
+    if flt.tag:
+        where.append("s.tag = %s")
+        params.append(flt.tag)
+    if flt.since is not None:
+        where.append("s.last_at >= %s")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("s.first_at < %s")
+        params.append(flt.until)
+    if flt.since is not None and flt.until is not None:
+        people = " AND e.bot = 0" if who == _WHO_PEOPLE else ""
+        where.append(
+            "NOT (s.first_at < %s AND s.last_at >= %s AND NOT EXISTS (SELECT 1 FROM "
+            "tracking_events e WHERE e.message_id = s.message_id AND e.kind = s.kind AND "
+            f"e.counted = 1{people} AND e.timestamp >= %s AND e.timestamp < %s))"
+        )
+        params += [flt.since, flt.until, flt.since, flt.until]
+    row = db.one(
+        f"SELECT COUNT(*) AS n FROM tracking_event_spans s WHERE {' AND '.join(where)}", params
+    )
+    return int(row["n"])
+
+
+def _rolled_groups(db: Any, flt: Filter) -> list[Row]:
+    """``(b, kind, bot, counted, reason, known, n)`` rows of the range, by hour.
+
+    Whole hours from ``tracking_event_hours``; the part of an hour at either
+    end of a range that does not start or end on the hour from the events.
+    """
+    since, until = flt.since, flt.until
+    first = None if since is None else -(-int(math.ceil(since)) // HOUR)
+    last = None if until is None else int(math.floor(until)) // HOUR
+    edges: list[tuple[float | None, float | None]] = []
+    if first is not None and last is not None and first >= last:
+        first = last = None
+        edges.append((since, until))
+        whole = False
+    else:
+        whole = True
+        if since is not None and first is not None and since < first * HOUR:
+            edges.append((since, first * HOUR))
+        if until is not None and last is not None and until > last * HOUR:
+            edges.append((last * HOUR, until))
+    rows: list[Row] = []
+    if whole:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if first is not None:
+            where.append("h.hour >= %s")
+            params.append(first)
+        if last is not None:
+            where.append("h.hour < %s")
+            params.append(last)
+        if flt.tag:
+            where.append("h.tag = %s")
+            params.append(flt.tag)
+        rows += db.query(
+            "SELECT h.hour AS b, h.kind, h.bot, h.counted, h.reason, h.known, "
+            f"SUM(h.events) AS n FROM tracking_event_hours h WHERE {' AND '.join(where)} "
+            "GROUP BY h.hour, h.kind, h.bot, h.counted, h.reason, h.known",
+            params,
+        )
+    for lo, hi in edges:
+        part = Filter(since=lo, until=hi, tag=flt.tag)
+        ew, e_params = part.events_where()
+        rows += db.query(
+            f"SELECT {hour_sql(db.dialect)} AS b, x.kind, x.bot, x.counted, x.reason, "
+            "CASE WHEN x.message_id IS NULL THEN 0 ELSE 1 END AS known, COUNT(*) AS n "
+            f"FROM {_edge_from(part)} WHERE {ew} GROUP BY b, x.kind, x.bot, x.counted, "
+            "x.reason, known",
+            e_params,
+        )
+    return rows
+
+
+def _edge_from(flt: Filter) -> str:
+    """Events of part of an hour: by time first (a tag's messages first would read all of its events)."""
+    if flt.tag:
+        return "tracking_events x JOIN messages tm ON tm.id = x.message_id"
+    return "tracking_events x"
 
 
 class DashboardOperations:
@@ -122,6 +236,11 @@ class DashboardOperations:
 
     # -- the numbers ---------------------------------------------------------
 
+    #: Whether Postal's own fast server may write ``clicks``/``loads`` rows that
+    #: our rollups never see (``tracking.store: postal``): then the "all events"
+    #: figures are read from those tables.
+    postal_writes_events: bool = False
+
     def tracking_stats(self, server: Any, flt: Filter, *, top: int = 10) -> dict[str, Any]:
         """Every figure of one server (or one of its messages), as plain data.
 
@@ -131,36 +250,22 @@ class DashboardOperations:
         return self.tracking_overview(server, flt, top=top)[0]
 
     def tracking_overview(
-        self, server: Any, flt: Filter, *, top: int = 10
+        self, server: Any, flt: Filter, *, top: int = 10, exact: bool = False
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """:meth:`tracking_stats` and, from the same scan, the hourly series.
+        """:meth:`tracking_stats` and, from the same rows, the hourly series.
 
         The series has one point per hour with counted events, oldest first:
         ``start`` (Unix seconds) and ``opens_people``, ``opens_machines``,
-        ``clicks_people``, ``clicks_machines``. The flag reasons and the series
-        come from one ``GROUP BY`` over ``tracking_events`` (hour, kind, flag,
-        counted, reason), read from one covering index: a million events
-        cost one pass, not two.
+        ``clicks_people``, ``clicks_machines``. Totals, flag reasons and the
+        series come from ``tracking_event_hours`` for the whole hours of the
+        range and from ``tracking_events`` for the parts of an hour at its
+        ends; unique counts from ``tracking_event_spans`` (see
+        :func:`_unique`). One message's figures, and ``exact=True`` (the
+        tests' reference), read every event instead: the same numbers.
         """
         mw, m_params = flt.messages_where()
         ew, e_params = flt.events_where()
-
-        def figures(db: Any, table_name: str, kind: str) -> dict[str, Any]:
-            everything = db.one(
-                f"SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-                f"FROM {flt.events_from(table_name)} WHERE {ew}",
-                e_params,
-            )
-            people = db.one(
-                "SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
-                f"FROM {flt.events_from('tracking_events')} WHERE x.kind = %s AND {_PEOPLE} AND {ew}",
-                [kind, *e_params],
-            )
-            return {
-                "all": {"total": int(everything["total"]), "unique": int(everything["uniq"])},
-                "people": {"total": int(people["total"]), "unique": int(people["uniq"])},
-            }
-
+        rolled = flt.message_id is None and not exact
         with self.messages(server.id, readonly=True) as db:
             sent = db.one(
                 "SELECT COUNT(*) AS sent, COALESCE(SUM(CASE WHEN m.parsed = 1 AND "
@@ -168,21 +273,66 @@ class DashboardOperations:
                 f"FROM messages m WHERE {mw}",
                 m_params,
             )
-            opens = figures(db, "loads", "open")
-            clicks = figures(db, "clicks", "click")
-            groups = db.query(
-                f"SELECT {_bucket_sql(db.dialect, 3600)} AS b, x.kind, x.bot, x.counted, "
-                f"x.reason, COUNT(*) AS n FROM {flt.events_from('tracking_events')} WHERE {ew} "
-                # ORDER BY NULL: MariaDB sorts a GROUP BY's rows unless told not to.
-                "GROUP BY b, x.kind, x.bot, x.counted, x.reason ORDER BY NULL",
-                e_params,
+            if rolled:
+                groups = _rolled_groups(db, flt)
+            else:
+                groups = db.query(
+                    f"SELECT {_bucket_sql(db.dialect, 3600)} AS b, x.kind, x.bot, x.counted, "
+                    "x.reason, CASE WHEN x.message_id IS NULL THEN 0 ELSE 1 END AS known, "
+                    f"COUNT(*) AS n FROM {flt.events_from('tracking_events')} WHERE {ew} "
+                    # ORDER BY NULL: MariaDB sorts a GROUP BY's rows unless told not to.
+                    "GROUP BY b, x.kind, x.bot, x.counted, x.reason, known ORDER BY NULL",
+                    e_params,
+                )
+            opens: dict[str, Any] = {}
+            clicks: dict[str, Any] = {}
+            for kind, table, out in (("open", "loads", opens), ("click", "clicks", clicks)):
+                people = [g for g in groups if g["kind"] == kind and g["counted"] and not g["bot"]]
+                out["people"] = {
+                    "total": sum(int(g["n"]) for g in people),
+                    "unique": _unique(db, flt, kind, _WHO_PEOPLE)
+                    if rolled
+                    else _raw_unique(
+                        db, flt, "tracking_events", f"x.kind = %s AND {_PEOPLE}", [kind]
+                    ),
+                }
+                if self.postal_writes_events or not rolled:
+                    # Postal's fast server may write ``clicks``/``loads`` beside us (postal
+                    # mode): no rollup of ours sees those rows, so they are read here.
+                    everything = db.one(
+                        f"SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
+                        f"FROM {flt.events_from(table)} WHERE {ew}",
+                        e_params,
+                    )
+                    out["all"] = {
+                        "total": int(everything["total"]),
+                        "unique": int(everything["uniq"]),
+                    }
+                else:
+                    # Our store writes ``clicks``/``loads`` only with the counted events
+                    # (an open without a message gets no ``loads`` row).
+                    out["all"] = {
+                        "total": sum(
+                            int(g["n"])
+                            for g in groups
+                            if g["kind"] == kind
+                            and g["counted"]
+                            and (kind == "click" or g["known"])
+                        ),
+                        "unique": _unique(db, flt, kind, _WHO_COUNTED),
+                    }
+                out["all"], out["people"] = out.pop("all"), out.pop("people")
+            one_pass = rolled and not self.postal_writes_events
+            ranked = (
+                _top_links(db, flt, ew, e_params, top, one_pass=one_pass)
+                if top > 0 or flt.message_id
+                else []
             )
-            ranked = _top_links(db, flt, ew, e_params) if top > 0 or flt.message_id else []
         reasons: dict[tuple[str, str, int], int] = {}
         series: dict[int, dict[str, Any]] = {}
         for r in groups:
             n = int(r["n"])
-            if r["reason"] is not None:
+            if r["reason"]:
                 key = (str(r["reason"]), str(r["kind"]), int(r["bot"]))
                 reasons[key] = reasons.get(key, 0) + n
             if int(r["counted"]) != 1:
@@ -200,7 +350,7 @@ class DashboardOperations:
             )
             kind = "opens" if r["kind"] == "open" else "clicks"
             point[f"{kind}_{'machines' if int(r['bot']) else 'people'}"] += n
-        flags = sorted(reasons.items(), key=lambda item: (-item[1], item[0][0]))
+        flags = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
         tracked = int(sent["tracked"] or 0)
         report = {
             "server": {"id": server.id, "name": server.name, "token": server.token},
@@ -225,21 +375,30 @@ class DashboardOperations:
     def link_series(
         self, server_id: int, flt: Filter, bucket: int, urls: list[str]
     ) -> dict[str, dict[int, int]]:
-        """Counted clicks per bucket for each of ``urls``: ``{url: {bucket start: clicks}}``."""
+        """Counted clicks per bucket for each of ``urls``: ``{url: {bucket start: clicks}}``.
+
+        The URLs' links are found by ``links.hash`` first, and the clicks
+        read for those links: joining every click with its link to compare
+        the ``TEXT`` URL read the whole links table once per click.
+        """
         if not urls:
             return {}
         ew, params = flt.events_where()
+        hashes = sorted({url_hash(u) for u in urls})
         with self.messages(server_id, readonly=True) as db:
             rows = db.query(
-                f"SELECT l.url, {_bucket_sql(db.dialect, bucket)} AS b, COUNT(*) AS n "
-                f"FROM {flt.events_from('tracking_events')} JOIN links l ON l.id = x.link_id "
-                f"WHERE x.kind = 'click' AND x.counted = 1 AND {ew} "
-                f"AND l.url IN ({', '.join(['%s'] * len(urls))}) GROUP BY l.url, b",
-                [*params, *urls],
+                f"SELECT l.url, t.b, SUM(t.n) AS n FROM (SELECT x.link_id, "
+                f"{_bucket_sql(db.dialect, bucket)} AS b, COUNT(*) AS n "
+                f"FROM {flt.events_from('tracking_events')} WHERE x.kind = 'click' "
+                f"AND x.counted = 1 AND {ew} AND x.link_id IN (SELECT id FROM links WHERE "
+                f"hash IN ({', '.join(['%s'] * len(hashes))}) OR hash IS NULL) "
+                "GROUP BY x.link_id, b) t JOIN links l ON l.id = t.link_id GROUP BY l.url, t.b",
+                [*params, *hashes],
             )
         out: dict[str, dict[int, int]] = {url: {} for url in urls}
         for r in rows:
-            out[r["url"]][int(r["b"]) * bucket] = int(r["n"])
+            if r["url"] in out:
+                out[r["url"]][int(r["b"]) * bucket] = int(r["n"])
         return out
 
     # -- messages ------------------------------------------------------------
@@ -413,6 +572,43 @@ class DashboardOperations:
                 (session_hash, time.time()),
             )
 
+    # -- the failed-login throttle --------------------------------------------
+
+    def login_failures(self, key_hashes: list[str], since: float) -> list[Row]:
+        """Per key with failures after ``since``: ``key_hash``, ``failures``, ``oldest``."""
+        if not key_hashes:
+            return []
+        with self.main(readonly=True) as db:
+            return db.query(
+                "SELECT key_hash, COUNT(*) AS failures, MIN(failed_at) AS oldest "
+                "FROM tracking_dashboard_login_failures WHERE failed_at > %s AND key_hash IN "
+                f"({', '.join(['%s'] * len(key_hashes))}) GROUP BY key_hash",
+                [since, *key_hashes],
+            )
+
+    def add_login_failure(self, key_hashes: list[str], now: float, forget_before: float) -> None:
+        """Count one failed login for each key; failures before ``forget_before`` go."""
+        with self.main() as db:
+            db.execute(
+                "DELETE FROM tracking_dashboard_login_failures WHERE failed_at <= %s",
+                (forget_before,),
+            )
+            db.executemany(
+                "INSERT INTO tracking_dashboard_login_failures (key_hash, failed_at) "
+                "VALUES (%s, %s)",
+                [(k, now) for k in key_hashes],
+            )
+
+    def clear_login_failures(self, key_hashes: list[str]) -> None:
+        if not key_hashes:
+            return
+        with self.main() as db:
+            db.execute(
+                "DELETE FROM tracking_dashboard_login_failures WHERE key_hash IN "
+                f"({', '.join(['%s'] * len(key_hashes))})",
+                key_hashes,
+            )
+
     def end_dashboard_session(self, session_hash: str) -> None:
         with self.main() as db:
             db.execute("DELETE FROM tracking_dashboard_sessions WHERE id = %s", (session_hash,))
@@ -424,43 +620,105 @@ def _like(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-def _top_links(db: Any, flt: Filter, ew: str, e_params: list[Any]) -> list[dict[str, Any]]:
-    """URLs ranked by unique people clicking, then unique messages, then clicks."""
-    link_where, link_params = "1 = 1", []
-    if flt.message_id is not None:
-        link_where, link_params = "l.message_id = %s", [flt.message_id]
+def _top_links(
+    db: Any, flt: Filter, ew: str, e_params: list[Any], top: int, *, one_pass: bool = False
+) -> list[dict[str, Any]]:
+    """URLs ranked by unique people clicking, then unique messages, then clicks.
+
+    Grouped by ``links.hash`` (the URL's SHA-1, set by Postal and by us), not by
+    the ``TEXT`` URL, which made MariaDB group in an on-disk temporary table;
+    the URLs are read for the ranked rows only. Links without a hash (written
+    by neither) are grouped by URL apart.
+    """
     cw, c_params = flt.events_where()
     # Clicks are grouped by link and message first, so the join with links
     # reads one row per clicked link rather than one per click.
-    links = db.query(
-        "SELECT l.url, COUNT(DISTINCT t.message_id) AS all_unique, SUM(t.n) AS all_total "
-        f"FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n FROM {flt.events_from('clicks')} "
-        f"WHERE {cw} GROUP BY x.link_id, x.message_id) t "
-        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
-        c_params,
+    everything = (
+        "SELECT {key} AS k, MIN(l.id) AS link_id, COUNT(DISTINCT t.message_id) AS all_unique, "
+        "SUM(t.n) AS all_total FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n "
+        f"FROM {flt.events_from('clicks')} WHERE {cw} GROUP BY x.link_id, x.message_id) t "
+        "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
     )
-    if flt.message_id is not None:
-        # One message: every link it has, clicked or not.
-        clicked = {r["url"] for r in links}
-        for r in db.query(f"SELECT DISTINCT l.url FROM links l WHERE {link_where}", link_params):
-            if r["url"] not in clicked:
-                links.append({"url": r["url"], "all_unique": 0, "all_total": 0})
-    people_links = db.query(
-        "SELECT l.url, COUNT(DISTINCT t.message_id) AS people_unique "
+    people = (
+        "SELECT {key} AS k, COUNT(DISTINCT t.message_id) AS people_unique "
         f"FROM (SELECT DISTINCT x.link_id, x.message_id FROM {flt.events_from('tracking_events')} "
         f"WHERE x.kind = 'click' AND {_PEOPLE} AND {ew}) t "
-        "JOIN links l ON l.id = t.link_id GROUP BY l.url",
-        e_params,
+        "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
     )
-    people_by_url = {r["url"]: int(r["people_unique"]) for r in people_links}
+    if one_pass:
+        # Where our store writes ``clicks`` (with the counted click events), both
+        # figures come from one pass over the events' (kind, counted, bot, time,
+        # message, link) index: Postal's ``clicks`` has no index to read instead.
+        everything = (
+            "SELECT {key} AS k, MIN(l.id) AS link_id, COUNT(DISTINCT t.message_id) AS all_unique, "
+            "SUM(t.n) AS all_total, COUNT(DISTINCT CASE WHEN t.people = 1 THEN t.message_id END) "
+            "AS people_unique FROM (SELECT x.link_id, x.message_id, COUNT(*) AS n, "
+            "MAX(CASE WHEN x.bot = 0 THEN 1 ELSE 0 END) AS people "
+            f"FROM {flt.events_from('tracking_events')} WHERE x.kind = 'click' AND x.counted = 1 "
+            f"AND {ew} GROUP BY x.link_id, x.message_id) t "
+            "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
+        )
+        c_params = e_params
+    groups: dict[Any, dict[str, Any]] = {}
+    for key, which in (("l.hash", "l.hash IS NOT NULL"), ("l.url", "l.hash IS NULL")):
+        for r in db.query(everything.format(key=key, which=which), c_params):
+            groups[(key, r["k"])] = {
+                "link_id": int(r["link_id"]),
+                "unique_people": 0,
+                "unique_all": int(r["all_unique"]),
+                "clicks": int(r["all_total"]),
+            }
+            if one_pass:
+                groups[(key, r["k"])]["unique_people"] = int(r["people_unique"])
+        if one_pass:
+            continue
+        for r in db.query(people.format(key=key, which=which), e_params):
+            group = groups.setdefault(
+                (key, r["k"]),
+                {"link_id": None, "unique_people": 0, "unique_all": 0, "clicks": 0},
+            )
+            group["unique_people"] = int(r["people_unique"])
+    if flt.message_id is not None:
+        # One message: every link it has, clicked or not.
+        for r in db.query(
+            "SELECT id, hash, url FROM links WHERE message_id = %s ORDER BY id", (flt.message_id,)
+        ):
+            k = ("l.hash", r["hash"]) if r["hash"] is not None else ("l.url", r["url"])
+            group = groups.setdefault(
+                k, {"link_id": None, "unique_people": 0, "unique_all": 0, "clicks": 0}
+            )
+            if group["link_id"] is None:
+                group["link_id"] = int(r["id"])
+    # A people-only group (its clicks pruned from Postal's table) has no link yet.
+    missing = [k for k, g in groups.items() if g["link_id"] is None]
+    for key, value in missing:
+        row = db.one(f"SELECT MIN(id) AS id FROM links l WHERE {key} = %s", (value,))
+        groups[(key, value)]["link_id"] = int(row["id"])
+
+    def rank(g: dict[str, Any]) -> tuple[int, int, int]:
+        return (-g["unique_people"], -g["unique_all"], -g["clicks"])
+
+    ordered = sorted(groups.values(), key=rank)
+    if flt.message_id is None and len(ordered) > top:
+        # The cut, and whatever ties with the last row kept (the URL decides those).
+        cut = rank(ordered[max(top, 1) - 1])
+        ordered = [g for g in ordered if rank(g) <= cut] if top > 0 else []
+    urls: dict[int, str] = {}
+    ids = [g["link_id"] for g in ordered]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for r in db.query(
+            f"SELECT id, url FROM links WHERE id IN ({', '.join(['%s'] * len(chunk))})", chunk
+        ):
+            urls[int(r["id"])] = r["url"]
     ranked = [
         {
-            "url": r["url"],
-            "unique_people": people_by_url.get(r["url"], 0),
-            "unique_all": int(r["all_unique"]),
-            "clicks": int(r["all_total"]),
+            "url": urls[g["link_id"]],
+            "unique_people": g["unique_people"],
+            "unique_all": g["unique_all"],
+            "clicks": g["clicks"],
         }
-        for r in links
+        for g in ordered
     ]
     ranked.sort(key=lambda r: (-r["unique_people"], -r["unique_all"], -r["clicks"], r["url"]))
     return ranked

@@ -1,4 +1,7 @@
-"""The SQL the event recorder, its webhooks and the privacy commands need.
+"""The SQL the event recorder, its webhooks and the privacy commands need,
+and the upkeep of the dashboard's rollups (``tracking_event_hours``,
+``tracking_event_spans``: written with the events, corrected by late flags,
+``prune`` and ``forget``, rebuilt by the migration's backfill).
 
 A mixin of :class:`~postal_tracking_plugin.store._store.Store` (through
 :class:`~postal_tracking_plugin.store._message_ops.MessageOperations`), so that
@@ -390,16 +393,18 @@ class EventOperations:
         transaction, so a first prune of a big table holds no lock for long.
         """
         removed: dict[str, int] = {}
+        # Our events carry what the rollups need to take them out again.
+        columns = "t.event_id AS k, t.timestamp, t.kind, t.bot, t.counted, t.reason, t.message_id"
         statements = [
             (
                 "tracking_events",
-                "SELECT event_id AS k FROM tracking_events WHERE timestamp < %s",
+                f"SELECT {columns} FROM tracking_events t WHERE t.timestamp < %s",
                 "event_id",
                 (before,),
             ),
             (
                 "tracking_events",
-                "SELECT event_id AS k FROM tracking_events t WHERE t.message_id IS NOT NULL AND "
+                f"SELECT {columns} FROM tracking_events t WHERE t.message_id IS NOT NULL AND "
                 "NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = t.message_id)",
                 "event_id",
                 (),
@@ -413,8 +418,11 @@ class EventOperations:
         for table, select, key, params in statements:
             while True:
                 with self.messages(server_id) as db:
-                    keys = [r["k"] for r in db.query(f"{select} LIMIT 1000", params)]
-                    if keys:
+                    rows = db.query(f"{select} LIMIT 1000", params)
+                    keys = [r["k"] for r in rows]
+                    if keys and table == "tracking_events":
+                        _delete_events(db, rows)
+                    elif keys:
                         db.execute(f"DELETE FROM {table} WHERE {key} IN ({_marks(keys)})", keys)
                 if not keys:
                     break
@@ -446,8 +454,13 @@ class EventOperations:
                         f"DELETE FROM clicks WHERE message_id IN ({marks})", chunk
                     ),
                     "loads": db.execute(f"DELETE FROM loads WHERE message_id IN ({marks})", chunk),
-                    "tracking_events": db.execute(
-                        f"DELETE FROM tracking_events WHERE message_id IN ({marks})", chunk
+                    "tracking_events": _delete_events(
+                        db,
+                        db.query(
+                            "SELECT event_id AS k, timestamp, kind, bot, counted, reason, "
+                            f"message_id FROM tracking_events WHERE message_id IN ({marks})",
+                            chunk,
+                        ),
                     ),
                 }
                 if own_messages:
@@ -486,6 +499,22 @@ class EventOperations:
                 (f"%:to: {_like(quoted)}\n%", f"%:to: {_like(address)}\n%"),
             )
         return removed
+
+
+def _delete_events(db: Db, rows: Sequence[Row]) -> int:
+    """Delete these ``tracking_events`` rows (``k`` the event id) and take them out of the rollups."""
+    if not rows:
+        return 0
+    ids = {int(r["message_id"]) for r in rows if r["message_id"] is not None}
+    tags = remembered_tags(db, ids)
+    removed = 0
+    for chunk in _chunks([r["k"] for r in rows]):
+        removed += db.execute(
+            f"DELETE FROM tracking_events WHERE event_id IN ({_marks(chunk)})", chunk
+        )
+    remove_from_rollups(db, rows, tags)
+    recompute_spans(db, ids, tags)
+    return removed
 
 
 def _like(text: str) -> str:
@@ -542,13 +571,34 @@ class FlagQueries:
         )
 
     def flag_clicks(self, message_id: int, ip: str, start: float, end: float, reason: str) -> None:
-        """Flag the unflagged clicks of one address on one message between two times."""
-        self._db.execute(
-            "UPDATE tracking_events SET bot = 1, reason = %s "
-            "WHERE kind = 'click' AND message_id = %s AND ip_address = %s AND bot = 0 "
-            "AND timestamp >= %s AND timestamp <= %s",
+        """Flag the unflagged clicks of one address on one message between two times.
+
+        The rollups move with them: the clicks leave their hours as people and
+        come back as machines, and the message's spans are recomputed.
+        """
+        where = (
+            "kind = 'click' AND message_id = %s AND ip_address = %s AND bot = 0 "
+            "AND timestamp >= %s AND timestamp <= %s"
+        )
+        db = self._db
+        rows = db.query(
+            f"SELECT timestamp, kind, bot, counted, reason, message_id FROM tracking_events "
+            f"WHERE {where}",
+            (message_id, ip, start, end),
+        )
+        if not rows:
+            return
+        tags = remembered_tags(db, [message_id])
+        db.execute(
+            f"UPDATE tracking_events SET bot = 1, reason = %s WHERE {where}",
             (reason, message_id, ip, start, end),
         )
+        remove_from_rollups(db, rows, tags)
+        change_hours(
+            db,
+            _count_keys([{**r, "bot": 1, "reason": reason} for r in rows], tags, db.dialect),
+        )
+        recompute_spans(db, [message_id], tags)
 
     def _pairs_query(
         self, select: str, group_by: str, pairs: Iterable[tuple[int, str]], earliest: float
@@ -584,3 +634,306 @@ class FlagQueries:
                 )
                 terms, params = [], [earliest]
         return rows
+
+
+# -- rollups: counts kept as events are written (docs/dashboard.md, "Speed") ----
+
+#: Seconds in a rollup bucket.
+HOUR = 3600
+
+#: ``tracking_event_spans.who``: counted events (Postal's ``clicks``/``loads``),
+#: people (counted and not flagged), any event (the tag memory).
+WHO_COUNTED, WHO_PEOPLE, WHO_ANY = 0, 1, 2
+
+#: The key of a ``tracking_event_hours`` row: (hour, tag, kind, bot, counted, reason, known).
+HourKey = tuple[int, str, str, int, int, str, int]
+
+
+def event_hour(timestamp: Any, dialect: str) -> int:
+    """The rollup hour of an event time, as :func:`hour_sql` computes it in the database.
+
+    MySQL keeps ``decimal(18,6)`` (the value rounded to the microsecond) and
+    ``DIV`` floors it; SQLite keeps the float and the SQL truncates it to whole
+    seconds first, so both sides agree exactly.
+    """
+    t = round(float(timestamp), 6) if dialect == "mysql" else float(timestamp)
+    return int(t) // HOUR
+
+
+def hour_sql(dialect: str, column: str = "x.timestamp") -> str:
+    """``column``'s rollup hour in SQL (see :func:`event_hour`)."""
+    if dialect == "mysql":
+        return f"{column} DIV {HOUR}"
+    return f"CAST({column} AS INTEGER) / {HOUR}"
+
+
+def message_tags(db: Db, ids: Iterable[int]) -> dict[int, str]:
+    """``messages.tag`` (``''`` for none) of the messages that exist, by id."""
+    wanted = sorted({int(i) for i in ids})
+    tags: dict[int, str] = {}
+    for chunk in _chunks(wanted):
+        for r in db.query(f"SELECT id, tag FROM messages WHERE id IN ({_marks(chunk)})", chunk):
+            tags[int(r["id"])] = r["tag"] or ""
+    return tags
+
+
+def remembered_tags(db: Db, ids: Iterable[int]) -> dict[int, str]:
+    """The tag each message's events were rolled up under: the spans' memory, else the message's.
+
+    Read before deleting events: Postal's retention may have deleted the
+    message already, and its events' hours must be taken from the same tag.
+    """
+    wanted = sorted({int(i) for i in ids})
+    tags = message_tags(db, wanted)
+    for chunk in _chunks(wanted):
+        for r in db.query(
+            "SELECT message_id, tag FROM tracking_event_spans WHERE who = %s AND "
+            f"message_id IN ({_marks(chunk)})",
+            [WHO_ANY, *chunk],
+        ):
+            tags[int(r["message_id"])] = r["tag"] or ""
+    return tags
+
+
+def _hour_key(e: Row | dict[str, Any], tags: dict[int, str], dialect: str) -> HourKey:
+    message_id = e["message_id"]
+    return (
+        event_hour(e["timestamp"], dialect),
+        tags.get(int(message_id), "") if message_id is not None else "",
+        str(e["kind"]),
+        int(bool(e["bot"])),
+        int(bool(e["counted"])),
+        str(e["reason"] or ""),
+        int(message_id is not None),
+    )
+
+
+def change_hours(db: Db, deltas: dict[HourKey, int]) -> None:
+    """Add ``deltas`` to ``tracking_event_hours`` (an upsert); rows that reach 0 go."""
+    changes = sorted((k, n) for k, n in deltas.items() if n)
+    if not changes:
+        return
+    columns = "hour, tag, kind, bot, counted, reason, known, events"
+    if db.dialect == "mysql":
+        tail = "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
+    else:
+        tail = (
+            "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
+            "DO UPDATE SET events = events + excluded.events"
+        )
+    for chunk in _chunks(changes, 1000 if db.dialect == "mysql" else 120):
+        db.execute(
+            f"INSERT INTO tracking_event_hours ({columns}) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+            + f" {tail}",
+            [v for key, n in chunk for v in (*key, n)],
+        )
+    if any(n < 0 for _, n in changes):
+        hours = sorted({k[0] for k, n in changes if n < 0})
+        for chunk in _chunks(hours):
+            db.execute(
+                f"DELETE FROM tracking_event_hours WHERE events <= 0 AND hour IN ({_marks(chunk)})",
+                list(chunk),
+            )
+
+
+def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
+    """Count newly written events (the recorder's dicts: ``kind``, ``message_id``,
+    ``timestamp``, ``method``, ``bot``, ``bot_reason``) in the rollups, in the
+    caller's transaction (:meth:`record_events`'), so exactly once like them.
+
+    Three statements a batch: the messages' tags, one upsert of hours, one of spans.
+    """
+    events = [
+        {
+            "kind": e["kind"],
+            "message_id": e["message_id"],
+            "timestamp": e["timestamp"],
+            "bot": e["bot"],
+            "reason": e["bot_reason"],
+            "counted": (e.get("method") or "GET").upper() != "HEAD",
+        }
+        for e in fresh
+    ]
+    if not events:
+        return
+    tags = message_tags(db, (e["message_id"] for e in events if e["message_id"] is not None))
+    spans: dict[tuple[int, str, int], list[Any]] = {}
+    for e in events:
+        message_id = e["message_id"]
+        if message_id is None:
+            continue
+        ts = e["timestamp"]
+        who = []
+        if e["counted"]:
+            who.append(WHO_COUNTED)
+            if not e["bot"]:
+                who.append(WHO_PEOPLE)
+        for w in who:
+            span = spans.get((int(message_id), str(e["kind"]), w))
+            if span is None:
+                spans[(int(message_id), str(e["kind"]), w)] = [ts, ts]
+            else:
+                span[0], span[1] = min(span[0], ts), max(span[1], ts)
+    change_hours(db, _count_keys(events, tags, db.dialect))
+    _merge_spans(db, {k: (tags.get(k[0], ""), f, last) for k, (f, last) in spans.items()})
+    _remember_tags(
+        db,
+        {
+            (int(e["message_id"]), str(e["kind"])): tags.get(int(e["message_id"]), "")
+            for e in events
+            if e["message_id"] is not None
+        },
+    )
+
+
+def _remember_tags(db: Db, tags: dict[tuple[int, str], str]) -> None:
+    """The ``who = 2`` spans (times 0): inserted where missing, never updated."""
+    rows = sorted((m, kind, WHO_ANY, tag, 0, 0) for (m, kind), tag in tags.items())
+    if not rows:
+        return
+    if db.dialect == "mysql":
+        tail = "ON DUPLICATE KEY UPDATE who = who"
+    else:
+        tail = "ON CONFLICT (message_id, kind, who) DO NOTHING"
+    for chunk in _chunks(rows, 1000 if db.dialect == "mysql" else 150):
+        db.execute(
+            "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
+            "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk)) + f" {tail}",
+            [v for row in chunk for v in row],
+        )
+
+
+def _merge_spans(db: Db, spans: dict[tuple[int, str, int], tuple[str, Any, Any]]) -> None:
+    """Widen (or create) spans to include these first and last times."""
+    rows = sorted((*k, *v) for k, v in spans.items())
+    if not rows:
+        return
+    if db.dialect == "mysql":
+        tail = (
+            "ON DUPLICATE KEY UPDATE first_at = LEAST(first_at, VALUES(first_at)), "
+            "last_at = GREATEST(last_at, VALUES(last_at))"
+        )
+    else:
+        tail = (
+            "ON CONFLICT (message_id, kind, who) DO UPDATE SET "
+            "first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)"
+        )
+    # One statement for a whole batch on MySQL: 100 rows a statement made the
+    # spans most of the rollups' cost to the writer. SQLite builds older than
+    # 3.32 take at most 999 parameters.
+    for chunk in _chunks(rows, 1000 if db.dialect == "mysql" else 150):
+        db.execute(
+            "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
+            "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk)) + f" {tail}",
+            [v for row in chunk for v in row],
+        )
+
+
+def recompute_spans(db: Db, ids: Iterable[int], tags: dict[int, str]) -> None:
+    """Spans of these messages from their remaining events (after a delete or a late flag).
+
+    ``tags``: what :func:`remembered_tags` read before the events changed.
+    """
+    wanted = sorted({int(i) for i in ids})
+    for chunk in _chunks(wanted):
+        marks = _marks(chunk)
+        db.execute(f"DELETE FROM tracking_event_spans WHERE message_id IN ({marks})", chunk)
+        found = db.query(
+            "SELECT message_id, kind, MIN(timestamp) AS af, MAX(timestamp) AS al, "
+            "MIN(CASE WHEN counted = 1 THEN timestamp END) AS cf, "
+            "MAX(CASE WHEN counted = 1 THEN timestamp END) AS cl, "
+            "MIN(CASE WHEN counted = 1 AND bot = 0 THEN timestamp END) AS pf, "
+            "MAX(CASE WHEN counted = 1 AND bot = 0 THEN timestamp END) AS pl "
+            f"FROM tracking_events WHERE message_id IN ({marks}) GROUP BY message_id, kind",
+            chunk,
+        )
+        spans: dict[tuple[int, str, int], tuple[str, Any, Any]] = {}
+        for r in found:
+            message_id = int(r["message_id"])
+            tag = tags.get(message_id, "")
+            for who, first, last in (
+                (WHO_ANY, 0 if r["af"] is not None else None, 0),
+                (WHO_COUNTED, r["cf"], r["cl"]),
+                (WHO_PEOPLE, r["pf"], r["pl"]),
+            ):
+                if first is not None:
+                    spans[(message_id, str(r["kind"]), who)] = (tag, first, last)
+        _merge_spans(db, spans)
+
+
+def _count_keys(
+    rows: Iterable[Row | dict[str, Any]], tags: dict[int, str], dialect: str, sign: int = 1
+) -> dict[HourKey, int]:
+    deltas: dict[HourKey, int] = {}
+    for r in rows:
+        key = _hour_key(r, tags, dialect)
+        deltas[key] = deltas.get(key, 0) + sign
+    return deltas
+
+
+def remove_from_rollups(db: Db, rows: Sequence[Row], tags: dict[int, str]) -> None:
+    """Take events about to be deleted (or re-flagged) out of the hours.
+
+    ``rows`` carry ``timestamp``, ``kind``, ``bot``, ``counted``, ``reason``,
+    ``message_id``; ``tags`` from :func:`remembered_tags`. The spans are
+    recomputed by the caller once the events are gone.
+    """
+    change_hours(db, _count_keys(rows, tags, db.dialect, -1))
+
+
+def rebuild_rollups(db: Db, step: int = 5000) -> None:
+    """Fill the rollups from every event (the migration's backfill; also a repair).
+
+    ``INSERT ... SELECT`` statements over ``tracking_events``, ``step``
+    messages each (one statement over a million events outlasted the connection's read
+    timeout on a loaded machine), read from the (message, kind, counted, bot,
+    time, reason) index alone; the hours of each chunk are added to what the
+    earlier chunks left (an upsert). Events whose message is gone are counted
+    without a tag, as the writer counts an event without a message.
+    """
+    db.execute("DELETE FROM tracking_event_hours")
+    db.execute("DELETE FROM tracking_event_spans")
+    bounds = db.one("SELECT MIN(message_id) AS m0, MAX(message_id) AS m1 FROM tracking_events")
+    hour = hour_sql(db.dialect)
+    if db.dialect == "mysql":
+        tail = "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
+    else:
+        tail = (
+            "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
+            "DO UPDATE SET events = events + excluded.events"
+        )
+
+    def hours(where: str, params: Sequence[Any]) -> None:
+        db.execute(
+            "INSERT INTO tracking_event_hours (hour, tag, kind, bot, counted, reason, known, "
+            f"events) SELECT * FROM (SELECT {hour} AS h, COALESCE(m.tag, '') AS t, x.kind, "
+            "x.bot, x.counted, COALESCE(x.reason, '') AS r, "
+            "CASE WHEN x.message_id IS NULL THEN 0 ELSE 1 END AS k, COUNT(*) AS n "
+            "FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
+            # ``WHERE 1 = 1``: SQLite's upsert after a SELECT needs one to parse.
+            f"WHERE {where} GROUP BY h, t, x.kind, x.bot, x.counted, r, k) g WHERE 1 = 1 {tail}",
+            params,
+        )
+
+    hours("x.message_id IS NULL", ())
+    if bounds is None or bounds["m0"] is None:
+        return
+    first = int(bounds["m0"])
+    while first <= int(bounds["m1"]):
+        chunk = "x.message_id >= %s AND x.message_id < %s"
+        hours(chunk, (first, first + step))
+        for who, condition in (
+            (WHO_ANY, "1 = 1"),
+            (WHO_COUNTED, "x.counted = 1"),
+            (WHO_PEOPLE, "x.counted = 1 AND x.bot = 0"),
+        ):
+            times = "0, 0" if who == WHO_ANY else "MIN(x.timestamp), MAX(x.timestamp)"
+            db.execute(
+                "INSERT INTO tracking_event_spans (message_id, kind, who, tag, first_at, last_at) "
+                f"SELECT x.message_id, x.kind, {who}, COALESCE(MAX(m.tag), ''), {times} "
+                "FROM tracking_events x LEFT JOIN messages m ON m.id = x.message_id "
+                f"WHERE {chunk} AND {condition} GROUP BY x.message_id, x.kind",
+                (first, first + step),
+            )
+        first += step

@@ -20,6 +20,7 @@ from ._db import Row
 from ._db import SqlValue
 from ._event_ops import EventOperations
 from ._event_ops import FlagQueries
+from ._event_ops import add_to_rollups
 from ._models import Link
 from ._tokens import url_hash
 
@@ -213,6 +214,7 @@ class MessageOperations(EventOperations):
                 "recorded_at, webhooks_claimed_by, webhooks_claimed_at) VALUES",
                 tracked,
             )
+            add_to_rollups(db, fresh)
         return fresh
 
 

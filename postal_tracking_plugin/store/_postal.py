@@ -42,6 +42,9 @@ def _refuse(what: str) -> NoReturn:
 class PostalStore(MysqlStore):
     """Postal's main and message databases, read as Postal wrote them."""
 
+    #: Postal's fast server writes ``clicks``/``loads`` too (docs/dashboard.md).
+    postal_writes_events = True
+
     expects_postal = True
     tracks_outgoing_mail = False
 

@@ -26,6 +26,7 @@ from ._db import Db
 from ._db import SqlValue
 from ._db import utcnow
 from ._event_ops import column_exists
+from ._event_ops import rebuild_rollups
 from ._message_ops import MessageOperations
 from ._models import Certificate
 from ._models import Server
@@ -391,7 +392,7 @@ def split_track_domain_name(full_name: str) -> tuple[str, str]:
     return label, domain_name
 
 
-Step = _schema.Table | _schema.Index | _schema.Seed | _schema.Column
+Step = _schema.Table | _schema.Index | _schema.Seed | _schema.Column | _schema.Backfill
 
 
 def _migrate(
@@ -412,6 +413,9 @@ def _migrate(
                 continue
             if isinstance(table, _schema.Seed):
                 _seed(db, table)
+                continue
+            if isinstance(table, _schema.Backfill):
+                rebuild_rollups(db)
                 continue
             if isinstance(table, _schema.Index) and _index_done(db, table):
                 continue  # done by a run that stopped before recording its version

@@ -6,10 +6,10 @@ SHA-256 is looked up in ``tracking_dashboard_sessions`` on every request (so
 logging out, removing the account or changing its password ends the session
 even for a copied cookie), and the CSRF token every form must send back.
 
-The throttle counts failed logins per client address and per account in this
-process's memory: after ``tracking.dashboard.login_attempts`` failures within
-15 minutes, either key is refused until the oldest failure ages out. Under
-gunicorn with several workers each worker counts on its own.
+The throttle counts failed logins per client address and per account in the
+store, so every worker and host serving the dashboard shares the count: after
+``tracking.dashboard.login_attempts`` failures within 15 minutes, either key is
+refused until the oldest failure ages out.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
-from collections import deque
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask import request
@@ -39,41 +38,37 @@ class SessionInterface(SecureCookieSessionInterface):
 
 
 class LoginThrottle:
-    """Failed logins per key (``addr:...``, ``user:...``) within a sliding window."""
+    """Failed logins per key (``addr:...``, ``user:...``) within a sliding window.
 
-    def __init__(self, limit: int, window: float = THROTTLE_WINDOW) -> None:
+    Kept in the store (``tracking_dashboard_login_failures``, keys as SHA-256),
+    so every process serving the dashboard counts the same failures. Times are
+    wall-clock Unix seconds: the processes share no monotonic clock.
+    """
+
+    def __init__(self, store: Any, limit: int, window: float = THROTTLE_WINDOW) -> None:
+        self.store = store
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
+    @staticmethod
+    def _hashes(keys: list[str]) -> list[str]:
+        return [hashlib.sha256(k.encode("utf-8", "surrogatepass")).hexdigest() for k in keys]
 
     def wait(self, keys: list[str], now: float | None = None) -> float:
         """Seconds until a login may be tried for all ``keys`` (0: now)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            waits = [
-                times[0] + self.window - now
-                for times in (self._recent(k, now) for k in keys)
-                if len(times) >= self.limit
-            ]
+        now = time.time() if now is None else now
+        rows = self.store.login_failures(self._hashes(keys), now - self.window)
+        waits = [
+            float(r["oldest"]) + self.window - now for r in rows if int(r["failures"]) >= self.limit
+        ]
         return max(waits, default=0.0)
 
     def failed(self, keys: list[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+        now = time.time() if now is None else now
+        self.store.add_login_failure(self._hashes(keys), now, now - self.window)
 
     def succeeded(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
+        self.store.clear_login_failures(self._hashes(keys))
 
 
 def secret_key(data_dir: Path) -> bytes:

@@ -16,6 +16,7 @@ from flask import url_for
 from werkzeug.security import check_password_hash
 
 from postal_tracking_plugin.errors import Error
+from postal_tracking_plugin.errors import PostalOwnsThis
 from postal_tracking_plugin.store import Filter
 
 from . import _auth
@@ -84,7 +85,13 @@ def _server(token: str) -> Any:
 
 
 def _readonly() -> str | None:
-    return POSTAL_OWNS if _state().config.tracking.store == "postal" else None
+    """The note shown (and the 403 given) where the store refuses changes to tracking
+    domains: asked of the store, as the CLI does, not read from the config string."""
+    try:
+        _state().store.check_changeable("tracking domains")
+    except PostalOwnsThis:
+        return POSTAL_OWNS
+    return None
 
 
 # -- logging in and out ---------------------------------------------------------

@@ -11,6 +11,9 @@ view runs.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
+from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from flask import session
 from flask import url_for
 from jinja2 import DictLoader
 from markupsafe import Markup
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from postal_tracking_plugin.config import Config
 
@@ -70,9 +74,13 @@ def create_app(config: Config, store: Any, *, secret_key: bytes | None = None) -
     app.extensions[EXTENSION] = DashboardState(
         config=config,
         store=store,
-        throttle=_auth.LoginThrottle(config.tracking.dashboard.login_attempts),
+        throttle=_auth.LoginThrottle(store, config.tracking.dashboard.login_attempts),
     )
     app.register_blueprint(bp)
+    if config.tracking.dashboard.trusted_proxies:
+        app.wsgi_app = FromTrustedProxy(  # type: ignore[method-assign]
+            app.wsgi_app, config.tracking.dashboard.trusted_proxies
+        )
     app.before_request(_guard)
     app.context_processor(
         lambda: {
@@ -97,6 +105,32 @@ def create_app(config: Config, store: Any, *, secret_key: bytes | None = None) -
         return response
 
     return app
+
+
+class FromTrustedProxy:
+    """Werkzeug's ``ProxyFix`` (one proxy: ``X-Forwarded-For``, ``-Proto``, ``-Host``,
+    ``-Port``, ``-Prefix``), applied only to requests whose peer is a trusted proxy.
+
+    ``ProxyFix`` alone believes whoever sends the headers: a client reaching
+    the dashboard directly could claim HTTPS or another address (and dodge the
+    login throttle). Here the headers of anyone else are ignored.
+    """
+
+    def __init__(self, app: Callable[..., Any], networks: Iterable[str]) -> None:
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR") or "")
+        except ValueError:
+            return self.app(environ, start_response)
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        if any(peer in n for n in self.networks):
+            return self.fixed(environ, start_response)
+        return self.app(environ, start_response)
 
 
 _OPEN = {"dashboard.login"}
