@@ -314,3 +314,36 @@ def test_the_readme_is_short_and_every_docs_link_lands() -> None:
                 headings = re.findall(r"(?m)^#+ (.+)$", linked.read_text())
                 anchors = {_anchor(h) for h in headings}
                 assert fragment in anchors, f"{page.name}: no heading for #{fragment}"
+
+
+def test_every_tracking_key_is_in_the_configuration_reference() -> None:
+    """docs/configuration.md names each ``tracking.*`` key the loader accepts (the loader
+    refuses unknown ones, so an undocumented key is one nobody can find)."""
+    from dataclasses import fields
+    from dataclasses import is_dataclass
+
+    from postal_tracking_plugin.config import TrackingConfig
+
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    documented = " ".join(
+        line for line in reference.splitlines() if line.startswith("| `tracking.")
+    )
+
+    def keys(cls: type, prefix: str) -> list[tuple[str, str]]:
+        found = []
+        for f in fields(cls):
+            inner = f.default_factory if callable(f.default_factory) else None
+            if inner is not None and is_dataclass(inner):
+                found += keys(inner, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            else:
+                found.append((prefix, f.name))
+        return found
+
+    missing = [
+        f"{prefix}{name}"
+        for prefix, name in keys(TrackingConfig, "tracking.")
+        if f"`{prefix}{name}`" not in documented
+        and not (f"`{prefix}" in documented and f"`{name}`" in documented)
+        and f"`{prefix}*`" not in documented
+    ]
+    assert not missing, f"add to docs/configuration.md: {', '.join(missing)}"
