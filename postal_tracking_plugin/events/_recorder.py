@@ -24,6 +24,8 @@ from typing import Any
 from .._hub import Runner
 from .._hub import cooperate
 from .._hub import spawn
+from .._recorded_event import RecordedEvent
+from .._recorded_event import known_id
 from ..config import Config
 from ..store import Store
 from ._bots import Flagger
@@ -325,11 +327,12 @@ class EventRecorder:
         """Events refused because the spool was full."""
         return self._dropped
 
-    def _recorded(self, server_id: int, events: list[dict[str, Any]]) -> None:
+    def _recorded(self, server_id: int, events: list[RecordedEvent]) -> None:
         if self.hook is None and self._webhooks is None:
             return
         messages = self.store.messages_by_id(
-            server_id, [e["message_id"] for e in events if e.get("message_id") is not None]
+            server_id,
+            [known_id(e["message_id"]) for e in events if e.get("message_id") is not None],
         )
         for event in events:
             message = messages.get(event.get("message_id") or -1)

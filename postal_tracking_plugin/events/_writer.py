@@ -25,7 +25,10 @@ from typing import Any
 
 from .._hub import cooperate
 from .._hub import off_hub
+from .._recorded_event import RecordedEvent
+from ..store import FlagQueries
 from ..store import Store
+from ._spool import Position
 from ._spool import Spool
 from ._spool import Stream
 
@@ -34,7 +37,7 @@ log = logging.getLogger("postal_tracking_plugin.events")
 #: Events read from the spool at a time, with a yield between the reads.
 READ_STEP = 100
 
-Recorded = Callable[[int, list[dict[str, Any]]], None]
+Recorded = Callable[[int, list[RecordedEvent]], None]
 
 
 class Writer:
@@ -47,7 +50,7 @@ class Writer:
         *,
         batch_size: int,
         interval: float,
-        flag: Callable[[Any, list[dict[str, Any]]], None] | None,
+        flag: Callable[[FlagQueries, list[RecordedEvent]], None] | None,
         on_recorded: Recorded | None,
         webhooks_pending: bool = False,
         periodic: Callable[[], None] | None = None,
@@ -124,7 +127,7 @@ class Writer:
             return True
         return False
 
-    def _read(self, stream: Stream) -> tuple[list[dict[str, Any]], Any, int]:
+    def _read(self, stream: Stream) -> tuple[list[RecordedEvent], Position, int]:
         """Up to ``batch_size`` events of ``stream``, read (and parsed) 100 at a time.
 
         A yield between the reads lets requests run: parsing a whole batch's
@@ -141,19 +144,19 @@ class Writer:
                 break
         return events, pos, nbytes
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[RecordedEvent]) -> None:
         """Record each server's events; announce each server's as soon as it is committed.
 
         If a later server fails, the whole batch is read again, and the servers
         already committed find their events present (skipped, not announced twice).
         """
-        by_server: dict[int, list[dict[str, Any]]] = {}
+        by_server: dict[int, list[RecordedEvent]] = {}
         for event in events:
             by_server.setdefault(int(event["server_id"]), []).append(event)
         for server_id, batch in by_server.items():
             self._write_server(server_id, batch)
 
-    def _write_server(self, server_id: int, batch: list[dict[str, Any]]) -> None:
+    def _write_server(self, server_id: int, batch: list[RecordedEvent]) -> None:
         """Write one server's events, splitting the batch around events that fail alone.
 
         "The store will not write now" (:meth:`Store.write_refused`: lost
@@ -223,7 +226,7 @@ class Writer:
             return False
         return True
 
-    def _set_aside(self, server_id: int, event: dict[str, Any], exc: BaseException) -> None:
+    def _set_aside(self, server_id: int, event: RecordedEvent, exc: BaseException) -> None:
         """Append one event that fails on its own to ``spool/rejected-<date>.jsonl``.
 
         The line is the event with its error under ``"error"``: moved back into
@@ -272,7 +275,7 @@ class Writer:
             self.written += count
             self.progress.notify_all()
 
-    def _announce(self, server_id: int, fresh: list[dict[str, Any]]) -> None:
+    def _announce(self, server_id: int, fresh: list[RecordedEvent]) -> None:
         if self.on_recorded is None or not fresh:
             return
         try:

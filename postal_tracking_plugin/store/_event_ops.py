@@ -23,6 +23,7 @@ from typing import Any
 import pymysql.err
 
 from .._hub import cooperate
+from .._recorded_event import RecordedEvent
 from ._db import Db
 from ._db import Row
 
@@ -695,7 +696,7 @@ def remembered_tags(db: Db, ids: Iterable[int]) -> dict[int, str]:
     return tags
 
 
-def _hour_key(e: Row | dict[str, Any], tags: dict[int, str], dialect: str) -> HourKey:
+def _hour_key(e: Row, tags: dict[int, str], dialect: str) -> HourKey:
     message_id = e["message_id"]
     return (
         event_hour(e["timestamp"], dialect),
@@ -737,14 +738,14 @@ def change_hours(db: Db, deltas: dict[HourKey, int]) -> None:
             )
 
 
-def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
+def add_to_rollups(db: Db, fresh: Sequence[RecordedEvent]) -> None:
     """Count newly written events (the recorder's dicts: ``kind``, ``message_id``,
     ``timestamp``, ``method``, ``bot``, ``bot_reason``) in the rollups, in the
     caller's transaction (:meth:`record_events`'), so exactly once like them.
 
     Three statements a batch: the messages' tags, one upsert of hours, one of spans.
     """
-    events = [
+    events: list[Row] = [
         {
             "kind": e["kind"],
             "message_id": e["message_id"],
@@ -863,7 +864,7 @@ def recompute_spans(db: Db, ids: Iterable[int], tags: dict[int, str]) -> None:
 
 
 def _count_keys(
-    rows: Iterable[Row | dict[str, Any]], tags: dict[int, str], dialect: str, sign: int = 1
+    rows: Iterable[Row], tags: dict[int, str], dialect: str, sign: int = 1
 ) -> dict[HourKey, int]:
     deltas: dict[HourKey, int] = {}
     for r in rows:
