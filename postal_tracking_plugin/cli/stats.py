@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..store import Filter
+from ..store import TrackingStats
 from ._context import Context
 from ._context import table
 
@@ -118,7 +119,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: TrackingStats) -> str:
     """One server's (or message's) figures as text tables."""
     server = report["server"]
     title = f"Server {server['name']} ({server['token']})"
