@@ -9,8 +9,8 @@ the events package, so the type lives on the ground floor both stand on.
 Only a type, checked by mypy: nothing validates a spool line against it at run
 time (a set-aside line replayed from ``rejected-*.jsonl`` also carries
 ``"error"``, which every reader ignores). Not the tracking-event hook's dict:
-that one is ``hooks.TrackingEvent``, built from this one with exactly
-``events.EVENT_KEYS``.
+that one is ``events.HookEvent`` (``hooks.TrackingEvent`` for plugins), built
+from this one with exactly ``events.EVENT_KEYS``.
 """
 
 from __future__ import annotations

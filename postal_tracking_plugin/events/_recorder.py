@@ -19,7 +19,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Literal
+from typing import TypedDict
+from typing import cast
 
 from .._hub import Runner
 from .._hub import cooperate
@@ -38,10 +40,33 @@ from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
-#: The tracking-event hook: called with each recorded event, a dict keyed by
-#: :data:`EVENT_KEYS` (``postal_tracking_plugin.hooks`` passes it on to the plugins'
-#: ``postal_tracking_event``, which documents each key as ``TrackingEvent``).
-TrackingHook = Callable[[dict[str, Any]], None]
+
+class HookEvent(TypedDict):
+    """What the tracking-event hook gets: the keys of :data:`EVENT_KEYS`, every one set.
+
+    The same shape as ``hooks.TrackingEvent``, which documents each key for plugin
+    authors (this package may not import ``hooks``; tests/test_events_recorder.py
+    keeps the two equal).
+    """
+
+    kind: Literal["click", "open"]
+    event_id: str
+    server_id: int
+    server_token: str
+    message_id: int | None
+    message_token: str | None
+    link_id: int | None
+    url: str | None
+    ip_address: str | None
+    user_agent: str | None
+    timestamp: float
+    bot: bool
+    bot_reason: str | None
+
+
+#: The tracking-event hook: called with each recorded event (``postal_tracking_plugin.hooks``
+#: passes it on to the plugins' ``postal_tracking_event``).
+TrackingHook = Callable[[HookEvent], None]
 
 #: The keys of the event dict passed to the tracking-event hook.
 EVENT_KEYS = (
@@ -353,7 +378,8 @@ class EventRecorder:
                 log.warning("could not queue webhooks now (%s); they are queued later", exc)
         if self.hook is not None:
             for event in events:
-                public = {key: event.get(key) for key in EVENT_KEYS}
+                # EVENT_KEYS are HookEvent's keys; .get() gives None for one the dict lacks.
+                public = cast(HookEvent, {key: event.get(key) for key in EVENT_KEYS})
                 public["bot"] = bool(public["bot"])
                 try:
                     self.hook(public)
