@@ -21,7 +21,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 from .._hub import cooperate
 from .._hub import off_hub
@@ -38,6 +39,9 @@ log = logging.getLogger("postal_tracking_plugin.events")
 READ_STEP = 100
 
 Recorded = Callable[[int, list[RecordedEvent]], None]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Writer:
@@ -193,7 +197,7 @@ class Writer:
         cooperate()
         self._announce(server_id, fresh)
 
-    def _run_blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run_blocking(self, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run a store write; under gevent on SQLite, in gevent's thread pool.
 
         SQLite calls block the whole process (no socket to yield on), so a
