@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from postal_tracking_plugin.config import Config
 from postal_tracking_plugin.events import EVENT_KEYS
 from postal_tracking_plugin.events import EventRecorder
+from postal_tracking_plugin.events import HookEvent
+from postal_tracking_plugin.hooks import TrackingEvent
 from postal_tracking_plugin.store import Link
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import random_token
@@ -20,6 +23,15 @@ CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.0.0 Safari/537.36"
 )
+
+
+def test_the_hook_event_is_the_plugins_tracking_event_with_every_key() -> None:
+    """events.HookEvent (what the recorder builds) and hooks.TrackingEvent (what plugins
+    read) are one shape, with exactly EVENT_KEYS, all present."""
+    ours, theirs = typing.get_type_hints(HookEvent), typing.get_type_hints(TrackingEvent)
+    assert ours == theirs
+    assert set(ours) == set(EVENT_KEYS)
+    assert HookEvent.__required_keys__ == frozenset(EVENT_KEYS)
 
 
 def _with_data_dir(config: Config, data_dir: Path) -> Config:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import UsageError
 from ..events import forget
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "forget",
         help="erase the clicks, opens and event rows of one recipient address",

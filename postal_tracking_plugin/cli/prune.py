@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..events import prune
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "prune",
         help="delete event rows and spool leftovers older than the retention",

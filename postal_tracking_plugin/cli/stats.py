@@ -17,18 +17,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from typing import Any
 
 from ..errors import UsageError
 from ..store import Filter
+from ..store import TrackingStats
 from ._context import Context
+from ._context import Subparsers
 from ._context import table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def register(sub: Any) -> None:
+def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "stats",
         help="opens and clicks: people beside all events, top links",
@@ -118,7 +119,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: TrackingStats) -> str:
     """One server's (or message's) figures as text tables."""
     server = report["server"]
     title = f"Server {server['name']} ({server['token']})"

@@ -14,12 +14,14 @@ from ._privacy import forget as forget
 from ._privacy import prune as prune
 from ._recorder import EVENT_KEYS as EVENT_KEYS
 from ._recorder import EventRecorder as EventRecorder
+from ._recorder import HookEvent as HookEvent
 from ._recorder import TrackingHook as TrackingHook
 from ._spool import spool_backlog as spool_backlog
 
 __all__ = [
     "EVENT_KEYS",
     "EventRecorder",
+    "HookEvent",
     "Flagger",
     "Rules",
     "TrackingHook",

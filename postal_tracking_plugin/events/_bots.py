@@ -42,9 +42,10 @@ from dataclasses import field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
-from typing import Any
 
 from .._hub import cooperate
+from .._recorded_event import RecordedEvent
+from .._recorded_event import known_id
 from ..config import Config
 from ..errors import ConfigError
 
@@ -202,7 +203,7 @@ class Flagger:
             all_links_count=ev.all_links_count,
         )
 
-    def __call__(self, db: FlagQueries, events: list[dict[str, Any]]) -> None:
+    def __call__(self, db: FlagQueries, events: list[RecordedEvent]) -> None:
         """Flag ``events``; ``db`` is the store's :class:`FlagQueries` on the open transaction."""
         classify = self.rules.classify
         for i, event in enumerate(events):
@@ -221,7 +222,7 @@ class Flagger:
             pending = [
                 e for e in events if e["bot_reason"] is None and e.get("message_id") is not None
             ]
-            _load_messages(db, messages, fetched, [e["message_id"] for e in pending])
+            _load_messages(db, messages, fetched, [known_id(e["message_id"]) for e in pending])
             for event in pending:
                 message = messages.get(event.get("message_id") or -1)
                 if message is None or message["timestamp"] is None:
@@ -240,7 +241,7 @@ class Flagger:
     def _all_links_at_once(
         self,
         db: FlagQueries,
-        events: list[dict[str, Any]],
+        events: list[RecordedEvent],
         messages: dict[int, Row],
         fetched: set[int],
     ) -> None:
@@ -252,9 +253,9 @@ class Flagger:
         if not clicks:
             return
         window = self.all_links_window
-        batch: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        batch: dict[tuple[int, str], list[RecordedEvent]] = {}
         for e in clicks:
-            batch.setdefault((int(e["message_id"]), e.get("ip_address") or ""), []).append(e)
+            batch.setdefault((known_id(e["message_id"]), e.get("ip_address") or ""), []).append(e)
         earliest = min(float(e["timestamp"]) for e in clicks) - window
         # First a summary per message of what is already recorded: one row a
         # message, not one per (message, address, link). A (message, address)
@@ -269,7 +270,7 @@ class Flagger:
         for key, mine in batch.items():
             links_before, unflagged_before = summary.get(key[0], (0, False))
             if unflagged_before or not all(e["bot"] for e in mine):
-                open_keys.append((key, links_before + len({int(e["link_id"]) for e in mine})))
+                open_keys.append((key, links_before + len({known_id(e["link_id"]) for e in mine})))
         _load_messages(db, messages, fetched, sorted({key[0] for key, _n in open_keys}))
         wanted = {key for key, most in open_keys if most >= self._need(messages.get(key[0]))}
         if not wanted:
@@ -279,7 +280,7 @@ class Flagger:
         # hammers them (which is what this check is for).
         earlier = db.click_links(wanted, earliest)
         # Items: (time, link id, event of this batch or None, an earlier row unflagged).
-        groups: dict[tuple[int, str], list[tuple[float, int, dict[str, Any] | None, bool]]] = {}
+        groups: dict[tuple[int, str], list[tuple[float, int, RecordedEvent | None, bool]]] = {}
         for r in earlier:
             key = (int(r["message_id"]), r["ip_address"] or "")
             if key in wanted:
@@ -287,10 +288,10 @@ class Flagger:
                     (float(r["last"]), int(r["link_id"] or 0), None, not int(r["min_bot"]))
                 )
         for e in clicks:
-            key = (int(e["message_id"]), e.get("ip_address") or "")
+            key = (known_id(e["message_id"]), e.get("ip_address") or "")
             if key in wanted:
                 groups.setdefault(key, []).append(
-                    (float(e["timestamp"]), int(e["link_id"]), e, False)
+                    (float(e["timestamp"]), known_id(e["link_id"]), e, False)
                 )
         for (message_id, ip), items in groups.items():
             need = self._need(messages.get(message_id))
@@ -337,7 +338,7 @@ def _in_bursts(items: list[tuple[float, int]], window: float, need: int) -> set[
     return flagged
 
 
-def _set(event: dict[str, Any], reason: str | None, *, force: bool = False) -> None:
+def _set(event: RecordedEvent, reason: str | None, *, force: bool = False) -> None:
     if reason is None:
         event.setdefault("bot", False)
         event.setdefault("bot_reason", None)

@@ -19,11 +19,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Literal
+from typing import TypedDict
+from typing import cast
 
 from .._hub import Runner
 from .._hub import cooperate
 from .._hub import spawn
+from .._recorded_event import RecordedEvent
+from .._recorded_event import known_id
 from ..config import Config
 from ..store import Store
 from ._bots import Flagger
@@ -36,10 +40,33 @@ from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
-#: The tracking-event hook: called with each recorded event, a dict keyed by
-#: :data:`EVENT_KEYS` (``postal_tracking_plugin.hooks`` passes it on to the plugins'
-#: ``postal_tracking_event``, which documents each key as ``TrackingEvent``).
-TrackingHook = Callable[[dict[str, Any]], None]
+
+class HookEvent(TypedDict):
+    """What the tracking-event hook gets: the keys of :data:`EVENT_KEYS`, every one set.
+
+    The same shape as ``hooks.TrackingEvent``, which documents each key for plugin
+    authors (this package may not import ``hooks``; tests/test_events_recorder.py
+    keeps the two equal).
+    """
+
+    kind: Literal["click", "open"]
+    event_id: str
+    server_id: int
+    server_token: str
+    message_id: int | None
+    message_token: str | None
+    link_id: int | None
+    url: str | None
+    ip_address: str | None
+    user_agent: str | None
+    timestamp: float
+    bot: bool
+    bot_reason: str | None
+
+
+#: The tracking-event hook: called with each recorded event (``postal_tracking_plugin.hooks``
+#: passes it on to the plugins' ``postal_tracking_event``).
+TrackingHook = Callable[[HookEvent], None]
 
 #: The keys of the event dict passed to the tracking-event hook.
 EVENT_KEYS = (
@@ -325,11 +352,12 @@ class EventRecorder:
         """Events refused because the spool was full."""
         return self._dropped
 
-    def _recorded(self, server_id: int, events: list[dict[str, Any]]) -> None:
+    def _recorded(self, server_id: int, events: list[RecordedEvent]) -> None:
         if self.hook is None and self._webhooks is None:
             return
         messages = self.store.messages_by_id(
-            server_id, [e["message_id"] for e in events if e.get("message_id") is not None]
+            server_id,
+            [known_id(e["message_id"]) for e in events if e.get("message_id") is not None],
         )
         for event in events:
             message = messages.get(event.get("message_id") or -1)
@@ -350,7 +378,8 @@ class EventRecorder:
                 log.warning("could not queue webhooks now (%s); they are queued later", exc)
         if self.hook is not None:
             for event in events:
-                public = {key: event.get(key) for key in EVENT_KEYS}
+                # EVENT_KEYS are HookEvent's keys; .get() gives None for one the dict lacks.
+                public = cast(HookEvent, {key: event.get(key) for key in EVENT_KEYS})
                 public["bot"] = bool(public["bot"])
                 try:
                     self.hook(public)

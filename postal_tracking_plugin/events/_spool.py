@@ -32,7 +32,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import cast
+
+from .._recorded_event import RecordedEvent
 
 log = logging.getLogger("postal_tracking_plugin.events")
 
@@ -132,14 +134,14 @@ class Stream:
 
     # -- reading back (the writer) -------------------------------------------
 
-    def read(self, max_events: int) -> tuple[list[dict[str, Any]], Position, int]:
+    def read(self, max_events: int) -> tuple[list[RecordedEvent], Position, int]:
         """Up to ``max_events`` events after :attr:`read_pos`.
 
         Returns the events, the position after the last one, and the bytes
         consumed. A line cut short in a segment that is no longer appended to
         (a power cut mid-write) or that is not JSON is logged and skipped.
         """
-        events: list[dict[str, Any]] = []
+        events: list[RecordedEvent] = []
         seq, offset = self.read_pos
         consumed = 0
         rechecked = False
@@ -182,7 +184,8 @@ class Stream:
                 except ValueError:
                     log.error("spool %s: unreadable line at byte %d skipped", path, offset)
                 else:
-                    events.append(event)
+                    # Written by the recorder (or set aside from it): trusted, not validated.
+                    events.append(cast(RecordedEvent, event))
             offset += start
             consumed += start
         self.read_pos = (seq, offset)

@@ -7,10 +7,10 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
 from typing import NotRequired
 from typing import TypedDict
 
+from .._recorded_event import RecordedEvent
 from ..store import Row
 
 SIGNATURE_HEADER = "X-Postal-Tracking-Signature"
@@ -107,7 +107,7 @@ def message_hash(message: Row) -> MessageHash:
     }
 
 
-def payload_for(event: Mapping[str, Any], message: Row, link_token: str | None) -> WebhookPayload:
+def payload_for(event: RecordedEvent, message: Row, link_token: str | None) -> WebhookPayload:
     """The webhook payload of one event (a recorded event dict) and its message's row."""
     if event["kind"] == "click":
         return {

@@ -42,10 +42,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from .._hub import Runner
 from .._hub import spawn
+from .._recorded_event import RecordedEvent
+from .._recorded_event import known_id
 from ..config import Config
 from ..store import Row
 from ..store import Server
@@ -76,7 +77,7 @@ KEEP_SECONDS = 7 * 86400
 # -- queueing --------------------------------------------------------------------
 
 
-def _event_of(server: Server, row: Row) -> dict[str, Any]:
+def _event_of(server: Server, row: Row) -> RecordedEvent:
     """The event dict of a ``tracking_events`` row (its URL is filled in from ``links``)."""
     return {
         "event_id": row["event_id"],
@@ -126,7 +127,7 @@ class WebhookQueue:
     def queue(
         self,
         server_id: int,
-        events: Sequence[dict[str, Any]],
+        events: Sequence[RecordedEvent],
         messages: dict[int, Row],
     ) -> int:
         """Queue webhooks for ``events`` (in the store, claimed by this process); returns rows queued."""
@@ -135,16 +136,17 @@ class WebhookQueue:
             for e in events
             if (e.get("method") or "GET").upper() != "HEAD"
             and e.get("message_id") is not None
-            and int(e["message_id"]) in messages
+            and known_id(e["message_id"]) in messages
         ]
         links = self.store.links_by_id(
-            server_id, [e["link_id"] for e in counted if e["kind"] == "click" and e.get("link_id")]
+            server_id,
+            [known_id(e["link_id"]) for e in counted if e["kind"] == "click" and e.get("link_id")],
         )
-        items: list[tuple[dict[str, Any], str, WebhookPayload]] = []
+        items: list[tuple[RecordedEvent, str, WebhookPayload]] = []
         for e in counted:
-            link = links.get(int(e["link_id"])) if e.get("link_id") is not None else None
+            link = links.get(known_id(e["link_id"])) if e.get("link_id") is not None else None
             token = link["token"] if link is not None else None
-            payload = payload_for(e, messages[int(e["message_id"])], token)
+            payload = payload_for(e, messages[known_id(e["message_id"])], token)
             items.append((e, EVENT_NAMES[e["kind"]], payload))
         queued = 0
         if items and self.postal_mode:
@@ -156,7 +158,7 @@ class WebhookQueue:
         return queued
 
     def _queue_postal(
-        self, server_id: int, items: list[tuple[dict[str, Any], str, WebhookPayload]]
+        self, server_id: int, items: list[tuple[RecordedEvent, str, WebhookPayload]]
     ) -> int:
         now = time.time()
         names = {name for _e, name, _p in items}
@@ -183,7 +185,7 @@ class WebhookQueue:
             log.error("skipped (the others are queued): %s", error)
         return inserted
 
-    def _queue_standalone(self, items: list[tuple[dict[str, Any], str, WebhookPayload]]) -> int:
+    def _queue_standalone(self, items: list[tuple[RecordedEvent, str, WebhookPayload]]) -> int:
         now = time.time()
         rows = []
         for event, name, payload in items:

@@ -21,11 +21,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 from .._hub import cooperate
 from .._hub import off_hub
+from .._recorded_event import RecordedEvent
+from ..store import FlagQueries
 from ..store import Store
+from ._spool import Position
 from ._spool import Spool
 from ._spool import Stream
 
@@ -34,7 +38,10 @@ log = logging.getLogger("postal_tracking_plugin.events")
 #: Events read from the spool at a time, with a yield between the reads.
 READ_STEP = 100
 
-Recorded = Callable[[int, list[dict[str, Any]]], None]
+Recorded = Callable[[int, list[RecordedEvent]], None]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Writer:
@@ -47,7 +54,7 @@ class Writer:
         *,
         batch_size: int,
         interval: float,
-        flag: Callable[[Any, list[dict[str, Any]]], None] | None,
+        flag: Callable[[FlagQueries, list[RecordedEvent]], None] | None,
         on_recorded: Recorded | None,
         webhooks_pending: bool = False,
         periodic: Callable[[], None] | None = None,
@@ -124,7 +131,7 @@ class Writer:
             return True
         return False
 
-    def _read(self, stream: Stream) -> tuple[list[dict[str, Any]], Any, int]:
+    def _read(self, stream: Stream) -> tuple[list[RecordedEvent], Position, int]:
         """Up to ``batch_size`` events of ``stream``, read (and parsed) 100 at a time.
 
         A yield between the reads lets requests run: parsing a whole batch's
@@ -141,19 +148,19 @@ class Writer:
                 break
         return events, pos, nbytes
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[RecordedEvent]) -> None:
         """Record each server's events; announce each server's as soon as it is committed.
 
         If a later server fails, the whole batch is read again, and the servers
         already committed find their events present (skipped, not announced twice).
         """
-        by_server: dict[int, list[dict[str, Any]]] = {}
+        by_server: dict[int, list[RecordedEvent]] = {}
         for event in events:
             by_server.setdefault(int(event["server_id"]), []).append(event)
         for server_id, batch in by_server.items():
             self._write_server(server_id, batch)
 
-    def _write_server(self, server_id: int, batch: list[dict[str, Any]]) -> None:
+    def _write_server(self, server_id: int, batch: list[RecordedEvent]) -> None:
         """Write one server's events, splitting the batch around events that fail alone.
 
         "The store will not write now" (:meth:`Store.write_refused`: lost
@@ -190,7 +197,7 @@ class Writer:
         cooperate()
         self._announce(server_id, fresh)
 
-    def _run_blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run_blocking(self, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run a store write; under gevent on SQLite, in gevent's thread pool.
 
         SQLite calls block the whole process (no socket to yield on), so a
@@ -223,7 +230,7 @@ class Writer:
             return False
         return True
 
-    def _set_aside(self, server_id: int, event: dict[str, Any], exc: BaseException) -> None:
+    def _set_aside(self, server_id: int, event: RecordedEvent, exc: BaseException) -> None:
         """Append one event that fails on its own to ``spool/rejected-<date>.jsonl``.
 
         The line is the event with its error under ``"error"``: moved back into
@@ -272,7 +279,7 @@ class Writer:
             self.written += count
             self.progress.notify_all()
 
-    def _announce(self, server_id: int, fresh: list[dict[str, Any]]) -> None:
+    def _announce(self, server_id: int, fresh: list[RecordedEvent]) -> None:
         if self.on_recorded is None or not fresh:
             return
         try:

@@ -15,12 +15,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from typing import Literal
 
 from ..config import Config
 from ..errors import NotFound
 from ..store import Server
+from ..store import SqlValue
 from ..store import Store
 from ..store import TrackDomain
 from ..store import random_token
@@ -177,7 +177,7 @@ def _rewrite_message(
     if not result.links and not result.tracked_images:
         return StoredRewrite(result.data, False, "nothing to track")
     assert isinstance(server, Server) and result.message_token is not None
-    row: dict[str, Any] = {
+    row: dict[str, SqlValue] = {
         "token": result.message_token,
         "scope": "outgoing",
         "rcpt_to": _cut(rcpt_to or headers.to_address),

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from ..config import Config
 from ._dashboard_ops import Filter as Filter
+from ._dashboard_ops import SeriesPoint as SeriesPoint
+from ._dashboard_ops import TopLink as TopLink
+from ._dashboard_ops import TrackingStats as TrackingStats
 from ._db import Db as Db
 from ._db import Row as Row
 from ._db import SqlValue as SqlValue
@@ -48,10 +51,13 @@ __all__ = [
     "FlagQueries",
     "Link",
     "Row",
+    "SeriesPoint",
     "Server",
     "SqlValue",
     "Store",
+    "TopLink",
     "TrackDomain",
+    "TrackingStats",
     "open_store",
     "random_token",
     "split_track_domain_name",

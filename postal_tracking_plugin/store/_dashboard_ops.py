@@ -26,19 +26,104 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from ..errors import AlreadyExists
 from ..errors import NotFound
+from ._db import Db
 from ._db import Row
+from ._db import SqlValue
 from ._db import utcnow
 from ._event_ops import HOUR
 from ._event_ops import hour_sql
+from ._models import Server
 from ._tokens import url_hash
 
 #: Events the "people" figures count: recorded by us, counted, not flagged automated.
 _PEOPLE = "x.counted = 1 AND x.bot = 0"
+
+
+# -- what tracking_stats returns (``postal-tracking stats --json``, the overview) --
+
+
+class Figures(TypedDict):
+    """Events and the messages with at least one (``unique``)."""
+
+    total: int
+    unique: int
+
+
+class KindFigures(TypedDict):
+    """``all``: what Postal's ``clicks``/``loads`` hold; ``people``: counted, not flagged."""
+
+    all: Figures
+    people: Figures
+
+
+class ServerRef(TypedDict):
+    id: int
+    name: str
+    token: str
+
+
+class MessageCounts(TypedDict):
+    sent: int
+    tracked: int
+
+
+class Rates(TypedDict):
+    """Percentages of the tracked messages, one decimal; None when none was tracked."""
+
+    open_rate_people: float | None
+    click_rate_people: float | None
+    open_rate_all: float | None
+    click_rate_all: float | None
+
+
+class FlagCount(TypedDict):
+    reason: str
+    kind: str
+    bot: bool
+    events: int
+
+
+class TopLink(TypedDict):
+    url: str
+    unique_people: int
+    unique_all: int
+    clicks: int
+
+
+class TrackingStats(TypedDict):
+    """One server's (or message's) figures: one entry of ``stats --json``'s ``servers``."""
+
+    server: ServerRef
+    #: The message the figures are narrowed to, or None.
+    message: int | None
+    messages: MessageCounts
+    opens: KindFigures
+    clicks: KindFigures
+    rates: Rates
+    flags: list[FlagCount]
+    top_links: list[TopLink]
+
+
+#: One hour of the overview's series: ``start`` (Unix seconds) and ``opens_people``,
+#: ``opens_machines``, ``clicks_people``, ``clicks_machines``. A plain dict of ints,
+#: not a TypedDict: the dashboard sums points into days key by key.
+SeriesPoint = dict[str, int]
+
+
+class _LinkGroup(TypedDict):
+    """A URL's figures while :func:`_top_links` ranks them; ``link_id`` None until found."""
+
+    link_id: int | None
+    unique_people: int
+    unique_all: int
+    clicks: int
 
 
 @dataclass(frozen=True)
@@ -56,11 +141,11 @@ class Filter:
     tag: str | None = None
     message_id: int | None = None
 
-    def messages_where(self) -> tuple[str, list[Any]]:
+    def messages_where(self) -> tuple[str, list[SqlValue]]:
         if self.message_id is not None:
             return "m.id = %s", [self.message_id]
         where: list[str] = ["m.scope = 'outgoing'"]
-        params: list[Any] = []
+        params: list[SqlValue] = []
         if self.since is not None:
             where.append("m.timestamp >= %s")
             params.append(self.since)
@@ -83,10 +168,10 @@ class Filter:
             return f"messages tm JOIN {table} x ON x.message_id = tm.id"
         return f"{table} x"
 
-    def events_where(self, alias: str = "x") -> tuple[str, list[Any]]:
+    def events_where(self, alias: str = "x") -> tuple[str, list[SqlValue]]:
         """The condition on events (of ``FROM {events_from(...)}``) and its parameters."""
         where: list[str] = ["1 = 1"]
-        params: list[Any] = []
+        params: list[SqlValue] = []
         if self.since is not None:
             where.append(f"{alias}.timestamp >= %s")
             params.append(self.since)
@@ -100,6 +185,14 @@ class Filter:
             where.append("tm.tag = %s")
             params.append(self.tag)
         return " AND ".join(where), params
+
+
+def _aggregate(db: Db, sql: str, params: Sequence[SqlValue] = ()) -> Row:
+    """The row of an aggregate query (``COUNT``, ``SUM``, ``MIN``): there is always one."""
+    row = db.one(sql, params)
+    if row is None:
+        raise TypeError(f"an aggregate query returned no row: {sql}")
+    return row
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -122,9 +215,10 @@ def _bucket_sql(dialect: str, seconds: int) -> str:
 _WHO_COUNTED, _WHO_PEOPLE = 0, 1
 
 
-def _raw_unique(db: Any, flt: Filter, table: str, where: str, params: list[Any]) -> int:
+def _raw_unique(db: Db, flt: Filter, table: str, where: str, params: list[SqlValue]) -> int:
     ew, e_params = flt.events_where()
-    row = db.one(
+    row = _aggregate(
+        db,
         f"SELECT COUNT(DISTINCT x.message_id) AS uniq FROM {flt.events_from(table)} "
         f"WHERE {where} AND {ew}",
         [*params, *e_params],
@@ -132,7 +226,7 @@ def _raw_unique(db: Any, flt: Filter, table: str, where: str, params: list[Any])
     return int(row["uniq"])
 
 
-def _unique(db: Any, flt: Filter, kind: str, who: int) -> int:
+def _unique(db: Db, flt: Filter, kind: str, who: int) -> int:
     """Messages with at least one event of ``kind`` and class ``who`` in the range.
 
     From the spans: a message whose last event is at or after ``since`` and
@@ -142,7 +236,7 @@ def _unique(db: Any, flt: Filter, kind: str, who: int) -> int:
     index). Exact, whatever the range.
     """
     where = ["s.kind = %s", "s.who = %s"]
-    params: list[Any] = [kind, who]
+    params: list[SqlValue] = [kind, who]
     if flt.tag:
         where.append("s.tag = %s")
         params.append(flt.tag)
@@ -160,13 +254,13 @@ def _unique(db: Any, flt: Filter, kind: str, who: int) -> int:
             f"e.counted = 1{people} AND e.timestamp >= %s AND e.timestamp < %s))"
         )
         params += [flt.since, flt.until, flt.since, flt.until]
-    row = db.one(
-        f"SELECT COUNT(*) AS n FROM tracking_event_spans s WHERE {' AND '.join(where)}", params
+    row = _aggregate(
+        db, f"SELECT COUNT(*) AS n FROM tracking_event_spans s WHERE {' AND '.join(where)}", params
     )
     return int(row["n"])
 
 
-def _rolled_groups(db: Any, flt: Filter) -> list[Row]:
+def _rolled_groups(db: Db, flt: Filter) -> list[Row]:
     """``(b, kind, bot, counted, reason, known, n)`` rows of the range, by hour.
 
     Whole hours from ``tracking_event_hours``; the part of an hour at either
@@ -189,7 +283,7 @@ def _rolled_groups(db: Any, flt: Filter) -> list[Row]:
     rows: list[Row] = []
     if whole:
         where: list[str] = ["1 = 1"]
-        params: list[Any] = []
+        params: list[SqlValue] = []
         if first is not None:
             where.append("h.hour >= %s")
             params.append(first)
@@ -228,10 +322,12 @@ def _edge_from(flt: Filter) -> str:
 class DashboardOperations:
     """Figures, search, timelines, accounts and sessions (see the module docstring)."""
 
-    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+    def main(self, *, create: bool = False, readonly: bool = False) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
     # -- the numbers ---------------------------------------------------------
@@ -241,7 +337,7 @@ class DashboardOperations:
     #: figures are read from those tables.
     postal_writes_events: bool = False
 
-    def tracking_stats(self, server: Any, flt: Filter, *, top: int = 10) -> dict[str, Any]:
+    def tracking_stats(self, server: Server, flt: Filter, *, top: int = 10) -> TrackingStats:
         """Every figure of one server (or one of its messages), as plain data.
 
         The shape is ``postal-tracking stats --json``'s, one entry of ``servers``.
@@ -250,8 +346,8 @@ class DashboardOperations:
         return self.tracking_overview(server, flt, top=top)[0]
 
     def tracking_overview(
-        self, server: Any, flt: Filter, *, top: int = 10, exact: bool = False
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        self, server: Server, flt: Filter, *, top: int = 10, exact: bool = False
+    ) -> tuple[TrackingStats, list[SeriesPoint]]:
         """:meth:`tracking_stats` and, from the same rows, the hourly series.
 
         The series has one point per hour with counted events, oldest first:
@@ -267,7 +363,8 @@ class DashboardOperations:
         ew, e_params = flt.events_where()
         rolled = flt.message_id is None and not exact
         with self.messages(server.id, readonly=True) as db:
-            sent = db.one(
+            sent = _aggregate(
+                db,
                 "SELECT COUNT(*) AS sent, COALESCE(SUM(CASE WHEN m.parsed = 1 AND "
                 "(m.tracked_links > 0 OR m.tracked_images > 0) THEN 1 ELSE 0 END), 0) AS tracked "
                 f"FROM messages m WHERE {mw}",
@@ -284,11 +381,10 @@ class DashboardOperations:
                     "GROUP BY b, x.kind, x.bot, x.counted, x.reason, known ORDER BY NULL",
                     e_params,
                 )
-            opens: dict[str, Any] = {}
-            clicks: dict[str, Any] = {}
-            for kind, table, out in (("open", "loads", opens), ("click", "clicks", clicks)):
+            figures: dict[str, KindFigures] = {}
+            for kind, table in (("open", "loads"), ("click", "clicks")):
                 people = [g for g in groups if g["kind"] == kind and g["counted"] and not g["bot"]]
-                out["people"] = {
+                people_figures: Figures = {
                     "total": sum(int(g["n"]) for g in people),
                     "unique": _unique(db, flt, kind, _WHO_PEOPLE)
                     if rolled
@@ -299,19 +395,20 @@ class DashboardOperations:
                 if self.postal_writes_events or not rolled:
                     # Postal's fast server may write ``clicks``/``loads`` beside us (postal
                     # mode): no rollup of ours sees those rows, so they are read here.
-                    everything = db.one(
+                    everything = _aggregate(
+                        db,
                         f"SELECT COUNT(*) AS total, COUNT(DISTINCT x.message_id) AS uniq "
                         f"FROM {flt.events_from(table)} WHERE {ew}",
                         e_params,
                     )
-                    out["all"] = {
+                    all_figures: Figures = {
                         "total": int(everything["total"]),
                         "unique": int(everything["uniq"]),
                     }
                 else:
                     # Our store writes ``clicks``/``loads`` only with the counted events
                     # (an open without a message gets no ``loads`` row).
-                    out["all"] = {
+                    all_figures = {
                         "total": sum(
                             int(g["n"])
                             for g in groups
@@ -321,7 +418,8 @@ class DashboardOperations:
                         ),
                         "unique": _unique(db, flt, kind, _WHO_COUNTED),
                     }
-                out["all"], out["people"] = out.pop("all"), out.pop("people")
+                figures[kind] = {"all": all_figures, "people": people_figures}
+            opens, clicks = figures["open"], figures["click"]
             one_pass = rolled and not self.postal_writes_events
             ranked = (
                 _top_links(db, flt, ew, e_params, top, one_pass=one_pass)
@@ -329,7 +427,7 @@ class DashboardOperations:
                 else []
             )
         reasons: dict[tuple[str, str, int], int] = {}
-        series: dict[int, dict[str, Any]] = {}
+        series: dict[int, SeriesPoint] = {}
         for r in groups:
             n = int(r["n"])
             if r["reason"]:
@@ -352,7 +450,7 @@ class DashboardOperations:
             point[f"{kind}_{'machines' if int(r['bot']) else 'people'}"] += n
         flags = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
         tracked = int(sent["tracked"] or 0)
-        report = {
+        report: TrackingStats = {
             "server": {"id": server.id, "name": server.name, "token": server.token},
             "message": flt.message_id,
             "messages": {"sent": int(sent["sent"] or 0), "tracked": tracked},
@@ -417,7 +515,7 @@ class DashboardOperations:
     ) -> list[Row]:
         """Outgoing messages, newest first. ``rcpt``/``subject`` match a part; ``tag``/``token`` exactly."""
         where: list[str] = ["m.scope = 'outgoing'"]
-        params: list[Any] = []
+        params: list[SqlValue] = []
         if rcpt:
             where.append("m.rcpt_to LIKE %s ESCAPE '!'")
             params.append(f"%{_like(rcpt)}%")
@@ -474,10 +572,10 @@ class DashboardOperations:
     def webhooks_waiting(self) -> dict[str, int]:
         """Webhook deliveries not yet made: ours (standalone) and Postal's queue."""
         with self.main(readonly=True) as db:
-            ours = db.one(
-                "SELECT COUNT(*) AS n FROM tracking_webhook_deliveries WHERE status = 'pending'"
+            ours = _aggregate(
+                db, "SELECT COUNT(*) AS n FROM tracking_webhook_deliveries WHERE status = 'pending'"
             )
-            postal = db.one("SELECT COUNT(*) AS n FROM webhook_requests")
+            postal = _aggregate(db, "SELECT COUNT(*) AS n FROM webhook_requests")
         return {"standalone": int(ours["n"]), "postal": int(postal["n"])}
 
     def certificate_runs(self) -> list[Row]:
@@ -518,7 +616,7 @@ class DashboardOperations:
                 "SELECT * FROM tracking_dashboard_users WHERE email = %s", (email.strip().lower(),)
             )
 
-    def _user_id(self, db: Any, email: str) -> int:
+    def _user_id(self, db: Db, email: str) -> int:
         row = db.one(
             "SELECT id FROM tracking_dashboard_users WHERE email = %s", (email.strip().lower(),)
         )
@@ -621,8 +719,8 @@ def _like(text: str) -> str:
 
 
 def _top_links(
-    db: Any, flt: Filter, ew: str, e_params: list[Any], top: int, *, one_pass: bool = False
-) -> list[dict[str, Any]]:
+    db: Db, flt: Filter, ew: str, e_params: list[SqlValue], top: int, *, one_pass: bool = False
+) -> list[TopLink]:
     """URLs ranked by unique people clicking, then unique messages, then clicks.
 
     Grouped by ``links.hash`` (the URL's SHA-1, set by Postal and by us), not by
@@ -659,7 +757,7 @@ def _top_links(
             "JOIN links l ON l.id = t.link_id WHERE {which} GROUP BY {key}"
         )
         c_params = e_params
-    groups: dict[Any, dict[str, Any]] = {}
+    groups: dict[tuple[str, str], _LinkGroup] = {}
     for key, which in (("l.hash", "l.hash IS NOT NULL"), ("l.url", "l.hash IS NULL")):
         for r in db.query(everything.format(key=key, which=which), c_params):
             groups[(key, r["k"])] = {
@@ -692,10 +790,10 @@ def _top_links(
     # A people-only group (its clicks pruned from Postal's table) has no link yet.
     missing = [k for k, g in groups.items() if g["link_id"] is None]
     for key, value in missing:
-        row = db.one(f"SELECT MIN(id) AS id FROM links l WHERE {key} = %s", (value,))
+        row = _aggregate(db, f"SELECT MIN(id) AS id FROM links l WHERE {key} = %s", (value,))
         groups[(key, value)]["link_id"] = int(row["id"])
 
-    def rank(g: dict[str, Any]) -> tuple[int, int, int]:
+    def rank(g: _LinkGroup) -> tuple[int, int, int]:
         return (-g["unique_people"], -g["unique_all"], -g["clicks"])
 
     ordered = sorted(groups.values(), key=rank)
@@ -704,16 +802,16 @@ def _top_links(
         cut = rank(ordered[max(top, 1) - 1])
         ordered = [g for g in ordered if rank(g) <= cut] if top > 0 else []
     urls: dict[int, str] = {}
-    ids = [g["link_id"] for g in ordered]
+    ids = [_found(g) for g in ordered]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for r in db.query(
             f"SELECT id, url FROM links WHERE id IN ({', '.join(['%s'] * len(chunk))})", chunk
         ):
             urls[int(r["id"])] = r["url"]
-    ranked = [
+    ranked: list[TopLink] = [
         {
-            "url": urls[g["link_id"]],
+            "url": urls[_found(g)],
             "unique_people": g["unique_people"],
             "unique_all": g["unique_all"],
             "clicks": g["clicks"],
@@ -722,3 +820,11 @@ def _top_links(
     ]
     ranked.sort(key=lambda r: (-r["unique_people"], -r["unique_all"], -r["clicks"], r["url"]))
     return ranked
+
+
+def _found(group: _LinkGroup) -> int:
+    """The group's link id: every group without one was looked up by then."""
+    link_id = group["link_id"]
+    if link_id is None:
+        raise TypeError("a top-links group without a link id after the look-up")
+    return link_id

@@ -12,22 +12,40 @@ long it takes) from "this write is bad" (find the bad event, set it aside).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import sqlite3
 import time
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sized
+from contextlib import AbstractContextManager
+from decimal import Decimal
+from typing import SupportsFloat
+from typing import TypeVar
 
 import pymysql.err
 
 from .._hub import cooperate
+from .._recorded_event import RecordedEvent
 from ._db import Db
 from ._db import Row
+from ._db import SqlValue
 
 #: Ids per ``IN (...)`` list.
 _CHUNK = 500
+
+_T = TypeVar("_T")
+
+#: A Postal ``webhook_requests`` row to queue: (server_id, webhook_id, url, event,
+#: uuid, payload, retry_after, created_at).
+WebhookRequestRow = tuple[int, int, str, str, str, str, _dt.datetime, _dt.datetime]
+#: A standalone delivery to queue: (uuid, url, event, payload, retry_after, created_at).
+WebhookDeliveryRow = tuple[str, str, str, str, float, float]
+
+#: A span's first or last time: a float from an event, a ``decimal(18,6)`` from MySQL.
+Span = float | Decimal
 
 #: MySQL/MariaDB errors that mean "the server will not write now", whatever is
 #: written: the writer keeps the events and retries, as for an outage.
@@ -114,11 +132,11 @@ def column_exists(db: Db, table: str, column: str) -> bool:
     return any(r["name"] == column for r in db.query(f"PRAGMA table_info(`{table}`)"))
 
 
-def _marks(values: Sequence[Any]) -> str:
+def _marks(values: Sized) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+def _chunks(values: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
@@ -128,10 +146,12 @@ class EventOperations:
 
     dialect: str = ""
 
-    def main(self, *, create: bool = False, readonly: bool = False) -> Any:
+    def main(self, *, create: bool = False, readonly: bool = False) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
-    def messages(self, server_id: int, *, create: bool = False, readonly: bool = False) -> Any:
+    def messages(
+        self, server_id: int, *, create: bool = False, readonly: bool = False
+    ) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
     def write_refused(self, exc: BaseException) -> bool:
@@ -251,7 +271,7 @@ class EventOperations:
                 (server_id, event),
             )
 
-    def queue_webhook_requests(self, rows: Sequence[Sequence[Any]]) -> tuple[int, list[str]]:
+    def queue_webhook_requests(self, rows: Sequence[WebhookRequestRow]) -> tuple[int, list[str]]:
         """Insert Postal ``webhook_requests`` rows; returns (rows inserted, errors).
 
         Each row is ``(server_id, webhook_id, url, event, uuid, payload,
@@ -278,7 +298,7 @@ class EventOperations:
                 errors.append(f"webhook request {row[4]}: {type(exc).__name__}: {exc}")
         return inserted, errors
 
-    def _insert_webhook_requests(self, rows: Sequence[Sequence[Any]]) -> int:
+    def _insert_webhook_requests(self, rows: Sequence[WebhookRequestRow]) -> int:
         with self.main() as db:
             existing: set[str] = set()
             for chunk in _chunks([r[4] for r in rows]):
@@ -286,7 +306,7 @@ class EventOperations:
                     f"SELECT uuid FROM webhook_requests WHERE uuid IN ({_marks(chunk)})", chunk
                 )
                 existing.update(str(r["uuid"]) for r in found)
-            fresh = [tuple(r) for r in rows if r[4] not in existing]
+            fresh = [(*r,) for r in rows if r[4] not in existing]
             db.executemany(
                 "INSERT INTO webhook_requests (server_id, webhook_id, url, event, uuid, payload, "
                 "attempts, retry_after, created_at) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s)",
@@ -296,7 +316,7 @@ class EventOperations:
 
     # -- standalone webhook deliveries -------------------------------------------
 
-    def queue_webhook_deliveries(self, rows: Sequence[Sequence[Any]]) -> int:
+    def queue_webhook_deliveries(self, rows: Sequence[WebhookDeliveryRow]) -> int:
         """Insert ``(uuid, url, event, payload, retry_after, created_at)`` rows; a uuid
         already there is left alone (its ``UNIQUE`` index decides, atomically)."""
         if not rows:
@@ -616,7 +636,7 @@ class FlagQueries:
             by_message.setdefault(message_id, []).append(ip)
         rows: list[Row] = []
         terms: list[str] = []
-        params: list[Any] = [earliest]
+        params: list[SqlValue] = [earliest]
         messages = sorted(by_message)
         queried = False
         for i, message_id in enumerate(messages):
@@ -649,7 +669,7 @@ WHO_COUNTED, WHO_PEOPLE, WHO_ANY = 0, 1, 2
 HourKey = tuple[int, str, str, int, int, str, int]
 
 
-def event_hour(timestamp: Any, dialect: str) -> int:
+def event_hour(timestamp: SupportsFloat, dialect: str) -> int:
     """The rollup hour of an event time, as :func:`hour_sql` computes it in the database.
 
     MySQL keeps ``decimal(18,6)`` (the value rounded to the microsecond) and
@@ -695,7 +715,7 @@ def remembered_tags(db: Db, ids: Iterable[int]) -> dict[int, str]:
     return tags
 
 
-def _hour_key(e: Row | dict[str, Any], tags: dict[int, str], dialect: str) -> HourKey:
+def _hour_key(e: Row, tags: dict[int, str], dialect: str) -> HourKey:
     message_id = e["message_id"]
     return (
         event_hour(e["timestamp"], dialect),
@@ -730,21 +750,22 @@ def change_hours(db: Db, deltas: dict[HourKey, int]) -> None:
         )
     if any(n < 0 for _, n in changes):
         hours = sorted({k[0] for k, n in changes if n < 0})
-        for chunk in _chunks(hours):
+        for hour_chunk in _chunks(hours):
             db.execute(
-                f"DELETE FROM tracking_event_hours WHERE events <= 0 AND hour IN ({_marks(chunk)})",
-                list(chunk),
+                "DELETE FROM tracking_event_hours WHERE events <= 0 AND hour IN "
+                f"({_marks(hour_chunk)})",
+                list(hour_chunk),
             )
 
 
-def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
+def add_to_rollups(db: Db, fresh: Sequence[RecordedEvent]) -> None:
     """Count newly written events (the recorder's dicts: ``kind``, ``message_id``,
     ``timestamp``, ``method``, ``bot``, ``bot_reason``) in the rollups, in the
     caller's transaction (:meth:`record_events`'), so exactly once like them.
 
     Three statements a batch: the messages' tags, one upsert of hours, one of spans.
     """
-    events = [
+    events: list[Row] = [
         {
             "kind": e["kind"],
             "message_id": e["message_id"],
@@ -758,7 +779,7 @@ def add_to_rollups(db: Db, fresh: Sequence[dict[str, Any]]) -> None:
     if not events:
         return
     tags = message_tags(db, (e["message_id"] for e in events if e["message_id"] is not None))
-    spans: dict[tuple[int, str, int], list[Any]] = {}
+    spans: dict[tuple[int, str, int], list[float]] = {}
     for e in events:
         message_id = e["message_id"]
         if message_id is None:
@@ -804,7 +825,7 @@ def _remember_tags(db: Db, tags: dict[tuple[int, str], str]) -> None:
         )
 
 
-def _merge_spans(db: Db, spans: dict[tuple[int, str, int], tuple[str, Any, Any]]) -> None:
+def _merge_spans(db: Db, spans: dict[tuple[int, str, int], tuple[str, Span, Span]]) -> None:
     """Widen (or create) spans to include these first and last times."""
     rows = sorted((*k, *v) for k, v in spans.items())
     if not rows:
@@ -848,7 +869,7 @@ def recompute_spans(db: Db, ids: Iterable[int], tags: dict[int, str]) -> None:
             f"FROM tracking_events WHERE message_id IN ({marks}) GROUP BY message_id, kind",
             chunk,
         )
-        spans: dict[tuple[int, str, int], tuple[str, Any, Any]] = {}
+        spans: dict[tuple[int, str, int], tuple[str, Span, Span]] = {}
         for r in found:
             message_id = int(r["message_id"])
             tag = tags.get(message_id, "")
@@ -863,7 +884,7 @@ def recompute_spans(db: Db, ids: Iterable[int], tags: dict[int, str]) -> None:
 
 
 def _count_keys(
-    rows: Iterable[Row | dict[str, Any]], tags: dict[int, str], dialect: str, sign: int = 1
+    rows: Iterable[Row], tags: dict[int, str], dialect: str, sign: int = 1
 ) -> dict[HourKey, int]:
     deltas: dict[HourKey, int] = {}
     for r in rows:
@@ -904,7 +925,7 @@ def rebuild_rollups(db: Db, step: int = 5000) -> None:
             "DO UPDATE SET events = events + excluded.events"
         )
 
-    def hours(where: str, params: Sequence[Any]) -> None:
+    def hours(where: str, params: Sequence[SqlValue]) -> None:
         db.execute(
             "INSERT INTO tracking_event_hours (hour, tag, kind, bot, counted, reason, known, "
             f"events) SELECT * FROM (SELECT {hour} AS h, COALESCE(m.tag, '') AS t, x.kind, "

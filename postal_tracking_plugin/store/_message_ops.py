@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 
 from .._hub import cooperate
+from .._recorded_event import RecordedEvent
 from ._db import Db
 from ._db import Row
 from ._db import SqlValue
@@ -112,12 +112,12 @@ class MessageOperations(EventOperations):
     def record_events(
         self,
         server_id: int,
-        events: Sequence[dict[str, Any]],
-        flag: Callable[[FlagQueries, list[dict[str, Any]]], None] | None = None,
+        events: Sequence[RecordedEvent],
+        flag: Callable[[FlagQueries, list[RecordedEvent]], None] | None = None,
         *,
         webhooks_pending: bool = False,
         claimant: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RecordedEvent]:
         """Record click and open events of one server exactly once, in one transaction.
 
         Each event is a dict with ``event_id``, ``kind`` (``click`` or ``open``),

@@ -19,12 +19,13 @@ import hmac
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 from flask import Flask
 from flask import request
 from flask import session
 from flask.sessions import SecureCookieSessionInterface
+
+from postal_tracking_plugin.store import Store
 
 THROTTLE_WINDOW = 900.0
 CSRF_FIELD = "csrf_token"
@@ -45,7 +46,7 @@ class LoginThrottle:
     wall-clock Unix seconds: the processes share no monotonic clock.
     """
 
-    def __init__(self, store: Any, limit: int, window: float = THROTTLE_WINDOW) -> None:
+    def __init__(self, store: Store, limit: int, window: float = THROTTLE_WINDOW) -> None:
         self.store = store
         self.limit = limit
         self.window = window

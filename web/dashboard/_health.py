@@ -8,15 +8,15 @@ machine's (``<data_dir>/spool``); fast servers on other machines have their own.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.store import Store
 
 #: A writer that stored its newest event this long after the event happened is behind.
 LAG_WARNING = 60.0
 
 
-def checks(config: Config, store: Any) -> list[tuple[str, str, bool]]:
+def checks(config: Config, store: Store) -> list[tuple[str, str, bool]]:
     out: list[tuple[str, str, bool]] = []
     try:
         store.ping()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import TYPE_CHECKING
+from typing import SupportsFloat
 
 from flask import Blueprint
 from flask import abort
@@ -13,16 +14,24 @@ from flask import render_template
 from flask import request
 from flask import session
 from flask import url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.security import check_password_hash
 
 from postal_tracking_plugin.errors import Error
 from postal_tracking_plugin.errors import PostalOwnsThis
 from postal_tracking_plugin.store import Filter
+from postal_tracking_plugin.store import Server
+from postal_tracking_plugin.store import TrackDomain
 
 from . import _auth
 from . import _health
 from ._chart import label
 from ._chart import stacked_bars
+
+if TYPE_CHECKING:
+    from postal_tracking_plugin.certificates import DomainReport
+
+    from .app import DashboardState
 
 bp = Blueprint("dashboard", __name__)
 
@@ -36,13 +45,13 @@ POSTAL_OWNS = (
 )
 
 
-def _state() -> Any:
+def _state() -> DashboardState:
     from .app import state
 
     return state()
 
 
-def _page(template: str, **values: Any) -> str:
+def _page(template: str, **values: object) -> str:
     store = _state().store
     return render_template(
         template,
@@ -54,7 +63,7 @@ def _page(template: str, **values: Any) -> str:
     )
 
 
-def _when(ts: Any) -> str:
+def _when(ts: SupportsFloat | str | None) -> str:
     if ts is None:
         return ""
     return f"{_dt.datetime.fromtimestamp(float(ts), _dt.UTC):%Y-%m-%d %H:%M:%S}"
@@ -77,7 +86,7 @@ def _range() -> tuple[float | None, float | None]:
     return since, (until + DAY if until is not None else None)
 
 
-def _server(token: str) -> Any:
+def _server(token: str) -> Server:
     server = _state().store.server_by_token(token)
     if server is None:
         abort(404, f"no server with token {token}")
@@ -98,7 +107,7 @@ def _readonly() -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Any:
+def login() -> ResponseReturnValue:
     if request.method == "GET":
         return _page("login.html", error=None, email="")
     st = _state()
@@ -127,7 +136,7 @@ def login() -> Any:
 
 
 @bp.route("/logout", methods=["POST"])
-def logout() -> Any:
+def logout() -> ResponseReturnValue:
     sid = session.get("sid")
     if sid:
         _state().store.end_dashboard_session(_auth.session_hash(sid))
@@ -140,7 +149,7 @@ def logout() -> Any:
 
 
 @bp.route("/")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     servers = _state().store.list_servers()
     if not servers:
         return _page("no_servers.html")
@@ -155,11 +164,11 @@ def _bucket(since: float | None, until: float | None, first: int | None, last: i
     return HOUR if end - start <= HOURLY_UP_TO else DAY
 
 
-def _by(points: list[dict[str, Any]], bucket: int) -> list[dict[str, Any]]:
+def _by(points: list[dict[str, int]], bucket: int) -> list[dict[str, int]]:
     """Hourly points summed into ``bucket``-second points."""
     if bucket == HOUR:
         return points
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, dict[str, int]] = {}
     for p in points:
         start = p["start"] - p["start"] % bucket
         q = out.setdefault(start, {k: 0 for k in p} | {"start": start})
@@ -170,7 +179,7 @@ def _by(points: list[dict[str, Any]], bucket: int) -> list[dict[str, Any]]:
 
 
 @bp.route("/servers/<server>/")
-def overview(server: str) -> Any:
+def overview(server: str) -> ResponseReturnValue:
     srv = _server(server)
     store = _state().store
     since, until = _range()
@@ -212,7 +221,7 @@ def overview(server: str) -> Any:
 
 
 @bp.route("/servers/<server>/messages")
-def messages(server: str) -> Any:
+def messages(server: str) -> ResponseReturnValue:
     srv = _server(server)
     since, until = _range()
     a = request.args
@@ -230,7 +239,7 @@ def messages(server: str) -> Any:
 
 
 @bp.route("/servers/<server>/messages/<token>")
-def message(server: str, token: str) -> Any:
+def message(server: str, token: str) -> ResponseReturnValue:
     srv = _server(server)
     store = _state().store
     row = store.find_message(srv.id, token)
@@ -246,7 +255,7 @@ def message(server: str, token: str) -> Any:
 
 
 @bp.route("/servers/<server>/links")
-def links(server: str) -> Any:
+def links(server: str) -> ResponseReturnValue:
     srv = _server(server)
     store = _state().store
     since, until = _range()
@@ -273,13 +282,13 @@ def links(server: str) -> Any:
 # -- tracking domains -------------------------------------------------------------
 
 
-def _certificates() -> dict[str, Any]:
+def _certificates() -> dict[str, DomainReport]:
     from postal_tracking_plugin.certificates import certificate_report
 
     return {r.domain: r for r in certificate_report(_state().store)}
 
 
-def _domain(name: str) -> Any:
+def _domain(name: str) -> TrackDomain:
     td = _state().store.find_track_domain(name)
     if td is None:
         abort(404, f"no tracking domain {name}")
@@ -287,7 +296,7 @@ def _domain(name: str) -> Any:
 
 
 @bp.route("/domains")
-def domains() -> Any:
+def domains() -> ResponseReturnValue:
     return _page(
         "domains.html",
         domains=_state().store.list_track_domains(),
@@ -307,7 +316,7 @@ def hosts(text: str) -> list[str]:
 
 
 @bp.route("/domains/<name>", methods=["GET", "POST"])
-def domain(name: str) -> Any:
+def domain(name: str) -> ResponseReturnValue:
     td = _domain(name)
     if request.method == "POST":
         if _readonly():
@@ -326,7 +335,7 @@ def domain(name: str) -> Any:
 
 
 @bp.route("/domains/<name>/check-dns", methods=["POST"])
-def check_dns(name: str) -> Any:
+def check_dns(name: str) -> ResponseReturnValue:
     if _readonly():
         abort(403, POSTAL_OWNS)
     from postal_tracking_plugin.dns_check import check_track_domain
@@ -345,7 +354,7 @@ def check_dns(name: str) -> Any:
 
 
 @bp.route("/domains/<name>/certificate", methods=["POST"])
-def get_certificate(name: str) -> Any:
+def get_certificate(name: str) -> ResponseReturnValue:
     # Allowed in postal mode too: the sidecar issues certificates beside Postal 3
     # (the store refuses, in words, where it may not).
     from postal_tracking_plugin.certificates import Issuer
@@ -363,5 +372,5 @@ def get_certificate(name: str) -> Any:
 
 
 @bp.route("/health")
-def health() -> Any:
+def health() -> ResponseReturnValue:
     return _page("health.html", checks=_health.checks(_state().config, _state().store))

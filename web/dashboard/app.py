@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from flask import abort
@@ -24,15 +23,23 @@ from flask import redirect
 from flask import request
 from flask import session
 from flask import url_for
+from flask.typing import ResponseReturnValue
 from jinja2 import DictLoader
 from markupsafe import Markup
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.store import Store
 
 from . import _auth
 from ._templates import TEMPLATES
 from ._views import bp
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
 
 EXTENSION = "postal_tracking_dashboard"
 
@@ -42,7 +49,7 @@ class DashboardState:
     """What the views share, in ``app.extensions["postal_tracking_dashboard"]``."""
 
     config: Config
-    store: Any
+    store: Store
     throttle: _auth.LoginThrottle
 
 
@@ -52,7 +59,7 @@ def state() -> DashboardState:
     return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
-def create_app(config: Config, store: Any, *, secret_key: bytes | None = None) -> Flask:
+def create_app(config: Config, store: Store, *, secret_key: bytes | None = None) -> Flask:
     """Build the dashboard.
 
     :param config: the loaded ``postal.yml``.
@@ -92,7 +99,7 @@ def create_app(config: Config, store: Any, *, secret_key: bytes | None = None) -
     )
 
     @app.after_request
-    def _headers(response: Any) -> Any:
+    def _headers(response: Response) -> Response:
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -116,12 +123,12 @@ class FromTrustedProxy:
     login throttle). Here the headers of anyone else are ignored.
     """
 
-    def __init__(self, app: Callable[..., Any], networks: Iterable[str]) -> None:
+    def __init__(self, app: WSGIApplication, networks: Iterable[str]) -> None:
         self.app = app
         self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             peer = ipaddress.ip_address(environ.get("REMOTE_ADDR") or "")
         except ValueError:
@@ -136,7 +143,7 @@ class FromTrustedProxy:
 _OPEN = {"dashboard.login"}
 
 
-def _guard() -> Any:
+def _guard() -> ResponseReturnValue | None:
     """CSRF for every POST, then the login check for every page but the login form."""
     if request.method == "POST" and not _auth.csrf_ok():
         abort(400, "The form's CSRF token is missing or wrong: reload the page and try again.")

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 _lock = threading.Lock()
-_app: Any = None
+_app: Flask | None = None
 
 
-def build_app() -> Any:
+def build_app() -> Flask:
     from postal_tracking_plugin.config import load_config
     from postal_tracking_plugin.config import resolve_path
     from postal_tracking_plugin.store import open_store
@@ -33,7 +36,7 @@ def build_app() -> Any:
     return create_app(config, store)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Flask:
     global _app
     if name not in ("app", "application"):
         raise AttributeError(name)
