@@ -43,7 +43,7 @@ def test_every_alternative_has_its_own_commented_line() -> None:
 
 def test_the_variants_share_their_group_numbers() -> None:
     top, bottom, vml = VARIANTS.values()
-    assert top.groupindex == bottom.groupindex == vml.groupindex
+    assert top.groupindex == bottom.groupindex == vml.groupindex == _scanner.GROUPS
 
 
 if __name__ == "__main__":
