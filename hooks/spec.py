@@ -19,10 +19,10 @@ rule); arguments are added over time, never renamed.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from typing import Literal
-from typing import TypedDict
 
 import pluggy
+
+from postal_tracking_plugin._recorded_event import HookEvent
 
 if TYPE_CHECKING:
     from postal_tracking_plugin.config import Config
@@ -39,43 +39,11 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
-class TrackingEvent(TypedDict):
-    """One click or open, as :func:`postal_tracking_event` receives it.
-
-    A plain dict, so a plugin can hand it to ``json.dumps`` or a message queue
-    as it is.
-    """
-
-    #: ``"click"`` (a tracked link was followed) or ``"open"`` (the pixel loaded).
-    kind: Literal["click", "open"]
-    #: Unique id of this event (the spool's), for de-duplicating downstream.
-    event_id: str
-    #: ``servers.id`` and ``servers.token`` of the server the message was sent for.
-    server_id: int
-    server_token: str
-    #: ``messages.id`` in that server's message database; None when an open's
-    #: message token matched no message (Postal still answers the pixel).
-    message_id: int | None
-    #: ``messages.token`` (the 16 characters in the pixel URL); None if unknown.
-    message_token: str | None
-    #: ``links.id`` of the followed link (clicks); None for opens.
-    link_id: int | None
-    #: The URL the click was redirected to (clicks); None for opens.
-    url: str | None
-    #: The client's address (after PROXY protocol / trusted ``X-Forwarded-For``).
-    ip_address: str | None
-    user_agent: str | None
-    #: When it happened, Unix seconds.
-    timestamp: float
-    #: True when the event looks automated (a link scanner, an image proxy
-    #: prefetch, a click within seconds of sending); it is recorded either way.
-    bot: bool
-    #: Why it was flagged, as a short code (``scanner-user-agent``,
-    #: ``apple-privacy-proxy``, ``head-request``, ...). Usually None when ``bot``
-    #: is false, except for image proxies that fetch on a person's behalf
-    #: (``google-image-proxy``): a real open, so ``bot`` is false, with the
-    #: reason saying how it arrived.
-    bot_reason: str | None
+#: One click or open, as :func:`postal_tracking_event` receives it: a plain dict
+#: (``json.dumps`` takes it as it is), every key documented in
+#: :class:`postal_tracking_plugin.events.HookEvent`, the one definition (the
+#: event recorder, in the core, builds it; the core never imports ``hooks``).
+TrackingEvent = HookEvent
 
 
 # -------------------------------------------------------------------------

@@ -19,13 +19,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Literal
-from typing import TypedDict
 from typing import cast
 
 from .._hub import Runner
 from .._hub import cooperate
 from .._hub import spawn
+from .._recorded_event import HookEvent
 from .._recorded_event import RecordedEvent
 from .._recorded_event import known_id
 from ..config import Config
@@ -39,29 +38,6 @@ from ._webhooks import WebhookQueue
 from ._writer import Writer
 
 log = logging.getLogger("postal_tracking_plugin.events")
-
-
-class HookEvent(TypedDict):
-    """What the tracking-event hook gets: the keys of :data:`EVENT_KEYS`, every one set.
-
-    The same shape as ``hooks.TrackingEvent``, which documents each key for plugin
-    authors (this package may not import ``hooks``; tests/test_events_recorder.py
-    keeps the two equal).
-    """
-
-    kind: Literal["click", "open"]
-    event_id: str
-    server_id: int
-    server_token: str
-    message_id: int | None
-    message_token: str | None
-    link_id: int | None
-    url: str | None
-    ip_address: str | None
-    user_agent: str | None
-    timestamp: float
-    bot: bool
-    bot_reason: str | None
 
 
 #: The tracking-event hook: called with each recorded event (``postal_tracking_plugin.hooks``
