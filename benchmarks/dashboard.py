@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import random
 import re
 import statistics
@@ -39,8 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import yaml
+
+from _support import MYSQL
+from _support import drop_mysql_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,32 +53,12 @@ from postal_tracking_plugin.store import random_token  # noqa: E402
 from postal_tracking_plugin.store._tokens import url_hash  # noqa: E402
 
 DATABASE = "ptp_bench_dashboard"
-MYSQL = {
-    "host": os.environ.get("PTP_MYSQL_HOST", "127.0.0.1"),
-    "port": int(os.environ.get("PTP_MYSQL_PORT", "3306")),
-    "username": os.environ.get("PTP_MYSQL_USER", "root"),
-    "password": os.environ.get("PTP_MYSQL_PASSWORD", ""),
-}
 DAY = 86400
 PASSWORD = "benchmark password"
 BROWSERS = (
     "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
 )
-
-
-def _drop(prefix: str) -> None:
-    conn = pymysql.connect(
-        host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["username"], password=MYSQL["password"]
-    )
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SHOW DATABASES")
-            for (name,) in cursor.fetchall():
-                if name == prefix or name.startswith(prefix + "-"):
-                    cursor.execute(f"DROP DATABASE `{name}`")
-    finally:
-        conn.close()
 
 
 def _config(directory: Path, database: str) -> Path:
@@ -246,7 +227,7 @@ def main() -> int:
                 db.execute("UPDATE links SET hash = SHA1(url) WHERE hash IS NULL")
         else:
             store.close()
-            _drop(args.database)
+            drop_mysql_databases(args.database)
             store = open_store(config)
             store.create_schema()
             print(f"Making {args.messages} messages and {args.events} events ...", file=sys.stderr)
@@ -313,7 +294,7 @@ def main() -> int:
             print(f"{name:<28} {ms:8.0f} ms{ratio}{goal}")
         store.close()
     if not args.keep:
-        _drop(args.database)
+        drop_mysql_databases(args.database)
     return 0
 
 
