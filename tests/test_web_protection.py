@@ -287,3 +287,49 @@ def test_connections_beyond_max_connections_wait_their_turn(
         holders[1].close()
     finally:
         live.stop()
+
+
+def test_a_stop_while_starting_leaves_the_worker_stopped(
+    sqlite_store: tuple[Config, Store],
+) -> None:
+    """SIGTERM's handler (stop) can run while start() waits, between two listeners:
+    the rest of start() then opens no listener (it used to raise AttributeError on a
+    listener stop() had closed, and the worker exited 1: seen in test_quickstart)."""
+    import threading
+
+    import gevent
+
+    from postal_tracking_plugin.web.server import ListenSpec
+    from postal_tracking_plugin.web.server import Worker
+    from postal_tracking_plugin.web.server import bind
+
+    config, store = sqlite_store
+    outcome: list[object] = []
+
+    def run() -> None:
+        sockets = [
+            (bind(ListenSpec("127.0.0.1", 0, False), reuse_port=False), False),
+            (bind(ListenSpec("127.0.0.1", 0, True), reuse_port=False), True),
+        ]
+        worker = Worker(config, store, sockets, prefetch=False)
+        worker.freeze_gc = False
+        first = worker.listeners[0]
+        started = first.start
+
+        def start_then_yield() -> None:
+            started()
+            gevent.sleep(0.1)  # where the signal's greenlet gets to run
+
+        first.start = start_then_yield  # type: ignore[method-assign]
+        gevent.spawn_later(0.05, worker.stop)
+        try:
+            worker.start()
+            worker.wait()
+            outcome.append([listener.started for listener in worker.listeners])
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome == [[False, False]]

@@ -435,6 +435,11 @@ class Worker:
         if self.index == 0:
             self._background.append(gevent.spawn(self._renewal_schedule))
         for listener in self.listeners:
+            if self.draining:
+                # SIGTERM while starting (the certificate refresh and each listener's
+                # start may yield to its handler): stop() closed the listeners, and a
+                # closed gevent server cannot start. The worker exits as stopped.
+                break
             listener.start()
 
     def _prefetch_loop(self) -> None:
