@@ -18,6 +18,7 @@ from web_live import tls_client_context
 from web_live import with_settings
 
 from postal_tracking_plugin.config import Config
+from postal_tracking_plugin.default_certificate import ensure_default_certificate
 from postal_tracking_plugin.store import Store
 from postal_tracking_plugin.store import open_store
 from postal_tracking_plugin.web._handler import TrackingHandler
@@ -304,6 +305,7 @@ def test_a_stop_while_starting_leaves_the_worker_stopped(
     from postal_tracking_plugin.web.server import bind
 
     config, store = sqlite_store
+    ensure_default_certificate(config)
     outcome: list[object] = []
 
     def run() -> None:
@@ -311,18 +313,18 @@ def test_a_stop_while_starting_leaves_the_worker_stopped(
             (bind(ListenSpec("127.0.0.1", 0, False), reuse_port=False), False),
             (bind(ListenSpec("127.0.0.1", 0, True), reuse_port=False), True),
         ]
-        worker = Worker(config, store, sockets, prefetch=False)
-        worker.freeze_gc = False
-        first = worker.listeners[0]
-        started = first.start
-
-        def start_then_yield() -> None:
-            started()
-            gevent.sleep(0.1)  # where the signal's greenlet gets to run
-
-        first.start = start_then_yield  # type: ignore[method-assign]
-        gevent.spawn_later(0.05, worker.stop)
         try:
+            worker = Worker(config, store, sockets, prefetch=False)
+            worker.freeze_gc = False
+            first = worker.listeners[0]
+            started = first.start
+
+            def start_then_yield() -> None:
+                started()
+                gevent.sleep(0.1)  # where the signal's greenlet gets to run
+
+            first.start = start_then_yield  # type: ignore[method-assign]
+            gevent.spawn_later(0.05, worker.stop)
             worker.start()
             worker.wait()
             outcome.append([listener.started for listener in worker.listeners])
