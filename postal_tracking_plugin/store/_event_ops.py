@@ -728,19 +728,23 @@ def _hour_key(e: Row, tags: dict[int, str], dialect: str) -> HourKey:
     )
 
 
+def _add_to_hours(dialect: str) -> str:
+    """The end of an INSERT into ``tracking_event_hours`` that adds to a row already there."""
+    if dialect == "mysql":
+        return "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
+    return (
+        "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
+        "DO UPDATE SET events = events + excluded.events"
+    )
+
+
 def change_hours(db: Db, deltas: dict[HourKey, int]) -> None:
     """Add ``deltas`` to ``tracking_event_hours`` (an upsert); rows that reach 0 go."""
     changes = sorted((k, n) for k, n in deltas.items() if n)
     if not changes:
         return
     columns = "hour, tag, kind, bot, counted, reason, known, events"
-    if db.dialect == "mysql":
-        tail = "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
-    else:
-        tail = (
-            "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
-            "DO UPDATE SET events = events + excluded.events"
-        )
+    tail = _add_to_hours(db.dialect)
     for chunk in _chunks(changes, 1000 if db.dialect == "mysql" else 120):
         db.execute(
             f"INSERT INTO tracking_event_hours ({columns}) VALUES "
@@ -917,13 +921,7 @@ def rebuild_rollups(db: Db, step: int = 5000) -> None:
     db.execute("DELETE FROM tracking_event_spans")
     bounds = db.one("SELECT MIN(message_id) AS m0, MAX(message_id) AS m1 FROM tracking_events")
     hour = hour_sql(db.dialect)
-    if db.dialect == "mysql":
-        tail = "ON DUPLICATE KEY UPDATE events = events + VALUES(events)"
-    else:
-        tail = (
-            "ON CONFLICT (hour, tag, kind, bot, counted, reason, known) "
-            "DO UPDATE SET events = events + excluded.events"
-        )
+    tail = _add_to_hours(db.dialect)
 
     def hours(where: str, params: Sequence[SqlValue]) -> None:
         db.execute(
