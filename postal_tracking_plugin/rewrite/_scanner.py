@@ -217,6 +217,10 @@ def scanner(vml: bool, body_start: bool = True) -> re.Pattern[str]:
 # compiled scanner, so that importing the rewriter compiles nothing: every CLI
 # command imports it, and few rewrite anything. tests/test_rewrite_scanner.py
 # checks them against each compiled variant.
-COND, CONDBODY, TAG, NAME, ATTRS, ENDBODY, UNFINISHED = range(1, 8)
-GROUPS = {"cond": COND, "condbody": CONDBODY, "tag": TAG, "name": NAME}
-GROUPS |= {"attrs": ATTRS, "endbody": ENDBODY, "unfinished": UNFINISHED}
+GROUPS = {
+    name: number
+    for number, name in enumerate(
+        ("cond", "condbody", "tag", "name", "attrs", "endbody", "unfinished"), start=1
+    )
+}
+COND, CONDBODY, TAG, NAME, ATTRS, ENDBODY, UNFINISHED = GROUPS.values()
